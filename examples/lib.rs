@@ -1,0 +1,1 @@
+//! Runnable examples that embed mesh-core; see the `[[example]]` entries.

@@ -1,0 +1,360 @@
+//! The sans-IO engine: rooms' live subscriptions, presence, typing, WebRTC
+//! signaling relay, message fan-out and P2P session orchestration.
+//!
+//! The engine owns no socket and reads no clock. Every method takes the
+//! current time as a [`Timestamp`]; what the engine wants done comes out of
+//! [`Engine::poll_output`] as [`Output`]s: frames to send to peers and
+//! connections to close. Timers (heartbeats, typing, session expiry) fire when
+//! the driver calls [`Engine::handle_timeout`] at or after
+//! [`Engine::poll_timeout`]. This is what lets the tests drive many peers
+//! with a virtual clock, and what lets a broker (NATS, ...) later replace the
+//! local fan-out: every frame leaves through `poll_output`.
+//!
+//! The engine trusts its caller: the service has already authenticated the
+//! peer and checked and persisted what needed persisting (memberships,
+//! messages) before telling the engine. TODO(helper): implement.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::error::Error;
+use crate::protocol::{
+    DeviceId, Member, Message, OutgoingFrame, P2pInfo, P2pSession, PeerId, Presence, Role, Room,
+    RoomId, RtcSignal, SessionId, SessionKind, Timestamp, User, UserId,
+};
+use crate::transport::CloseCode;
+
+/// Timings of the engine.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// Announced in `system.welcome`: how often clients should ping.
+    pub heartbeat_interval: Duration,
+    /// A peer not heard from for this long is closed and counted gone.
+    pub heartbeat_timeout: Duration,
+    /// A typing indicator not renewed for this long turns itself off.
+    pub typing_ttl: Duration,
+    /// How long a P2P session lives (180 s in the contract).
+    pub session_ttl: Duration,
+    /// How long a message waits for an earlier `seq` still being stored
+    /// before it is delivered anyway (the client fills the hole from history).
+    pub reorder_window: Duration,
+    /// Most live messages held back for a peer that is still catching up
+    /// with `since`; past it the peer is closed with 1013.
+    pub max_backlog: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            heartbeat_interval: Duration::from_secs(15),
+            heartbeat_timeout: Duration::from_secs(45),
+            typing_ttl: Duration::from_secs(6),
+            session_ttl: Duration::from_secs(180),
+            reorder_window: Duration::from_secs(2),
+            max_backlog: 1000,
+        }
+    }
+}
+
+/// What the engine wants done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send `frame` to each of `to` (encode it once).
+    Send {
+        to: Vec<PeerId>,
+        frame: OutgoingFrame,
+    },
+    /// Close a peer's connection.
+    Close {
+        peer: PeerId,
+        code: CloseCode,
+        reason: String,
+    },
+    /// A P2P session ended (closed, expired, or a peer left): the service
+    /// removes it from the store.
+    SessionEnded { session_id: SessionId },
+}
+
+/// What the engine knows of a connected peer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PeerInfo {
+    pub peer_id: PeerId,
+    pub user: User,
+    pub device_id: DeviceId,
+    pub p2p: Option<P2pInfo>,
+}
+
+/// The kinds of WebRTC signal the engine relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RtcKind {
+    Offer,
+    Answer,
+    Ice,
+    Hangup,
+}
+
+/// The engine. See the [module docs](self).
+#[derive(Debug)]
+pub struct Engine {
+    config: EngineConfig,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig) -> Self {
+        Self { config }
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A connection authenticated and said `system.hello`. Subscribes it to
+    /// `rooms` (every room its user belongs to), answers `system.welcome`
+    /// (with `request_id`), and tells co-members the user is online if this
+    /// is the user's first connection. Rooms named in `since` are marked as
+    /// catching up: live messages for them are held until
+    /// [`Engine::backfill`] says the backlog is delivered.
+    #[allow(clippy::too_many_arguments)]
+    pub fn connect(
+        &mut self,
+        now: Timestamp,
+        peer: PeerInfo,
+        rooms: Vec<RoomId>,
+        since: HashMap<RoomId, u64>,
+        request_id: Option<String>,
+    ) {
+        let _ = (now, peer, rooms, since, request_id);
+    }
+
+    /// Delivers a page of missed messages to a catching-up peer, in `seq`
+    /// order. With `done`, the held live messages newer than the last one
+    /// delivered follow and the room is live for the peer.
+    pub fn backfill(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        room: RoomId,
+        messages: Vec<Message>,
+        done: bool,
+    ) {
+        let _ = (now, peer, room, messages, done);
+    }
+
+    /// The connection is gone (closed, errored, or timed out). The user goes
+    /// offline if it was their last connection; their typing stops; P2P
+    /// sessions of this peer close.
+    pub fn disconnect(&mut self, now: Timestamp, peer: PeerId) {
+        let _ = (now, peer);
+    }
+
+    /// Any frame from the peer (or a WebSocket pong): it is alive.
+    pub fn heard_from(&mut self, now: Timestamp, peer: PeerId) {
+        let _ = (now, peer);
+    }
+
+    /// `system.ping`: answers `system.pong`.
+    pub fn ping(&mut self, now: Timestamp, peer: PeerId, request_id: Option<String>) {
+        let _ = (now, peer, request_id);
+    }
+
+    /// The user of `peer` was added to `room` in the store (or already was a
+    /// member). Subscribes all the user's connections; `peer` gets
+    /// `room.joined` with `members` (and `request_id`), the room's other
+    /// connections get `room.joined` without members.
+    pub fn join_room(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        room: RoomId,
+        members: Vec<Member>,
+        request_id: Option<String>,
+    ) {
+        let _ = (now, peer, room, members, request_id);
+    }
+
+    /// `user` was added to `room` by someone else (an invitation): their
+    /// connections are subscribed and the room gets `room.joined`.
+    pub fn member_added(&mut self, now: Timestamp, room: RoomId, user: &User) {
+        let _ = (now, room, user);
+    }
+
+    /// `user` left or was removed from `room` in the store. The room (the
+    /// user's own connections included) gets `room.left`, then the user's
+    /// connections are unsubscribed. `reply` names the connection and
+    /// request id to answer, if the user asked.
+    pub fn leave_room(
+        &mut self,
+        now: Timestamp,
+        room: RoomId,
+        user: UserId,
+        reply: Option<(PeerId, Option<String>)>,
+    ) {
+        let _ = (now, room, user, reply);
+    }
+
+    /// A room's name, topic or visibility changed: `room.updated` to it.
+    pub fn room_updated(&mut self, now: Timestamp, room: &Room) {
+        let _ = (now, room);
+    }
+
+    /// A room was deleted: `room.deleted` to it, then nobody is subscribed.
+    pub fn room_deleted(&mut self, now: Timestamp, room: RoomId) {
+        let _ = (now, room);
+    }
+
+    /// A member's role changed: `room.member.updated` to the room.
+    pub fn role_changed(&mut self, now: Timestamp, room: RoomId, user: UserId, role: Role) {
+        let _ = (now, room, user, role);
+    }
+
+    /// A message was stored: `chat.message.created` to every connection
+    /// subscribed to its room, the sender's included; `origin` (the sending
+    /// connection and its request id) gets the copy carrying the id.
+    /// Messages leave in `seq` order per room: one that arrives ahead of a
+    /// missing `seq` waits up to [`EngineConfig::reorder_window`]. Also ends
+    /// the sender's typing indicator in the room.
+    pub fn message_created(
+        &mut self,
+        now: Timestamp,
+        message: Message,
+        origin: Option<(PeerId, Option<String>)>,
+    ) {
+        let _ = (now, message, origin);
+    }
+
+    /// `chat.typing` from `peer`: relayed to the other users' connections in
+    /// the room; a `true` expires by itself after
+    /// [`EngineConfig::typing_ttl`]. Forbidden unless subscribed.
+    pub fn typing(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        room: RoomId,
+        typing: bool,
+    ) -> Result<(), Error> {
+        let _ = (now, peer, room, typing);
+        Ok(())
+    }
+
+    /// `presence.update` from `peer`: sets the user's chosen status (all
+    /// devices) and tells everyone who shares a room with the user, the
+    /// user's own connections included; `request_id` rides on the copy to
+    /// `peer`. `Offline` as a chosen status means invisible.
+    pub fn set_presence(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        status: Presence,
+        message: Option<String>,
+        request_id: Option<String>,
+    ) {
+        let _ = (now, peer, status, message, request_id);
+    }
+
+    /// The user's presence as others see it: `Offline` with no connection,
+    /// else the chosen status (`Online` by default).
+    pub fn presence_of(&self, user: UserId) -> Presence {
+        let _ = user;
+        Presence::Offline
+    }
+
+    /// Relays an `rtc.*` signal to its target peer only, with `from_peer_id`
+    /// and `from_user_id` filled in. `NotFound` if the target is not
+    /// connected, `Forbidden` unless both peers are subscribed to the room.
+    pub fn relay_rtc(
+        &mut self,
+        now: Timestamp,
+        from: PeerId,
+        kind: RtcKind,
+        signal: RtcSignal,
+    ) -> Result<(), Error> {
+        let _ = (now, from, kind, signal);
+        Ok(())
+    }
+
+    /// Checks a P2P session request and builds the session (state
+    /// `pending`, expiring after [`EngineConfig::session_ttl`]), without
+    /// announcing it: the service signs its token, then calls
+    /// [`Engine::open_session`]. `NotFound` if the target peer is not
+    /// connected; `Forbidden` unless both users are subscribed to the room;
+    /// `InvalidRequest` for a session with oneself.
+    pub fn prepare_session(
+        &self,
+        now: Timestamp,
+        id: SessionId,
+        initiator: PeerId,
+        room: RoomId,
+        target: PeerId,
+        kind: SessionKind,
+    ) -> Result<P2pSession, Error> {
+        let _ = (now, id, initiator, room, target, kind);
+        Err(Error::Internal("unimplemented".into()))
+    }
+
+    /// Records a prepared session and sends `p2p.session.created` (with the
+    /// token and both peers' [`P2pInfo`]) to both peers; the initiator's copy
+    /// carries `request_id` when it asked over the WebSocket.
+    pub fn open_session(
+        &mut self,
+        now: Timestamp,
+        session: P2pSession,
+        session_token: String,
+        request_id: Option<String>,
+    ) {
+        let _ = (now, session, session_token, request_id);
+    }
+
+    /// Closes a session at a party's request: `p2p.session.closed` to both
+    /// peers. `NotFound` if there is no such live session, `Forbidden` if
+    /// `by` is not a party to it.
+    pub fn close_session(
+        &mut self,
+        now: Timestamp,
+        session: SessionId,
+        by: UserId,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let _ = (now, session, by, reason);
+        Ok(())
+    }
+
+    /// The live sessions `user` is a party to.
+    pub fn sessions_of(&self, user: UserId) -> Vec<P2pSession> {
+        let _ = user;
+        Vec::new()
+    }
+
+    /// Closes every connection of a revoked device (1008).
+    pub fn revoke_device(&mut self, now: Timestamp, device: DeviceId) {
+        let _ = (now, device);
+    }
+
+    /// Whether `peer` is subscribed to `room` (i.e. its user is a member).
+    pub fn is_subscribed(&self, peer: PeerId, room: RoomId) -> bool {
+        let _ = (peer, room);
+        false
+    }
+
+    /// The connected peer, if any.
+    pub fn peer(&self, peer: PeerId) -> Option<&PeerInfo> {
+        let _ = peer;
+        None
+    }
+
+    /// The earliest time [`Engine::handle_timeout`] has work to do.
+    pub fn poll_timeout(&self) -> Option<Timestamp> {
+        None
+    }
+
+    /// Fires due timers: closes peers past the heartbeat time-out, ends
+    /// typing indicators, expires P2P sessions (both peers get
+    /// `p2p.session.closed` with reason `expired`), releases held messages.
+    pub fn handle_timeout(&mut self, now: Timestamp) {
+        let _ = now;
+    }
+
+    /// The next thing to do, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        None
+    }
+}

@@ -1,0 +1,169 @@
+//! The crate's error type and the contract's error codes.
+//!
+//! Every failure a client can see becomes an [`Error`] with an [`ErrorCode`];
+//! the server maps the code to an HTTP status in one place
+//! ([`ErrorCode::http_status`]) and never shows internals: an
+//! [`Error::Internal`] reaches the client as `internal` with a fixed message,
+//! while the cause goes to the log.
+
+use serde::{Deserialize, Serialize};
+
+use crate::auth::AuthError;
+use crate::storage::StoreError;
+
+/// The error codes of the contract.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ErrorCode {
+    InvalidRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    PayloadTooLarge,
+    RateLimited,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status that goes with the code.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// The snake_case name used on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidRequest => "invalid_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+/// What can go wrong in a mesh operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request is malformed or breaks a limit.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// No valid credentials.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// Too many requests; retry after the given time.
+    #[error("too many requests, retry in {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    /// The storage backend failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing or key handling failed (not a bad token: that is `Unauthorized`).
+    #[error("auth backend: {0}")]
+    Auth(AuthError),
+    /// Anything else that is our fault.
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The contract code for this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            Error::Unauthorized(_) => ErrorCode::Unauthorized,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Conflict(_) => ErrorCode::Conflict,
+            Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
+            Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::Store(_) | Error::Auth(_) | Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// The message a client may see: our own words for client errors, a fixed
+    /// text for internal ones (whose detail belongs in the log only).
+    pub fn client_message(&self) -> String {
+        match self.code() {
+            ErrorCode::Internal => "internal server error".to_owned(),
+            _ => self.to_string(),
+        }
+    }
+
+    /// `Retry-After` in milliseconds, for `rate_limited`.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
+    /// The error as the payload of a WebSocket `error` event.
+    pub fn to_payload(&self) -> crate::protocol::ErrorPayload {
+        crate::protocol::ErrorPayload {
+            code: self.code(),
+            message: self.client_message(),
+            retry_after_ms: self.retry_after_ms(),
+        }
+    }
+}
+
+impl From<AuthError> for Error {
+    fn from(e: AuthError) -> Self {
+        if e.is_credential_error() {
+            Error::Unauthorized(e.to_string())
+        } else {
+            Error::Auth(e)
+        }
+    }
+}
+
+/// Shorthand for results of mesh operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn internal_errors_do_not_leak() {
+        let e = Error::Internal("disk on fire at /var/secret".into());
+        assert_eq!(e.code(), ErrorCode::Internal);
+        assert!(!e.client_message().contains("secret"));
+        assert_eq!(e.code().http_status(), 500);
+    }
+
+    #[test]
+    fn codes_serialize_snake_case() {
+        for code in [
+            ErrorCode::InvalidRequest,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::RateLimited,
+        ] {
+            assert_eq!(serde_json::json!(code), serde_json::json!(code.as_str()));
+        }
+    }
+}

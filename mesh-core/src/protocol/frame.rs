@@ -1,0 +1,392 @@
+//! WebSocket frames: `{"type": "<event>", "id"?: "<request id>", "payload": {...}}`.
+//!
+//! [`ClientEvent`] is what clients send, [`ServerEvent`] what servers send.
+//! Both derive `Serialize` and `Deserialize`, so the server and the client SDK
+//! share one definition of every event.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use super::{
+    Member, Message, P2pInfo, P2pSession, PeerId, Presence, Role, Room, RoomId, SessionId,
+    SessionKind, Timestamp, User, UserId,
+};
+use crate::error::ErrorCode;
+
+/// Request ids are echoed back verbatim; longer ones are refused.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// The payload of `system.hello`, the first frame a client sends.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+    /// For each room, the last `seq` the client has; newer messages are
+    /// delivered right after `system.welcome`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<HashMap<RoomId, u64>>,
+    /// The agent's direct-connection details, for P2P sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<P2pInfo>,
+}
+
+/// A WebRTC signaling payload: routed to `target_peer_id`, everything else
+/// (`sdp`, `candidate`, ...) passed through untouched.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RtcSignal {
+    pub target_peer_id: PeerId,
+    pub room_id: RoomId,
+    /// Filled in by the server on delivery; ignored when a client sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_peer_id: Option<PeerId>,
+    /// Filled in by the server on delivery; ignored when a client sends it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_user_id: Option<UserId>,
+    #[serde(flatten)]
+    pub body: Map<String, Value>,
+}
+
+/// Everything a client may send over the WebSocket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "payload")]
+#[non_exhaustive]
+pub enum ClientEvent {
+    #[serde(rename = "system.hello")]
+    Hello(Hello),
+    #[serde(rename = "system.ping")]
+    Ping(#[serde(default)] Map<String, Value>),
+    #[serde(rename = "room.join")]
+    RoomJoin { room_id: RoomId },
+    #[serde(rename = "room.leave")]
+    RoomLeave { room_id: RoomId },
+    #[serde(rename = "chat.message.send")]
+    MessageSend {
+        room_id: RoomId,
+        content: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_id: Option<String>,
+    },
+    #[serde(rename = "chat.typing")]
+    Typing { room_id: RoomId, typing: bool },
+    #[serde(rename = "presence.update")]
+    PresenceUpdate {
+        status: Presence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    #[serde(rename = "rtc.offer")]
+    RtcOffer(RtcSignal),
+    #[serde(rename = "rtc.answer")]
+    RtcAnswer(RtcSignal),
+    #[serde(rename = "rtc.ice")]
+    RtcIce(RtcSignal),
+    #[serde(rename = "rtc.hangup")]
+    RtcHangup(RtcSignal),
+    #[serde(rename = "p2p.session.request")]
+    P2pRequest {
+        room_id: RoomId,
+        target_peer_id: PeerId,
+        kind: SessionKind,
+    },
+    /// Extension: closes a P2P session the sender is a party to.
+    #[serde(rename = "p2p.session.close")]
+    P2pClose { session_id: SessionId },
+}
+
+impl ClientEvent {
+    /// The `type` this event travels under.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ClientEvent::Hello(_) => "system.hello",
+            ClientEvent::Ping(_) => "system.ping",
+            ClientEvent::RoomJoin { .. } => "room.join",
+            ClientEvent::RoomLeave { .. } => "room.leave",
+            ClientEvent::MessageSend { .. } => "chat.message.send",
+            ClientEvent::Typing { .. } => "chat.typing",
+            ClientEvent::PresenceUpdate { .. } => "presence.update",
+            ClientEvent::RtcOffer(_) => "rtc.offer",
+            ClientEvent::RtcAnswer(_) => "rtc.answer",
+            ClientEvent::RtcIce(_) => "rtc.ice",
+            ClientEvent::RtcHangup(_) => "rtc.hangup",
+            ClientEvent::P2pRequest { .. } => "p2p.session.request",
+            ClientEvent::P2pClose { .. } => "p2p.session.close",
+        }
+    }
+}
+
+/// The payload of an `error` event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorPayload {
+    pub code: ErrorCode,
+    pub message: String,
+    /// With `rate_limited`: how long to wait before sending again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ErrorPayload {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+        }
+    }
+}
+
+/// Everything a server sends over the WebSocket.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "payload")]
+#[non_exhaustive]
+pub enum ServerEvent {
+    #[serde(rename = "system.welcome")]
+    Welcome {
+        peer_id: PeerId,
+        user: User,
+        server_time: Timestamp,
+        heartbeat_ms: u64,
+    },
+    #[serde(rename = "system.pong")]
+    Pong { server_time: Timestamp },
+    #[serde(rename = "room.joined")]
+    RoomJoined {
+        room_id: RoomId,
+        user: User,
+        peer_id: PeerId,
+        /// Only in the answer to the joining connection.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        members: Option<Vec<Member>>,
+    },
+    #[serde(rename = "room.left")]
+    RoomLeft { room_id: RoomId, user_id: UserId },
+    /// Extension: a room's name, topic or visibility changed.
+    #[serde(rename = "room.updated")]
+    RoomUpdated { room: Room },
+    /// Extension: a room was deleted by its owner.
+    #[serde(rename = "room.deleted")]
+    RoomDeleted { room_id: RoomId },
+    /// Extension: a member's role changed.
+    #[serde(rename = "room.member.updated")]
+    MemberUpdated {
+        room_id: RoomId,
+        user_id: UserId,
+        role: Role,
+    },
+    #[serde(rename = "chat.message.created")]
+    MessageCreated { message: Message },
+    #[serde(rename = "chat.typing")]
+    Typing {
+        room_id: RoomId,
+        user_id: UserId,
+        typing: bool,
+    },
+    #[serde(rename = "presence.update")]
+    PresenceUpdate {
+        user_id: UserId,
+        status: Presence,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    },
+    #[serde(rename = "rtc.offer")]
+    RtcOffer(RtcSignal),
+    #[serde(rename = "rtc.answer")]
+    RtcAnswer(RtcSignal),
+    #[serde(rename = "rtc.ice")]
+    RtcIce(RtcSignal),
+    #[serde(rename = "rtc.hangup")]
+    RtcHangup(RtcSignal),
+    #[serde(rename = "p2p.session.created")]
+    P2pSessionCreated {
+        session: P2pSession,
+        session_token: String,
+        /// The initiator's direct-connection details.
+        initiator: P2pInfo,
+        /// The target's direct-connection details.
+        target: P2pInfo,
+    },
+    #[serde(rename = "p2p.session.closed")]
+    P2pSessionClosed {
+        session_id: SessionId,
+        reason: String,
+    },
+    #[serde(rename = "error")]
+    Error(ErrorPayload),
+}
+
+impl ServerEvent {
+    /// Shorthand for an `error` event.
+    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+        ServerEvent::Error(ErrorPayload::new(code, message))
+    }
+}
+
+/// A parsed client frame: the event and the request id to answer with.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IncomingFrame {
+    pub id: Option<String>,
+    pub event: ClientEvent,
+}
+
+/// A frame on its way to a client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OutgoingFrame {
+    #[serde(flatten)]
+    pub event: ServerEvent,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl OutgoingFrame {
+    /// A frame with no request id (a broadcast).
+    pub fn event(event: ServerEvent) -> Self {
+        Self { event, id: None }
+    }
+
+    /// A frame answering request `id`.
+    pub fn reply(id: Option<String>, event: ServerEvent) -> Self {
+        Self { event, id }
+    }
+
+    /// The frame as JSON text.
+    pub fn to_json(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string.
+        serde_json::to_string(self).unwrap_or_else(|_| {
+            r#"{"type":"error","payload":{"code":"internal","message":"encoding failed"}}"#
+                .to_owned()
+        })
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    id: Option<Value>,
+    #[serde(default)]
+    payload: Option<Value>,
+}
+
+/// Parses one text frame from a client.
+///
+/// On failure the error carries the request id when one could be read, so
+/// the `error` answer can name it.
+pub fn parse_client_frame(text: &str) -> Result<IncomingFrame, (Option<String>, ErrorPayload)> {
+    let invalid = |id: Option<String>, msg: String| {
+        Err((id, ErrorPayload::new(ErrorCode::InvalidRequest, msg)))
+    };
+    let raw: RawFrame = match serde_json::from_str(text) {
+        Ok(raw) => raw,
+        Err(e) => {
+            return invalid(
+                None,
+                format!("frame is not a JSON object with a \"type\": {e}"),
+            );
+        }
+    };
+    let id = match raw.id {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_REQUEST_ID_LEN => Some(s),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        Some(_) => {
+            return invalid(
+                None,
+                format!("\"id\" must be a string of at most {MAX_REQUEST_ID_LEN} bytes"),
+            );
+        }
+    };
+    let payload = match raw.payload {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => return invalid(id, "\"payload\" must be an object".to_owned()),
+    };
+    let mut envelope = Map::with_capacity(2);
+    envelope.insert("type".to_owned(), Value::String(raw.kind.clone()));
+    envelope.insert("payload".to_owned(), payload);
+    match serde_json::from_value::<ClientEvent>(Value::Object(envelope)) {
+        Ok(event) => Ok(IncomingFrame { id, event }),
+        Err(e) if e.to_string().starts_with("unknown variant") => {
+            invalid(id, format!("unknown event type {:?}", raw.kind))
+        }
+        Err(e) => invalid(id, format!("bad {} payload: {e}", raw.kind)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_a_send_with_id() {
+        let room = RoomId::new();
+        let text = json!({"type": "chat.message.send", "id": "r1",
+            "payload": {"room_id": room, "content": "hi", "client_id": "c1"}})
+        .to_string();
+        let frame = parse_client_frame(&text).expect("parse");
+        assert_eq!(frame.id.as_deref(), Some("r1"));
+        assert_eq!(
+            frame.event,
+            ClientEvent::MessageSend {
+                room_id: room,
+                content: "hi".into(),
+                client_id: Some("c1".into())
+            }
+        );
+    }
+
+    #[test]
+    fn payload_may_be_omitted_where_nothing_is_required() {
+        let frame = parse_client_frame(r#"{"type":"system.ping"}"#).expect("ping");
+        assert!(matches!(frame.event, ClientEvent::Ping(_)));
+        let frame = parse_client_frame(r#"{"type":"system.hello"}"#).expect("hello");
+        assert_eq!(frame.event, ClientEvent::Hello(Hello::default()));
+    }
+
+    #[test]
+    fn bad_frames_are_invalid_request_with_the_id_kept() {
+        let (id, err) = parse_client_frame("not json").expect_err("not json");
+        assert_eq!((id, err.code), (None, ErrorCode::InvalidRequest));
+        let (id, err) =
+            parse_client_frame(r#"{"type":"nope","id":"7","payload":{}}"#).expect_err("unknown");
+        assert_eq!(id.as_deref(), Some("7"));
+        assert!(
+            err.message.contains("unknown event type"),
+            "{}",
+            err.message
+        );
+        let (id, err) = parse_client_frame(r#"{"type":"room.join","id":"8","payload":{}}"#)
+            .expect_err("missing field");
+        assert_eq!(id.as_deref(), Some("8"));
+        assert!(err.message.contains("room_id"), "{}", err.message);
+    }
+
+    #[test]
+    fn rtc_signals_keep_their_body() {
+        let text = json!({"type": "rtc.offer", "payload": {
+            "target_peer_id": PeerId::new(), "room_id": RoomId::new(), "sdp": "v=0"}})
+        .to_string();
+        let frame = parse_client_frame(&text).expect("parse");
+        let ClientEvent::RtcOffer(signal) = frame.event else {
+            panic!("not an offer")
+        };
+        assert_eq!(signal.body.get("sdp"), Some(&json!("v=0")));
+    }
+
+    #[test]
+    fn outgoing_frames_have_type_id_and_payload() {
+        let frame = OutgoingFrame::reply(
+            Some("9".into()),
+            ServerEvent::error(ErrorCode::Forbidden, "no"),
+        );
+        let v: Value = serde_json::from_str(&frame.to_json()).expect("json");
+        assert_eq!(
+            v,
+            json!({"type": "error", "id": "9", "payload": {"code": "forbidden", "message": "no"}})
+        );
+        let back: OutgoingFrame = serde_json::from_value(v).expect("round trip");
+        assert_eq!(back, frame);
+    }
+}

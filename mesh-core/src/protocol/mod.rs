@@ -1,0 +1,21 @@
+//! The mesh wire contract: every shape, frame and error code a client sees.
+//!
+//! This module is pure data. Names and shapes follow `PROTOCOL.md` (kept in
+//! the repository under `docs/`); a client written against that document must
+//! be able to use these types, and the other way round.
+
+mod frame;
+mod ids;
+mod model;
+mod time;
+
+pub use frame::{
+    ClientEvent, ErrorPayload, Hello, IncomingFrame, MAX_REQUEST_ID_LEN, OutgoingFrame, RtcSignal,
+    ServerEvent, parse_client_frame,
+};
+pub use ids::{DeviceId, MessageId, PeerId, RoomId, SessionId, UserId};
+pub use model::{
+    Member, Message, P2pInfo, P2pSession, Presence, Role, Room, SessionKind, SessionState, User,
+    Visibility,
+};
+pub use time::Timestamp;

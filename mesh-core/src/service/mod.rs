@@ -1,0 +1,1 @@
+//! The async service tying storage, auth and the engine together.

@@ -1,0 +1,247 @@
+//! Storage: the [`Store`] trait and its backends.
+//!
+//! A backend keeps users, devices, rooms, memberships, messages and P2P
+//! sessions. Every write is durable when its future resolves: the service
+//! acknowledges a message to its sender only after
+//! [`Store::append_message`] returns, so a crash loses nothing acknowledged.
+//!
+//! Backends:
+//! - [`memory::MemoryStore`]: in memory, for tests and embedding.
+//! - [`sled::SledStore`] (feature `sled`): the embedded on-disk default, with
+//!   group commit.
+//!
+//! Every backend passes the same suite, [`conformance`] (feature
+//! `conformance`): one macro call proves a new backend.
+//!
+//! Each backend has its own error type ([`Store::Error`]) that converts into
+//! [`StoreError`]; callers hold the erased form, [`DynStore`], built with
+//! [`IntoDynStore::into_dyn`].
+
+use std::fmt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::protocol::{
+    DeviceId, Message, MessageId, P2pSession, Role, Room, RoomId, SessionId, Timestamp, User,
+    UserId, Visibility,
+};
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+mod erase;
+pub mod memory;
+#[cfg(feature = "sled")]
+pub mod sled;
+
+pub use erase::EraseStoreError;
+
+/// The most messages one page may hold.
+pub const MAX_PAGE: usize = 100;
+
+/// The error every backend's error converts into.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Stored data could not be decoded.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// The backend failed (I/O, database error, ...).
+    #[error(transparent)]
+    Backend(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps any backend error.
+    pub fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+/// A user with the password hash kept beside it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct UserRecord {
+    pub user: User,
+    /// A PHC string (argon2id), or empty for users of an external auth.
+    pub password_hash: String,
+}
+
+/// One login of a user. Access tokens name it; revoking it invalidates them.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct DeviceRecord {
+    pub id: DeviceId,
+    pub user_id: UserId,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub revoked: bool,
+}
+
+/// A user's place in a room.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Membership {
+    pub room_id: RoomId,
+    pub user_id: UserId,
+    pub role: Role,
+    pub joined_at: Timestamp,
+}
+
+/// Changes to a room; `None` leaves a field as it is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RoomUpdate {
+    pub name: Option<String>,
+    /// `Some(None)` clears the topic.
+    pub topic: Option<Option<String>>,
+    pub visibility: Option<Visibility>,
+}
+
+/// A message about to be appended; the store assigns its `seq`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub room_id: RoomId,
+    pub sender: User,
+    pub content: String,
+    pub created_at: Timestamp,
+    pub client_id: Option<String>,
+}
+
+/// What [`Store::append_message`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// The message was stored with the next `seq`.
+    Created(Message),
+    /// The same `(sender, room, client_id)` was stored before: this is it,
+    /// and nothing new was written.
+    Duplicate(Message),
+}
+
+impl AppendOutcome {
+    /// The message, new or earlier.
+    pub fn message(&self) -> &Message {
+        match self {
+            AppendOutcome::Created(m) | AppendOutcome::Duplicate(m) => m,
+        }
+    }
+
+    pub fn into_message(self) -> Message {
+        match self {
+            AppendOutcome::Created(m) | AppendOutcome::Duplicate(m) => m,
+        }
+    }
+}
+
+/// Which page of a room's history to read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageQuery {
+    /// The newest messages; `has_more` tells whether older ones exist.
+    Latest,
+    /// The messages just older than this `seq`; `has_more`: older ones exist.
+    Before(u64),
+    /// The messages just newer than this `seq`; `has_more`: newer ones exist.
+    After(u64),
+}
+
+/// A page of history, in ascending `seq`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Page {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// A storage backend. See the [module docs](self).
+///
+/// Usernames reach the store already folded to lower case. Methods that look
+/// a thing up answer `Ok(None)` (or `false`) for "not there"; errors are for
+/// failures only.
+#[async_trait]
+pub trait Store: fmt::Debug + Send + Sync + 'static {
+    /// This backend's error.
+    type Error: std::error::Error + Send + Sync + Into<StoreError> + 'static;
+
+    // ---- users ----
+
+    /// Stores a new user. `false` (and nothing written) if the username or
+    /// id is taken.
+    async fn create_user(&self, record: UserRecord) -> Result<bool, Self::Error>;
+    async fn user(&self, id: UserId) -> Result<Option<UserRecord>, Self::Error>;
+    async fn user_by_name(&self, username: &str) -> Result<Option<UserRecord>, Self::Error>;
+
+    // ---- devices ----
+
+    /// Inserts or replaces a device (revoking writes it back with `revoked`).
+    async fn put_device(&self, device: DeviceRecord) -> Result<(), Self::Error>;
+    async fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error>;
+    async fn devices_of(&self, user: UserId) -> Result<Vec<DeviceRecord>, Self::Error>;
+
+    // ---- rooms ----
+
+    /// Stores a new room and its owner's membership, atomically. The room's
+    /// `member_count` as given is ignored: the store counts memberships.
+    async fn create_room(&self, room: Room, owner: Membership) -> Result<(), Self::Error>;
+    /// The room, with `member_count` filled in.
+    async fn room(&self, id: RoomId) -> Result<Option<Room>, Self::Error>;
+    /// Applies `update`; the room after it, or `None` if there is no such room.
+    async fn update_room(
+        &self,
+        id: RoomId,
+        update: RoomUpdate,
+    ) -> Result<Option<Room>, Self::Error>;
+    /// Deletes the room with its memberships, messages and sessions. `false`
+    /// if there was no such room.
+    async fn delete_room(&self, id: RoomId) -> Result<bool, Self::Error>;
+    /// Every public room, oldest first.
+    async fn public_rooms(&self) -> Result<Vec<Room>, Self::Error>;
+    /// Every room the user is a member of, oldest first.
+    async fn rooms_of(&self, user: UserId) -> Result<Vec<Room>, Self::Error>;
+
+    // ---- memberships ----
+
+    /// Adds a member. `false` (and nothing changed) if already a member.
+    async fn add_member(&self, membership: Membership) -> Result<bool, Self::Error>;
+    /// `false` if the user was not a member.
+    async fn remove_member(&self, room: RoomId, user: UserId) -> Result<bool, Self::Error>;
+    /// `false` if the user is not a member.
+    async fn set_role(&self, room: RoomId, user: UserId, role: Role) -> Result<bool, Self::Error>;
+    async fn member(&self, room: RoomId, user: UserId) -> Result<Option<Membership>, Self::Error>;
+    /// Every member, in the order they joined.
+    async fn members(&self, room: RoomId) -> Result<Vec<Membership>, Self::Error>;
+
+    // ---- messages ----
+
+    /// Appends a message with the room's next `seq` (1 for the first), or
+    /// returns the earlier one with the same `(sender, room, client_id)`.
+    /// Durable when it returns.
+    async fn append_message(&self, message: NewMessage) -> Result<AppendOutcome, Self::Error>;
+    /// A page of at most `limit` (clamped to 1..=[`MAX_PAGE`]) messages.
+    async fn messages(
+        &self,
+        room: RoomId,
+        query: PageQuery,
+        limit: usize,
+    ) -> Result<Page, Self::Error>;
+    /// The highest `seq` in the room, 0 if it has no messages.
+    async fn last_seq(&self, room: RoomId) -> Result<u64, Self::Error>;
+
+    // ---- P2P sessions ----
+
+    async fn put_session(&self, session: P2pSession) -> Result<(), Self::Error>;
+    async fn session(&self, id: SessionId) -> Result<Option<P2pSession>, Self::Error>;
+    /// Sessions the user is a party to (either side).
+    async fn sessions_of(&self, user: UserId) -> Result<Vec<P2pSession>, Self::Error>;
+    /// `false` if there was no such session.
+    async fn delete_session(&self, id: SessionId) -> Result<bool, Self::Error>;
+}
+
+/// A store with its errors erased to [`StoreError`]: what the service holds.
+pub type DynStore = dyn Store<Error = StoreError>;
+
+/// Turns any [`Store`] into an `Arc<DynStore>`.
+pub trait IntoDynStore {
+    fn into_dyn(self) -> Arc<DynStore>;
+}
+
+impl<S: Store> IntoDynStore for S {
+    fn into_dyn(self) -> Arc<DynStore> {
+        todo!("erase")
+    }
+}
