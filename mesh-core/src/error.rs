@@ -24,6 +24,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     RateLimited,
     Internal,
+    /// Extension: the path exists but not with this HTTP method (405).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {
@@ -38,6 +40,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
+            ErrorCode::MethodNotAllowed => 405,
         }
     }
 
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
         }
     }
 }
@@ -75,6 +79,9 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     PayloadTooLarge(String),
+    /// The route exists, but not with this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
     /// Too many requests; retry after the given time.
     #[error("too many requests, retry in {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
@@ -100,6 +107,7 @@ impl Error {
             Error::Conflict(_) => ErrorCode::Conflict,
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
+            Error::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             Error::Store(_) | Error::Auth(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }

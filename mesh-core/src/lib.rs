@@ -24,6 +24,7 @@ pub mod auth;
 pub mod engine;
 pub mod error;
 pub mod protocol;
+#[cfg(feature = "server")]
 pub mod service;
 pub mod storage;
 pub mod transport;

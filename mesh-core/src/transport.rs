@@ -8,9 +8,9 @@
 use std::fmt;
 use std::sync::Arc;
 
-/// A frame ready to send: JSON text, shared between all recipients of a
-/// broadcast so it is encoded once.
-pub type EncodedFrame = Arc<str>;
+/// A frame ready to send: the bytes of a JSON text (always valid UTF-8),
+/// shared between all recipients of a broadcast so it is encoded once.
+pub type EncodedFrame = bytes::Bytes;
 
 /// WebSocket close codes the engine and server use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +67,12 @@ pub trait Connection: Send + Sync + fmt::Debug {
 
     /// Closes the connection after the frames already queued.
     fn close(&self, code: CloseCode, reason: &str);
+
+    /// How many more frames the queue takes before [`SendError::Full`]. The
+    /// service paces long backlogs (resuming with `since`) by it.
+    fn capacity(&self) -> usize {
+        usize::MAX
+    }
 }
 
 /// Shared handle to a connection.

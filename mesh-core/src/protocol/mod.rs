@@ -5,6 +5,7 @@
 //! be able to use these types, and the other way round.
 
 mod frame;
+pub mod http;
 mod ids;
 mod model;
 mod time;

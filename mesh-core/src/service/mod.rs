@@ -1,1 +1,935 @@
-//! The async service tying storage, auth and the engine together.
+//! The service: storage, auth and the engine, tied together.
+//!
+//! [`Service`] is what a server (or an app that embeds mesh) drives. It
+//! validates input, checks permissions, persists through the [`Store`],
+//! and tells the sans-IO [`Engine`] what happened; the engine's output is
+//! delivered to [`Connection`]s by the hub. Every method returns the
+//! contract's [`Error`], which a server maps to HTTP in one place.
+//!
+//! The engine lives behind a std `Mutex`: its critical sections are short
+//! and never await, so an async mutex would only add cost (the same choice
+//! mini-redis makes for its `Db`). Storage is awaited outside the lock.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), mesh_core::Error> {
+//! use mesh_core::service::Service;
+//! use mesh_core::storage::memory::MemoryStore;
+//!
+//! let service = Service::builder().store(MemoryStore::new()).build()?;
+//! tokio::spawn(service.clone().run_timers());
+//! # Ok(()) }
+//! ```
+//!
+//! [`Store`]: crate::storage::Store
+//! [`Connection`]: crate::transport::Connection
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::auth::tokens::{self, MAX_CAPABILITY_TTL};
+use crate::auth::{Authenticator, Identity, JwtAuthenticator, KeyRing, Scope};
+use crate::engine::{Engine, EngineConfig};
+use crate::error::{Error, Result};
+use crate::protocol::http::{
+    AuthResponse, CapabilityRequest, CapabilityResponse, CreateRoomRequest, Device, InviteRequest,
+    LoginRequest, RegisterRequest, UpdateRoomRequest,
+};
+use crate::protocol::{
+    DeviceId, Member, P2pSession, PeerId, Role, Room, RoomId, SessionId, SessionKind, Timestamp,
+    User, UserId, Visibility,
+};
+// MERGE: use crate::storage::memory::MemoryStore;
+use crate::storage::{
+    DeviceRecord, DynStore, IntoDynStore, MAX_PAGE, Membership, Page, PageQuery, RoomUpdate,
+    UserRecord,
+};
+use crate::validate;
+
+mod connection;
+mod hub;
+pub mod limits;
+
+pub use connection::{Flow, PeerConnection};
+use hub::Hub;
+use limits::{FrameRate, LoginLimiter, LoginRate};
+
+/// Settings of a [`Service`].
+#[derive(Clone, Debug, Default)]
+pub struct ServiceConfig {
+    pub engine: EngineConfig,
+    /// The per-connection frame rate limit.
+    pub frame_rate: FrameRate,
+    /// The login attempt limits.
+    pub login_rate: LoginRate,
+}
+
+/// Builds a [`Service`]: an in-memory store and a fresh key ring unless told
+/// otherwise.
+#[derive(Debug, Default)]
+pub struct ServiceBuilder {
+    store: Option<Arc<DynStore>>,
+    auth: Option<Arc<dyn Authenticator>>,
+    config: ServiceConfig,
+}
+
+impl ServiceBuilder {
+    /// Uses `store` for persistence.
+    pub fn store(mut self, store: impl IntoDynStore) -> Self {
+        self.store = Some(store.into_dyn());
+        self
+    }
+
+    /// Uses an already erased store.
+    pub fn dyn_store(mut self, store: Arc<DynStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Uses `auth` to check passwords and tokens.
+    pub fn authenticator(mut self, auth: impl Authenticator) -> Self {
+        self.auth = Some(Arc::new(auth));
+        self
+    }
+
+    /// Uses the default authenticator with these keys.
+    pub fn keys(mut self, keys: KeyRing) -> Self {
+        self.auth = Some(Arc::new(JwtAuthenticator::new(Arc::new(keys))));
+        self
+    }
+
+    pub fn config(mut self, config: ServiceConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    pub fn build(self) -> Result<Service> {
+        let store = match self.store {
+            Some(s) => s,
+            None => return Err(Error::Internal("MERGE: default store".into())), // MERGE: MemoryStore::new().into_dyn(),
+        };
+        let auth = match self.auth {
+            Some(a) => a,
+            None => Arc::new(JwtAuthenticator::new(Arc::new(KeyRing::generate()?))),
+        };
+        let engine = Engine::new(self.config.engine.clone());
+        Ok(Service {
+            inner: Arc::new(Inner {
+                store,
+                auth,
+                hub: Mutex::new(Hub::new(engine)),
+                logins: Mutex::new(LoginLimiter::new(self.config.login_rate)),
+                timers: tokio::sync::Notify::new(),
+                next_timer: AtomicI64::new(i64::MAX),
+                config: self.config,
+            }),
+        })
+    }
+}
+
+/// The mesh service. Cheap to clone: clones share state.
+#[derive(Clone, Debug)]
+pub struct Service {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Arc<DynStore>,
+    auth: Arc<dyn Authenticator>,
+    hub: Mutex<Hub>,
+    logins: Mutex<LoginLimiter>,
+    /// Wakes [`Service::run_timers`] when an earlier deadline appears.
+    timers: tokio::sync::Notify,
+    /// The deadline `run_timers` sleeps until, in Unix ms.
+    next_timer: AtomicI64,
+    config: ServiceConfig,
+}
+
+/// Locks a mutex even if a panicking thread poisoned it: the engine's state
+/// is updated in single steps, so it stays consistent.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A password hash to check against when the user does not exist, so a
+/// login for an unknown name costs as long as one with a wrong password.
+fn dummy_hash(auth: &dyn Authenticator) -> &'static str {
+    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DUMMY.get_or_init(|| {
+        auth.hash_password("mesh-dummy-password")
+            .unwrap_or_default()
+    })
+}
+
+impl Service {
+    pub fn builder() -> ServiceBuilder {
+        ServiceBuilder::default()
+    }
+
+    /// The store behind the service.
+    pub fn store(&self) -> &Arc<DynStore> {
+        &self.inner.store
+    }
+
+    /// The authenticator behind the service.
+    pub fn authenticator(&self) -> &Arc<dyn Authenticator> {
+        &self.inner.auth
+    }
+
+    pub fn config(&self) -> &ServiceConfig {
+        &self.inner.config
+    }
+
+    /// Runs `f` on the engine, then delivers its output. Never awaits with
+    /// the lock held.
+    fn with_engine<R>(&self, f: impl FnOnce(&mut Engine, Timestamp) -> R) -> R {
+        self.with_hub(|hub, now| f(&mut hub.engine, now))
+    }
+
+    fn with_hub<R>(&self, f: impl FnOnce(&mut Hub, Timestamp) -> R) -> R {
+        let now = Timestamp::now();
+        let (result, ended, next) = {
+            let mut hub = lock(&self.inner.hub);
+            let result = f(&mut hub, now);
+            let ended = hub.dispatch(now);
+            (result, ended, hub.engine.poll_timeout())
+        };
+        if let Some(next) = next
+            && next.unix_millis() < self.inner.next_timer.load(Ordering::Relaxed)
+        {
+            self.inner.timers.notify_one();
+        }
+        self.forget_sessions(ended);
+        result
+    }
+
+    /// Removes ended P2P sessions from the store, in the background.
+    fn forget_sessions(&self, ended: Vec<SessionId>) {
+        if ended.is_empty() {
+            return;
+        }
+        let store = self.inner.store.clone();
+        let remove = async move {
+            for id in ended {
+                if let Err(e) = store.delete_session(id).await {
+                    tracing::warn!(session = %id, error = %e, "could not remove an ended P2P session");
+                }
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn(remove);
+            }
+            Err(_) => tracing::warn!("no tokio runtime: ended P2P sessions stay in the store"),
+        }
+    }
+
+    /// Fires the engine's timers (heartbeats, typing, session expiry) as they
+    /// fall due. Spawn it once per service; it runs until dropped.
+    pub async fn run_timers(self) {
+        loop {
+            let notified = self.inner.timers.notified();
+            let next = lock(&self.inner.hub).engine.poll_timeout();
+            self.inner.next_timer.store(
+                next.map_or(i64::MAX, Timestamp::unix_millis),
+                Ordering::Relaxed,
+            );
+            match next {
+                Some(deadline) => {
+                    let wait = deadline.since(Timestamp::now());
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = notified => continue,
+                    }
+                }
+                None => {
+                    notified.await;
+                    continue;
+                }
+            }
+            self.with_engine(|engine, now| engine.handle_timeout(now));
+        }
+    }
+
+    /// Runs CPU-heavy work (password hashing) off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&dyn Authenticator) -> T + Send + 'static,
+    ) -> Result<T> {
+        let auth = self.inner.auth.clone();
+        tokio::task::spawn_blocking(move || f(auth.as_ref()))
+            .await
+            .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))
+    }
+
+    fn check_login_rate(&self, username: Option<&str>, addr: Option<IpAddr>) -> Result<()> {
+        lock(&self.inner.logins)
+            .before_attempt(username, addr, Timestamp::now())
+            .map_err(|wait| Error::RateLimited {
+                retry_after_ms: wait.as_millis().max(1) as u64,
+            })
+    }
+
+    // ---------------------------------------------------------------- accounts
+
+    /// Creates an account and logs its first device in.
+    pub async fn register(
+        &self,
+        req: RegisterRequest,
+        addr: Option<IpAddr>,
+    ) -> Result<AuthResponse> {
+        let username = validate::username(&req.username)?;
+        validate::password(&req.password)?;
+        let display_name = validate::display_name(req.display_name.as_deref(), &username)?;
+        let device_name = validate::device_name(req.device_name.as_deref())?;
+        self.check_login_rate(None, addr)?;
+        let store = &self.inner.store;
+        if store.user_by_name(&username).await?.is_some() {
+            return Err(Error::Conflict(format!("username {username:?} is taken")));
+        }
+        let password = req.password;
+        let password_hash = self
+            .blocking(move |auth| auth.hash_password(&password))
+            .await??;
+        let user = User {
+            id: UserId::new(),
+            username: username.clone(),
+            display_name,
+            created_at: Timestamp::now(),
+        };
+        let created = store
+            .create_user(UserRecord {
+                user: user.clone(),
+                password_hash,
+            })
+            .await?;
+        if !created {
+            return Err(Error::Conflict(format!("username {username:?} is taken")));
+        }
+        tracing::info!(user = %user.id, %username, "registered");
+        self.new_device(user, device_name).await
+    }
+
+    /// Checks a username and password and logs a new device in. Wrong name
+    /// and wrong password get the same answer, in the same time.
+    pub async fn login(&self, req: LoginRequest, addr: Option<IpAddr>) -> Result<AuthResponse> {
+        let wrong = || Error::Unauthorized("wrong username or password".into());
+        let username = req.username.to_ascii_lowercase();
+        self.check_login_rate(Some(&username), addr)?;
+        let device_name = validate::device_name(req.device_name.as_deref())?;
+        let record = match validate::username(&username) {
+            Ok(name) => self.inner.store.user_by_name(&name).await?,
+            Err(_) => None,
+        };
+        let hash = record.as_ref().map(|r| r.password_hash.clone());
+        let password = req.password;
+        let ok = self
+            .blocking(move |auth| {
+                let hash = hash.unwrap_or_else(|| dummy_hash(auth).to_owned());
+                auth.verify_password(&password, &hash)
+            })
+            .await??;
+        match record {
+            Some(record) if ok => self.new_device(record.user, device_name).await,
+            _ => {
+                lock(&self.inner.logins).failed(&username, Timestamp::now());
+                Err(wrong())
+            }
+        }
+    }
+
+    async fn new_device(&self, user: User, name: String) -> Result<AuthResponse> {
+        let now = Timestamp::now();
+        let device = DeviceRecord {
+            id: DeviceId::new(),
+            user_id: user.id,
+            name,
+            created_at: now,
+            revoked: false,
+        };
+        self.inner.store.put_device(device.clone()).await?;
+        let issued = self
+            .inner
+            .auth
+            .issue_access_token(user.id, device.id, now)?;
+        Ok(AuthResponse {
+            user,
+            token: issued.token,
+            expires_at: issued.expires_at,
+            device_id: device.id,
+        })
+    }
+
+    /// Turns a bearer token into an identity: signature, expiry, and that
+    /// its device is not revoked.
+    pub async fn authenticate(&self, token: &str) -> Result<Identity> {
+        let identity = self.inner.auth.authenticate(token, Timestamp::now())?;
+        // Devices are never deleted, only revoked. A token naming a device
+        // the store does not know comes from an external authenticator.
+        if let Some(device) = self.inner.store.device(identity.device_id).await?
+            && (device.revoked || device.user_id != identity.user_id)
+        {
+            return Err(Error::Unauthorized("this device was signed out".into()));
+        }
+        Ok(identity)
+    }
+
+    /// The user behind an identity.
+    pub async fn me(&self, identity: &Identity) -> Result<User> {
+        self.user(identity.user_id).await
+    }
+
+    async fn user(&self, id: UserId) -> Result<User> {
+        self.inner
+            .store
+            .user(id)
+            .await?
+            .map(|r| r.user)
+            .ok_or_else(|| Error::Unauthorized("no such user".into()))
+    }
+
+    fn require(identity: &Identity, scope: Scope) -> Result<()> {
+        if identity.allows(scope) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden(format!(
+                "this capability token does not allow {}",
+                serde_json::to_string(&scope).unwrap_or_default()
+            )))
+        }
+    }
+
+    /// The server's public signing keys as a JWK Set.
+    pub fn keys(&self) -> serde_json::Value {
+        self.inner.auth.keys().jwks()
+    }
+
+    /// Issues a short-lived capability token scoped down from `identity`.
+    pub fn capability(
+        &self,
+        identity: &Identity,
+        req: CapabilityRequest,
+    ) -> Result<CapabilityResponse> {
+        if req.scope.is_empty() {
+            return Err(Error::InvalidRequest(
+                "scope must name at least one capability".into(),
+            ));
+        }
+        let ttl = Duration::from_secs(req.ttl_secs.unwrap_or(300));
+        if ttl.is_zero() || ttl > MAX_CAPABILITY_TTL {
+            return Err(Error::InvalidRequest(format!(
+                "ttl_secs must be 1 to {}",
+                MAX_CAPABILITY_TTL.as_secs()
+            )));
+        }
+        let issued = tokens::issue_capability(
+            self.inner.auth.keys(),
+            identity,
+            req.scope,
+            ttl,
+            Timestamp::now(),
+        )
+        .map_err(|e| match e {
+            crate::auth::AuthError::OutOfScope(s) => {
+                Error::Forbidden(format!("cannot widen a capability: {s}"))
+            }
+            other => other.into(),
+        })?;
+        Ok(CapabilityResponse {
+            capability_token: issued.token,
+            expires_at: issued.expires_at,
+        })
+    }
+
+    /// The caller's devices.
+    pub async fn devices(&self, identity: &Identity) -> Result<Vec<Device>> {
+        let mut devices: Vec<Device> = self
+            .inner
+            .store
+            .devices_of(identity.user_id)
+            .await?
+            .into_iter()
+            .map(|d| Device {
+                current: d.id == identity.device_id,
+                id: d.id,
+                name: d.name,
+                created_at: d.created_at,
+                revoked: d.revoked,
+            })
+            .collect();
+        devices.sort_by_key(|d| d.created_at);
+        Ok(devices)
+    }
+
+    /// Signs a device out: its tokens stop working and its connections close.
+    pub async fn revoke_device(&self, identity: &Identity, device: DeviceId) -> Result<()> {
+        if identity.scope.is_some() {
+            return Err(Error::Forbidden(
+                "capability tokens cannot revoke devices".into(),
+            ));
+        }
+        let store = &self.inner.store;
+        let mut record = match store.device(device).await? {
+            Some(d) if d.user_id == identity.user_id => d,
+            _ => return Err(Error::NotFound("no such device".into())),
+        };
+        if !record.revoked {
+            record.revoked = true;
+            store.put_device(record).await?;
+        }
+        self.with_engine(|engine, now| engine.revoke_device(now, device));
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ rooms
+
+    async fn membership(&self, room: RoomId, user: UserId) -> Result<Option<Membership>> {
+        Ok(self.inner.store.member(room, user).await?)
+    }
+
+    /// The room if the user may see it: public, or private and a member.
+    async fn visible_room(&self, identity: &Identity, id: RoomId) -> Result<Room> {
+        let not_found = || Error::NotFound("no such room".into());
+        let room = self.inner.store.room(id).await?.ok_or_else(not_found)?;
+        if room.visibility == Visibility::Private
+            && self.membership(id, identity.user_id).await?.is_none()
+        {
+            return Err(not_found());
+        }
+        Ok(room)
+    }
+
+    /// The caller's membership, or `Forbidden`.
+    async fn require_member(&self, identity: &Identity, room: RoomId) -> Result<Membership> {
+        self.visible_room(identity, room).await?;
+        self.membership(room, identity.user_id)
+            .await?
+            .ok_or_else(|| Error::Forbidden("you are not a member of this room".into()))
+    }
+
+    /// Creates a room; the creator is its owner.
+    pub async fn create_room(&self, identity: &Identity, req: CreateRoomRequest) -> Result<Room> {
+        Self::require(identity, Scope::MessagesWrite)?;
+        let name = validate::room_name(&req.name)?;
+        let topic = validate::topic(req.topic.as_deref())?;
+        let user = self.me(identity).await?;
+        let now = Timestamp::now();
+        let room = Room {
+            id: RoomId::new(),
+            name,
+            topic,
+            visibility: req.visibility.unwrap_or_default(),
+            created_by: user.id,
+            created_at: now,
+            member_count: 1,
+        };
+        let owner = Membership {
+            room_id: room.id,
+            user_id: user.id,
+            role: Role::Owner,
+            joined_at: now,
+        };
+        self.inner.store.create_room(room.clone(), owner).await?;
+        self.with_engine(|engine, now| engine.member_added(now, room.id, &user));
+        Ok(room)
+    }
+
+    /// Public rooms and the private rooms the caller belongs to, oldest first.
+    pub async fn list_rooms(&self, identity: &Identity) -> Result<Vec<Room>> {
+        Self::require(identity, Scope::RoomsRead)?;
+        let store = &self.inner.store;
+        let mut rooms: BTreeMap<RoomId, Room> = BTreeMap::new();
+        for room in store.public_rooms().await? {
+            rooms.insert(room.id, room);
+        }
+        for room in store.rooms_of(identity.user_id).await? {
+            rooms.insert(room.id, room);
+        }
+        let mut rooms: Vec<Room> = rooms.into_values().collect();
+        rooms.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        Ok(rooms)
+    }
+
+    /// One room; `NotFound` for a private room the caller is not in.
+    pub async fn get_room(&self, identity: &Identity, id: RoomId) -> Result<Room> {
+        Self::require(identity, Scope::RoomsRead)?;
+        self.visible_room(identity, id).await
+    }
+
+    /// Members of a room the caller may see, with their presence.
+    pub async fn members(&self, identity: &Identity, id: RoomId) -> Result<Vec<Member>> {
+        Self::require(identity, Scope::RoomsRead)?;
+        self.visible_room(identity, id).await?;
+        self.member_list(id).await
+    }
+
+    async fn member_list(&self, id: RoomId) -> Result<Vec<Member>> {
+        let memberships = self.inner.store.members(id).await?;
+        let mut members = Vec::with_capacity(memberships.len());
+        for m in memberships {
+            let Some(record) = self.inner.store.user(m.user_id).await? else {
+                tracing::warn!(user = %m.user_id, room = %id, "membership of an unknown user");
+                continue;
+            };
+            members.push((record.user, m.role, m.joined_at));
+        }
+        let hub = lock(&self.inner.hub);
+        Ok(members
+            .into_iter()
+            .map(|(user, role, joined_at)| Member {
+                presence: hub.engine.presence_of(user.id),
+                user,
+                role,
+                joined_at,
+            })
+            .collect())
+    }
+
+    /// A page of history, members only. `before` and `after` are exclusive
+    /// `seq` bounds; at most one may be given. `limit` defaults to 50 and is
+    /// capped at 100.
+    pub async fn messages(
+        &self,
+        identity: &Identity,
+        room: RoomId,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: Option<usize>,
+    ) -> Result<Page> {
+        Self::require(identity, Scope::MessagesRead)?;
+        let query = match (before, after) {
+            (None, None) => PageQuery::Latest,
+            (Some(b), None) => PageQuery::Before(b),
+            (None, Some(a)) => PageQuery::After(a),
+            (Some(_), Some(_)) => {
+                return Err(Error::InvalidRequest(
+                    "give `before` or `after`, not both".into(),
+                ));
+            }
+        };
+        let limit = match limit {
+            None => 50,
+            Some(0) => return Err(Error::InvalidRequest("limit must be at least 1".into())),
+            Some(n) => n.min(MAX_PAGE),
+        };
+        self.require_member(identity, room).await?;
+        Ok(self.inner.store.messages(room, query, limit).await?)
+    }
+
+    /// Joins a room: public rooms are open to all; private ones only to
+    /// those already invited (who are members).
+    pub(crate) async fn join(&self, identity: &Identity, id: RoomId) -> Result<Vec<Member>> {
+        Self::require(identity, Scope::MessagesWrite)?;
+        let room = self.inner.store.room(id).await?;
+        let member = self.membership(id, identity.user_id).await?;
+        match (&room, &member) {
+            (None, _) => return Err(Error::NotFound("no such room".into())),
+            (Some(r), None) if r.visibility == Visibility::Private => {
+                return Err(Error::NotFound("no such room".into()));
+            }
+            (Some(_), None) => {
+                self.inner
+                    .store
+                    .add_member(Membership {
+                        room_id: id,
+                        user_id: identity.user_id,
+                        role: Role::Member,
+                        joined_at: Timestamp::now(),
+                    })
+                    .await?;
+            }
+            (Some(_), Some(_)) => {}
+        }
+        self.member_list(id).await
+    }
+
+    /// `POST /api/rooms/{id}/join`: joins as [`Service::join`] and tells the
+    /// room and the user's connections.
+    pub async fn join_room(&self, identity: &Identity, id: RoomId) -> Result<Room> {
+        self.join(identity, id).await?;
+        let user = self.me(identity).await?;
+        self.with_engine(|engine, now| engine.member_added(now, id, &user));
+        self.visible_room(identity, id).await
+    }
+
+    /// Leaves a room. The owner cannot leave (delete the room instead).
+    pub async fn leave_room(
+        &self,
+        identity: &Identity,
+        id: RoomId,
+        reply: Option<(PeerId, Option<String>)>,
+    ) -> Result<()> {
+        let me = self.require_member(identity, id).await?;
+        if me.role == Role::Owner {
+            return Err(Error::Conflict(
+                "the owner cannot leave the room; delete it instead".into(),
+            ));
+        }
+        self.inner.store.remove_member(id, identity.user_id).await?;
+        let user = identity.user_id;
+        self.with_engine(|engine, now| engine.leave_room(now, id, user, reply));
+        Ok(())
+    }
+
+    /// Renames a room, sets its topic (owner or admin) or its visibility
+    /// (owner).
+    pub async fn update_room(
+        &self,
+        identity: &Identity,
+        id: RoomId,
+        req: UpdateRoomRequest,
+    ) -> Result<Room> {
+        let me = self.require_member(identity, id).await?;
+        if me.role < Role::Admin {
+            return Err(Error::Forbidden(
+                "only the owner and admins can change the room".into(),
+            ));
+        }
+        if req.visibility.is_some() && me.role != Role::Owner {
+            return Err(Error::Forbidden(
+                "only the owner can change the visibility".into(),
+            ));
+        }
+        let update = RoomUpdate {
+            name: req.name.as_deref().map(validate::room_name).transpose()?,
+            topic: match req.topic {
+                None => None,
+                Some(t) => Some(validate::topic(t.as_deref())?),
+            },
+            visibility: req.visibility,
+        };
+        let room = self
+            .inner
+            .store
+            .update_room(id, update)
+            .await?
+            .ok_or_else(|| Error::NotFound("no such room".into()))?;
+        self.with_engine(|engine, now| engine.room_updated(now, &room));
+        Ok(room)
+    }
+
+    /// Deletes a room with its history (owner only).
+    pub async fn delete_room(&self, identity: &Identity, id: RoomId) -> Result<()> {
+        let me = self.require_member(identity, id).await?;
+        if me.role != Role::Owner {
+            return Err(Error::Forbidden(
+                "only the owner can delete the room".into(),
+            ));
+        }
+        self.inner.store.delete_room(id).await?;
+        self.with_engine(|engine, now| engine.room_deleted(now, id));
+        Ok(())
+    }
+
+    /// Adds a user to a room (owner or admin; the way into private rooms).
+    pub async fn invite(
+        &self,
+        identity: &Identity,
+        id: RoomId,
+        req: InviteRequest,
+    ) -> Result<Member> {
+        let me = self.require_member(identity, id).await?;
+        if me.role < Role::Admin {
+            return Err(Error::Forbidden(
+                "only the owner and admins can invite".into(),
+            ));
+        }
+        let store = &self.inner.store;
+        let record = match (req.user_id, req.username.as_deref()) {
+            (Some(uid), None) => store.user(uid).await?,
+            (None, Some(name)) => store.user_by_name(&name.to_ascii_lowercase()).await?,
+            _ => {
+                return Err(Error::InvalidRequest(
+                    "give either `user_id` or `username`".into(),
+                ));
+            }
+        };
+        let user = record
+            .ok_or_else(|| Error::NotFound("no such user".into()))?
+            .user;
+        let membership = Membership {
+            room_id: id,
+            user_id: user.id,
+            role: Role::Member,
+            joined_at: Timestamp::now(),
+        };
+        if !store.add_member(membership.clone()).await? {
+            return Err(Error::Conflict(format!(
+                "{} is already a member",
+                user.username
+            )));
+        }
+        self.with_engine(|engine, now| engine.member_added(now, id, &user));
+        let presence = lock(&self.inner.hub).engine.presence_of(user.id);
+        Ok(Member {
+            user,
+            role: membership.role,
+            joined_at: membership.joined_at,
+            presence,
+        })
+    }
+
+    /// Removes a member: the owner removes anyone else, admins remove plain
+    /// members, anyone removes themselves (that is leaving).
+    pub async fn remove_member(&self, identity: &Identity, id: RoomId, user: UserId) -> Result<()> {
+        if user == identity.user_id {
+            return self.leave_room(identity, id, None).await;
+        }
+        let me = self.require_member(identity, id).await?;
+        let target = self
+            .membership(id, user)
+            .await?
+            .ok_or_else(|| Error::NotFound("that user is not a member".into()))?;
+        if me.role < Role::Admin || target.role >= me.role {
+            return Err(Error::Forbidden(
+                "you can only remove members whose role is below yours".into(),
+            ));
+        }
+        self.inner.store.remove_member(id, user).await?;
+        self.with_engine(|engine, now| engine.leave_room(now, id, user, None));
+        Ok(())
+    }
+
+    /// Makes a member an admin or a plain member again (owner only).
+    pub async fn set_role(
+        &self,
+        identity: &Identity,
+        id: RoomId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Member> {
+        let me = self.require_member(identity, id).await?;
+        if me.role != Role::Owner {
+            return Err(Error::Forbidden("only the owner can change roles".into()));
+        }
+        if role == Role::Owner || user == identity.user_id {
+            return Err(Error::InvalidRequest(
+                "roles can be set to admin or member, for members other than the owner".into(),
+            ));
+        }
+        let target = self
+            .membership(id, user)
+            .await?
+            .ok_or_else(|| Error::NotFound("that user is not a member".into()))?;
+        self.inner.store.set_role(id, user, role).await?;
+        self.with_engine(|engine, now| engine.role_changed(now, id, user, role));
+        let record = self.user(user).await?;
+        let presence = lock(&self.inner.hub).engine.presence_of(user);
+        Ok(Member {
+            user: record,
+            role,
+            joined_at: target.joined_at,
+            presence,
+        })
+    }
+
+    // -------------------------------------------------------------------- p2p
+
+    /// Authorises a P2P session from one of the caller's connected peers to
+    /// `target` in `room`, signs its token and tells both peers.
+    pub async fn create_session(
+        &self,
+        identity: &Identity,
+        room: RoomId,
+        target: PeerId,
+        kind: SessionKind,
+        initiator: Option<PeerId>,
+        request_id: Option<String>,
+    ) -> Result<(P2pSession, String)> {
+        Self::require(identity, Scope::P2p)?;
+        let session = {
+            let hub = lock(&self.inner.hub);
+            let initiator = match initiator {
+                Some(peer) => {
+                    if hub
+                        .conns
+                        .get(&peer)
+                        .is_none_or(|c| c.user != identity.user_id)
+                    {
+                        return Err(Error::NotFound(
+                            "initiator_peer_id is not one of your connected peers".into(),
+                        ));
+                    }
+                    peer
+                }
+                None => {
+                    let on_device = hub.peers_of(identity.user_id, Some(identity.device_id));
+                    let any = hub.peers_of(identity.user_id, None);
+                    *on_device.first().or(any.first()).ok_or_else(|| {
+                        Error::Conflict(
+                            "you have no connected peer: open a WebSocket (or run `mesh agent`) first"
+                                .into(),
+                        )
+                    })?
+                }
+            };
+            hub.engine.prepare_session(
+                Timestamp::now(),
+                SessionId::new(),
+                initiator,
+                room,
+                target,
+                kind,
+            )?
+        };
+        let token =
+            tokens::issue_session_token(self.inner.auth.keys(), &session, Timestamp::now())?.token;
+        self.inner.store.put_session(session.clone()).await?;
+        let (s, t) = (session.clone(), token.clone());
+        self.with_engine(move |engine, now| engine.open_session(now, s, t, request_id));
+        Ok((session, token))
+    }
+
+    /// The caller's live P2P sessions.
+    pub fn sessions(&self, identity: &Identity) -> Result<Vec<P2pSession>> {
+        Self::require(identity, Scope::P2p)?;
+        Ok(lock(&self.inner.hub).engine.sessions_of(identity.user_id))
+    }
+
+    /// Ends a P2P session the caller is a party to.
+    pub fn close_session(&self, identity: &Identity, id: SessionId) -> Result<()> {
+        Self::require(identity, Scope::P2p)?;
+        let user = identity.user_id;
+        self.with_engine(|engine, now| engine.close_session(now, id, user, "closed"))
+    }
+
+    // ------------------------------------------------------------ connections
+
+    /// Registers a new WebSocket (or other) connection for an authenticated
+    /// identity. The returned [`PeerConnection`] handles its frames; the
+    /// peer is live once the client says `system.hello`.
+    pub async fn open_connection(
+        &self,
+        identity: Identity,
+        conn: crate::transport::DynConnection,
+    ) -> Result<PeerConnection> {
+        Self::require(&identity, Scope::MessagesWrite)?;
+        let user = self.me(&identity).await?;
+        let peer = PeerId::new();
+        lock(&self.inner.hub).conns.insert(
+            peer,
+            hub::ConnEntry {
+                conn,
+                user: user.id,
+                device: identity.device_id,
+            },
+        );
+        Ok(PeerConnection::new(self.clone(), peer, identity, user))
+    }
+
+    /// Forgets a connection: the engine counts the peer gone.
+    fn drop_connection(&self, peer: PeerId) {
+        self.with_hub(|hub, now| {
+            hub.engine.disconnect(now, peer);
+            hub.conns.remove(&peer);
+        });
+    }
+
+    /// How many connections are registered (live or awaiting hello).
+    pub fn connection_count(&self) -> usize {
+        lock(&self.inner.hub).conns.len()
+    }
+}

@@ -1,0 +1,222 @@
+//! Bodies of the HTTP API: what clients send and what servers answer.
+//!
+//! The server deserializes requests into these types and the client SDK
+//! serializes them, so both sides share one definition.
+
+use serde::{Deserialize, Serialize};
+
+use super::{Member, Message, P2pSession, PeerId, Role, Room, RoomId, SessionKind, User, UserId};
+use super::{Timestamp, Visibility};
+use crate::auth::Scope;
+use crate::error::ErrorCode;
+
+/// `POST /api/auth/register`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Extension: names the device the registration logs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+}
+
+/// `POST /api/auth/login`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_name: Option<String>,
+}
+
+/// The answer to register and login: `{"user", "token"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthResponse {
+    pub user: User,
+    pub token: String,
+    /// Extension: when `token` expires.
+    pub expires_at: Timestamp,
+    /// Extension: the device this login made (to revoke it later).
+    pub device_id: super::DeviceId,
+}
+
+/// `POST /api/auth/capability`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityRequest {
+    pub scope: Vec<Scope>,
+    /// Lifetime in seconds; default 300, at most 900.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+}
+
+/// The answer to `POST /api/auth/capability`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CapabilityResponse {
+    pub capability_token: String,
+    pub expires_at: Timestamp,
+}
+
+/// A device as `GET /api/auth/devices` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    pub id: super::DeviceId,
+    pub name: String,
+    pub created_at: Timestamp,
+    pub revoked: bool,
+    /// Whether this is the device making the request.
+    pub current: bool,
+}
+
+/// `POST /api/rooms`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRoomRequest {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+}
+
+/// `PATCH /api/rooms/{id}`: fields left out stay as they are; a `topic` of
+/// `null` or `""` clears it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateRoomRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "double_option"
+    )]
+    pub topic: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub visibility: Option<Visibility>,
+}
+
+/// `POST /api/rooms/{id}/members`: invite by id or by username.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+}
+
+/// `PATCH /api/rooms/{id}/members/{user_id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoleRequest {
+    pub role: Role,
+}
+
+/// `{"room"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomResponse {
+    pub room: Room,
+}
+
+/// `{"rooms"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomsResponse {
+    pub rooms: Vec<Room>,
+}
+
+/// `{"members"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MembersResponse {
+    pub members: Vec<Member>,
+}
+
+/// `{"member"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberResponse {
+    pub member: Member,
+}
+
+/// `{"messages", "has_more"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagesResponse {
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+/// `{"user"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserResponse {
+    pub user: User,
+}
+
+/// `POST /api/p2p/session`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct P2pSessionRequest {
+    pub room_id: RoomId,
+    pub target_peer_id: PeerId,
+    pub kind: SessionKind,
+    /// Extension: which of the caller's connected peers initiates; by
+    /// default the one on the caller's device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initiator_peer_id: Option<PeerId>,
+}
+
+/// The answer to `POST /api/p2p/session`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct P2pSessionResponse {
+    pub session: P2pSession,
+    pub session_token: String,
+}
+
+/// `{"sessions"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct P2pSessionsResponse {
+    pub sessions: Vec<P2pSession>,
+}
+
+/// The body of every HTTP error: `{"error": {"code", "message"}}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorResponse {
+    pub error: ErrorBody,
+}
+
+/// The inside of [`ErrorResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+/// Tells a missing field (`None`) from an explicit `null` (`Some(None)`).
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub(super) fn serialize<S: Serializer, T: Serialize>(
+        v: &Option<Option<T>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(inner) => inner.serialize(s),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+        d: D,
+    ) -> Result<Option<Option<T>>, D::Error> {
+        Option::<T>::deserialize(d).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_null_differs_from_absent() {
+        let absent: UpdateRoomRequest = serde_json::from_str("{}").expect("parse");
+        assert_eq!(absent.topic, None);
+        let null: UpdateRoomRequest = serde_json::from_str(r#"{"topic":null}"#).expect("parse");
+        assert_eq!(null.topic, Some(None));
+        let set: UpdateRoomRequest = serde_json::from_str(r#"{"topic":"t"}"#).expect("parse");
+        assert_eq!(set.topic, Some(Some("t".into())));
+    }
+}

@@ -1,0 +1,352 @@
+//! One client connection: the frames it sends, checked, limited and acted on.
+//!
+//! A server feeds each text frame to [`PeerConnection::handle_text`] and
+//! obeys the [`Flow`] it returns. Dropping the `PeerConnection` tells the
+//! engine the peer is gone, so a connection task that ends for any reason
+//! (close, error, panic, cancellation) leaves nothing behind.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::Service;
+use super::limits::{ConnectionLimiter, Verdict};
+use crate::auth::{Identity, Scope};
+use crate::engine::{PeerInfo, RtcKind};
+use crate::error::Error;
+use crate::protocol::{
+    ClientEvent, ErrorPayload, Hello, IncomingFrame, OutgoingFrame, PeerId, RoomId, ServerEvent,
+    Timestamp, User, parse_client_frame,
+};
+use crate::storage::{AppendOutcome, MAX_PAGE, NewMessage, PageQuery};
+use crate::transport::CloseCode;
+use crate::validate;
+
+/// What the server should do after a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep reading.
+    Continue,
+    /// Close the connection with this code and reason.
+    Close(CloseCode, String),
+}
+
+/// A connection's state in the service. See the [module docs](self).
+#[derive(Debug)]
+pub struct PeerConnection {
+    service: Service,
+    peer: PeerId,
+    identity: Identity,
+    user: User,
+    limiter: ConnectionLimiter,
+    live: bool,
+}
+
+impl PeerConnection {
+    pub(super) fn new(service: Service, peer: PeerId, identity: Identity, user: User) -> Self {
+        let limiter = ConnectionLimiter::new(service.inner.config.frame_rate, Timestamp::now());
+        Self {
+            service,
+            peer,
+            identity,
+            user,
+            limiter,
+            live: false,
+        }
+    }
+
+    /// This connection's peer id (announced in `system.welcome`).
+    pub fn peer_id(&self) -> PeerId {
+        self.peer
+    }
+
+    /// The user on this connection.
+    pub fn user(&self) -> &User {
+        &self.user
+    }
+
+    /// The client answered a WebSocket ping, or sent anything: it is alive.
+    pub fn heard(&self) {
+        if self.live {
+            let peer = self.peer;
+            self.service
+                .with_engine(|engine, now| engine.heard_from(now, peer));
+        }
+    }
+
+    fn reply(&self, id: Option<String>, event: ServerEvent) {
+        let peer = self.peer;
+        let frame = OutgoingFrame::reply(id, event);
+        self.service
+            .with_hub(|hub, now| hub.send_direct(now, peer, &frame));
+    }
+
+    fn reply_error(&self, id: Option<String>, payload: ErrorPayload) {
+        self.reply(id, ServerEvent::Error(payload));
+    }
+
+    /// Handles one text frame from the client.
+    pub async fn handle_text(&mut self, text: &str) -> Flow {
+        let parsed = parse_client_frame(text);
+        let id = match &parsed {
+            Ok(frame) => frame.id.clone(),
+            Err((id, _)) => id.clone(),
+        };
+        match self.limiter.check(Timestamp::now()) {
+            Verdict::Allow => {}
+            Verdict::Refuse { retry_after } => {
+                let ms = retry_after.as_millis().max(1) as u64;
+                self.reply_error(id, Error::RateLimited { retry_after_ms: ms }.to_payload());
+                return Flow::Continue;
+            }
+            Verdict::Close => {
+                return Flow::Close(CloseCode::Policy, "rate limit exceeded".into());
+            }
+        }
+        self.heard();
+        match parsed {
+            Err((id, payload)) => {
+                self.reply_error(id, payload);
+                Flow::Continue
+            }
+            Ok(frame) => self.handle_frame(frame).await,
+        }
+    }
+
+    async fn handle_frame(&mut self, IncomingFrame { id, event }: IncomingFrame) -> Flow {
+        if !self.live && !matches!(event, ClientEvent::Hello(_)) {
+            self.reply_error(
+                id,
+                ErrorPayload::new(crate::ErrorCode::InvalidRequest, "send system.hello first"),
+            );
+            return Flow::Continue;
+        }
+        let result = match event {
+            ClientEvent::Hello(hello) => self.hello(hello, id.clone()).await,
+            ClientEvent::Ping(_) => {
+                let peer = self.peer;
+                self.service
+                    .with_engine(|engine, now| engine.ping(now, peer, id.clone()));
+                Ok(())
+            }
+            ClientEvent::RoomJoin { room_id } => self.join(room_id, id.clone()).await,
+            ClientEvent::RoomLeave { room_id } => {
+                let reply = Some((self.peer, id.clone()));
+                self.service
+                    .leave_room(&self.identity, room_id, reply)
+                    .await
+            }
+            ClientEvent::MessageSend {
+                room_id,
+                content,
+                client_id,
+            } => {
+                self.send_message(room_id, content, client_id, id.clone())
+                    .await
+            }
+            ClientEvent::Typing { room_id, typing } => {
+                let peer = self.peer;
+                self.service
+                    .with_engine(|engine, now| engine.typing(now, peer, room_id, typing))
+            }
+            ClientEvent::PresenceUpdate { status, message } => {
+                match validate::presence_message(message.as_deref()) {
+                    Ok(message) => {
+                        let peer = self.peer;
+                        let rid = id.clone();
+                        self.service.with_engine(|engine, now| {
+                            engine.set_presence(now, peer, status, message, rid)
+                        });
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ClientEvent::RtcOffer(signal) => self.rtc(RtcKind::Offer, signal),
+            ClientEvent::RtcAnswer(signal) => self.rtc(RtcKind::Answer, signal),
+            ClientEvent::RtcIce(signal) => self.rtc(RtcKind::Ice, signal),
+            ClientEvent::RtcHangup(signal) => self.rtc(RtcKind::Hangup, signal),
+            ClientEvent::P2pRequest {
+                room_id,
+                target_peer_id,
+                kind,
+            } => self
+                .service
+                .create_session(
+                    &self.identity,
+                    room_id,
+                    target_peer_id,
+                    kind,
+                    Some(self.peer),
+                    id.clone(),
+                )
+                .await
+                .map(|_| ()),
+            ClientEvent::P2pClose { session_id } => {
+                self.service.close_session(&self.identity, session_id)
+            }
+            // `ClientEvent` is non-exhaustive for other crates, not this one;
+            // this arm keeps new variants from compiling silently into nothing.
+            #[allow(unreachable_patterns)]
+            other => Err(Error::InvalidRequest(format!(
+                "{} is not supported by this server",
+                other.type_name()
+            ))),
+        };
+        if let Err(e) = result {
+            if e.code() == crate::ErrorCode::Internal {
+                tracing::error!(peer = %self.peer, error = %e, "request failed");
+            }
+            self.reply_error(id, e.to_payload());
+        }
+        Flow::Continue
+    }
+
+    fn rtc(&self, kind: RtcKind, signal: crate::protocol::RtcSignal) -> Result<(), Error> {
+        let peer = self.peer;
+        self.service
+            .with_engine(|engine, now| engine.relay_rtc(now, peer, kind, signal))
+    }
+
+    async fn hello(&mut self, hello: Hello, id: Option<String>) -> Result<(), Error> {
+        if self.live {
+            return Err(Error::InvalidRequest(
+                "system.hello was already received".into(),
+            ));
+        }
+        if let Some(name) = hello.device_name.as_deref() {
+            validate::device_name(Some(name))?;
+        }
+        let store = &self.service.inner.store;
+        let rooms: Vec<RoomId> = store
+            .rooms_of(self.user.id)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        // Resuming only makes sense for rooms the user is in.
+        let since: HashMap<RoomId, u64> = hello
+            .since
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(room, _)| rooms.contains(room))
+            .collect();
+        let info = PeerInfo {
+            peer_id: self.peer,
+            user: self.user.clone(),
+            device_id: self.identity.device_id,
+            p2p: hello.p2p,
+        };
+        let catch_up: Vec<(RoomId, u64)> = since.iter().map(|(r, s)| (*r, *s)).collect();
+        self.service
+            .with_engine(|engine, now| engine.connect(now, info, rooms, since, id));
+        self.live = true;
+        for (room, after) in catch_up {
+            self.backfill(room, after).await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the messages after `after` in `room`, page by page, at the pace
+    /// the connection drains them.
+    async fn backfill(&self, room: RoomId, mut after: u64) -> Result<(), Error> {
+        let store = self.service.inner.store.clone();
+        loop {
+            let page = store
+                .messages(room, PageQuery::After(after), MAX_PAGE)
+                .await?;
+            if let Some(last) = page.messages.last() {
+                after = last.seq;
+            }
+            let done = !page.has_more;
+            let peer = self.peer;
+            self.service
+                .with_engine(|engine, now| engine.backfill(now, peer, room, page.messages, done));
+            if done {
+                return Ok(());
+            }
+            self.wait_for_room(MAX_PAGE * 2).await;
+        }
+    }
+
+    /// Waits until the connection's queue has room for `frames` more, so a
+    /// long backlog is paced instead of overflowing it.
+    async fn wait_for_room(&self, frames: usize) {
+        let peer = self.peer;
+        loop {
+            let free = {
+                let hub = super::lock(&self.service.inner.hub);
+                match hub.conns.get(&peer) {
+                    Some(entry) => entry.conn.capacity(),
+                    None => return,
+                }
+            };
+            if free >= frames {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn join(&self, room: RoomId, id: Option<String>) -> Result<(), Error> {
+        let members = self.service.join(&self.identity, room).await?;
+        let peer = self.peer;
+        self.service
+            .with_engine(|engine, now| engine.join_room(now, peer, room, members, id));
+        Ok(())
+    }
+
+    async fn send_message(
+        &self,
+        room: RoomId,
+        content: String,
+        client_id: Option<String>,
+        id: Option<String>,
+    ) -> Result<(), Error> {
+        Service::require(&self.identity, Scope::MessagesWrite)?;
+        validate::content(&content)?;
+        if let Some(c) = client_id.as_deref() {
+            validate::client_id(c)?;
+        }
+        let peer = self.peer;
+        let subscribed = super::lock(&self.service.inner.hub)
+            .engine
+            .is_subscribed(peer, room);
+        if !subscribed {
+            return Err(Error::Forbidden(
+                "join the room before sending to it".into(),
+            ));
+        }
+        let message = NewMessage {
+            id: crate::protocol::MessageId::new(),
+            room_id: room,
+            sender: self.user.clone(),
+            content,
+            created_at: Timestamp::now(),
+            client_id,
+        };
+        // Stored and announced in a task of its own, so that a connection
+        // dropped mid-append cannot leave a stored message unannounced.
+        let service = self.service.clone();
+        let task = tokio::spawn(async move {
+            let outcome = service.inner.store.append_message(message).await?;
+            match outcome {
+                AppendOutcome::Created(message) => service.with_engine(|engine, now| {
+                    engine.message_created(now, message, Some((peer, id)))
+                }),
+                AppendOutcome::Duplicate(message) => {
+                    let frame = OutgoingFrame::reply(id, ServerEvent::MessageCreated { message });
+                    service.with_hub(|hub, now| hub.send_direct(now, peer, &frame));
+                }
+            }
+            Ok::<(), Error>(())
+        });
+        task.await
+            .map_err(|e| Error::Internal(format!("append task failed: {e}")))?
+    }
+}
+
+impl Drop for PeerConnection {
+    fn drop(&mut self) {
+        self.service.drop_connection(self.peer);
+    }
+}

@@ -1,0 +1,111 @@
+//! The hub: the engine plus the live connections its output goes to.
+//!
+//! This is the one place where the engine's fan-out and presence leave the
+//! process. Scaling out to several server nodes replaces
+//! [`Hub::dispatch`]'s local delivery with a broker (NATS subjects per room
+//! and per peer) without touching the engine or the service.
+
+use std::collections::HashMap;
+
+use crate::engine::{Engine, Output};
+use crate::protocol::{DeviceId, OutgoingFrame, PeerId, SessionId, Timestamp, UserId};
+use crate::transport::{CloseCode, DynConnection, EncodedFrame, SendError};
+
+/// A live connection and whose it is.
+#[derive(Debug)]
+pub(crate) struct ConnEntry {
+    pub(crate) conn: DynConnection,
+    pub(crate) user: UserId,
+    pub(crate) device: DeviceId,
+}
+
+#[derive(Debug)]
+pub(crate) struct Hub {
+    pub(crate) engine: Engine,
+    pub(crate) conns: HashMap<PeerId, ConnEntry>,
+}
+
+impl Hub {
+    pub(crate) fn new(engine: Engine) -> Self {
+        Self {
+            engine,
+            conns: HashMap::new(),
+        }
+    }
+
+    /// Sends one frame to one connection, outside the engine (replies that
+    /// involve no shared state: errors, pongs to bad input, duplicates).
+    pub(crate) fn send_direct(&mut self, now: Timestamp, peer: PeerId, frame: &OutgoingFrame) {
+        let text = EncodedFrame::from(frame.to_json());
+        let overflowed = self.deliver(peer, text);
+        if overflowed {
+            self.engine.disconnect(now, peer);
+        }
+    }
+
+    /// Delivers a frame; `true` if the connection's queue overflowed and it
+    /// was told to close.
+    fn deliver(&self, peer: PeerId, text: EncodedFrame) -> bool {
+        let Some(entry) = self.conns.get(&peer) else {
+            return false;
+        };
+        match entry.conn.send(text) {
+            Ok(()) | Err(SendError::Closed) => false,
+            Err(SendError::Full) => {
+                entry.conn.close(
+                    CloseCode::TryAgainLater,
+                    "too far behind; reconnect with since",
+                );
+                true
+            }
+        }
+    }
+
+    /// Drains the engine's output: frames to connections, closes, and the
+    /// P2P sessions that ended (returned, for the caller to remove from the
+    /// store outside the lock). A slow consumer whose queue overflows is
+    /// closed with 1013 and disconnected from the engine at once.
+    pub(crate) fn dispatch(&mut self, now: Timestamp) -> Vec<SessionId> {
+        let mut ended = Vec::new();
+        loop {
+            let mut overflowed = Vec::new();
+            while let Some(output) = self.engine.poll_output() {
+                match output {
+                    Output::Send { to, frame } => {
+                        // Encoded once, shared by every recipient.
+                        let text = EncodedFrame::from(frame.to_json());
+                        for peer in to {
+                            if self.deliver(peer, text.clone()) {
+                                overflowed.push(peer);
+                            }
+                        }
+                    }
+                    Output::Close { peer, code, reason } => {
+                        if let Some(entry) = self.conns.get(&peer) {
+                            entry.conn.close(code, &reason);
+                        }
+                    }
+                    Output::SessionEnded { session_id } => ended.push(session_id),
+                }
+            }
+            if overflowed.is_empty() {
+                return ended;
+            }
+            for peer in overflowed {
+                self.engine.disconnect(now, peer);
+            }
+        }
+    }
+
+    /// The connected peers of a user, on one device if given.
+    pub(crate) fn peers_of(&self, user: UserId, device: Option<DeviceId>) -> Vec<PeerId> {
+        let mut peers: Vec<PeerId> = self
+            .conns
+            .iter()
+            .filter(|(_, e)| e.user == user && device.is_none_or(|d| e.device == d))
+            .map(|(p, _)| *p)
+            .collect();
+        peers.sort();
+        peers
+    }
+}

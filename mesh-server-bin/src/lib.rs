@@ -1,0 +1,170 @@
+//! The reference mesh server as a library: [`run`] serves the REST API and
+//! the WebSocket on one listener until `shutdown` resolves.
+//!
+//! `main.rs` only parses flags and calls [`run`]; the integration tests call
+//! it on `127.0.0.1:0`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! let config = mesh_server_bin::Config::new("./mesh-data");
+//! mesh_server_bin::run(listener, config, tokio::signal::ctrl_c()).await?;
+//! # Ok(()) }
+//! ```
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::TokioIo;
+use mesh_core::auth::KeyRing;
+use mesh_core::service::{Service, ServiceConfig};
+use mesh_core::storage::sled::SledStore;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+mod http;
+mod ws;
+
+pub use ws::WsLimits;
+
+/// Settings of a server.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Where the database (`db/`) and the signing keys (`keys/`) live.
+    pub data_dir: PathBuf,
+    /// Largest HTTP request body; larger gets 413.
+    pub max_body_bytes: usize,
+    /// WebSocket limits.
+    pub ws: WsLimits,
+    /// The service's settings (engine timings, rate limits).
+    pub service: ServiceConfig,
+    /// How long shutdown waits for connections to finish.
+    pub shutdown_grace: Duration,
+}
+
+impl Config {
+    /// Defaults, with data kept in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            max_body_bytes: 64 * 1024,
+            ws: WsLimits::default(),
+            service: ServiceConfig::default(),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Shared by every connection.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    pub(crate) service: Service,
+    pub(crate) config: Config,
+    /// Flips to `true` when the server shuts down; WebSocket tasks close with 1001.
+    pub(crate) shutdown: watch::Receiver<bool>,
+    /// Held by every connection task; shutdown waits until all are dropped
+    /// (the mini-redis `shutdown_complete` pattern).
+    pub(crate) alive: mpsc::Sender<()>,
+}
+
+/// Opens the data folder: the sled database and the signing keys.
+pub fn open_service(config: &Config) -> anyhow::Result<Service> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
+    let store = SledStore::open(config.data_dir.join("db"))
+        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let keys = KeyRing::load_or_generate(&config.data_dir.join("keys"))
+        .context("loading the signing keys")?;
+    let service = Service::builder()
+        .store(store)
+        .keys(keys)
+        .config(config.service.clone())
+        .build()?;
+    Ok(service)
+}
+
+/// Serves mesh on `listener` until `shutdown` resolves, then closes
+/// WebSockets with 1001 and waits (up to [`Config::shutdown_grace`]) for
+/// connections to finish.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = impl Sized>,
+) -> anyhow::Result<()> {
+    let service = open_service(&config)?;
+    serve(listener, service, config, shutdown).await
+}
+
+/// Like [`run`], with a service built by the caller.
+pub async fn serve(
+    listener: TcpListener,
+    service: Service,
+    config: Config,
+    shutdown: impl Future<Output = impl Sized>,
+) -> anyhow::Result<()> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (alive_tx, mut all_done) = mpsc::channel::<()>(1);
+    let timers = tokio::spawn(service.clone().run_timers());
+    let grace = config.shutdown_grace;
+    let state = Arc::new(AppState {
+        service,
+        config,
+        shutdown: stop_rx,
+        alive: alive_tx,
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "mesh-server listening");
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer_addr) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, don't spin.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let mut stop = state.shutdown.clone();
+                let alive = state.alive.clone();
+                let state = state.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    http::handle(state.clone(), peer_addr, req)
+                });
+                tokio::spawn(async move {
+                    let _alive = alive;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .with_upgrades();
+                    tokio::pin!(conn);
+                    let result = tokio::select! {
+                        result = conn.as_mut() => result,
+                        _ = stop.changed() => {
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                });
+            }
+            _ = &mut shutdown => break,
+        }
+    }
+    tracing::info!("shutting down");
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(state);
+    if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
+        tracing::warn!("connections still open after the grace period");
+    }
+    timers.abort();
+    Ok(())
+}

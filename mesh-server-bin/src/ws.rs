@@ -1,0 +1,324 @@
+//! The WebSocket endpoint: the upgrade, and the two tasks of a connection.
+//!
+//! A connection is a reader (frames into the service, one at a time) and a
+//! writer (the bounded outgoing queue onto the socket, plus pings). The
+//! queue is bounded in frames and in bytes; a client that falls behind
+//! either bound is closed with 1013 and resumes with `since`, so the server
+//! never buffers without bound. tungstenite's own buffers are set
+//! explicitly: its defaults are a 128 KiB read buffer per connection and an
+//! unbounded write buffer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mesh_core::protocol::{OutgoingFrame, ServerEvent};
+use mesh_core::service::{Flow, PeerConnection};
+use mesh_core::transport::{CloseCode, Connection, EncodedFrame, SendError};
+use mesh_core::{Error, ErrorCode};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
+
+use crate::AppState;
+use crate::http::{Body, authenticate};
+
+/// Limits of WebSocket connections.
+#[derive(Clone, Debug)]
+pub struct WsLimits {
+    /// Largest frame and message accepted; larger closes with 1009.
+    pub max_message_bytes: usize,
+    /// Most frames queued for one client before it is closed with 1013.
+    pub queue_frames: usize,
+    /// Most bytes queued for one client before it is closed with 1013.
+    pub queue_bytes: usize,
+    /// tungstenite's read buffer (allocated per connection).
+    pub read_buffer_bytes: usize,
+    /// tungstenite's write buffer: written out once it holds this much.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: 64 * 1024,
+            queue_frames: 1000,
+            queue_bytes: 1024 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 8 * 1024,
+        }
+    }
+}
+
+impl WsLimits {
+    fn tungstenite_config(&self) -> WebSocketConfig {
+        WebSocketConfig::default()
+            .read_buffer_size(self.read_buffer_bytes)
+            .write_buffer_size(self.write_buffer_bytes)
+            // Room for the write buffer plus one largest message; the real
+            // bound on what we queue is the outgoing queue above.
+            .max_write_buffer_size(self.write_buffer_bytes + self.max_message_bytes + 1024)
+            .max_message_size(Some(self.max_message_bytes))
+            .max_frame_size(Some(self.max_message_bytes))
+    }
+}
+
+/// Why and how the writer should close, set once.
+#[derive(Debug, Default)]
+struct CloseSignal {
+    request: Mutex<Option<(CloseCode, String)>>,
+    notify: Notify,
+}
+
+/// The service's handle on a WebSocket: the outgoing queue.
+#[derive(Debug)]
+struct WsConnection {
+    tx: mpsc::Sender<EncodedFrame>,
+    queued_bytes: Arc<AtomicUsize>,
+    max_bytes: usize,
+    close: Arc<CloseSignal>,
+}
+
+impl Connection for WsConnection {
+    fn send(&self, frame: EncodedFrame) -> Result<(), SendError> {
+        let len = frame.len();
+        if self.queued_bytes.load(Ordering::Relaxed) + len > self.max_bytes {
+            return Err(SendError::Full);
+        }
+        match self.tx.try_send(frame) {
+            Ok(()) => {
+                self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Err(SendError::Full),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(SendError::Closed),
+        }
+    }
+
+    fn close(&self, code: CloseCode, reason: &str) {
+        let mut slot = self.close.request.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some((code, reason.to_owned()));
+            self.close.notify.notify_one();
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.tx.capacity()
+    }
+}
+
+fn bad_upgrade(msg: &str) -> Error {
+    Error::InvalidRequest(format!("not a WebSocket upgrade: {msg}"))
+}
+
+/// `GET /ws`: checks the token (401 before the upgrade) and upgrades.
+pub(crate) async fn upgrade(
+    state: &AppState,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
+    let headers = req.headers();
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case(token)))
+    };
+    if !has_token(header::UPGRADE, "websocket") {
+        return Err(bad_upgrade("missing `Upgrade: websocket`"));
+    }
+    if !has_token(header::CONNECTION, "upgrade") {
+        return Err(bad_upgrade("missing `Connection: upgrade`"));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(bad_upgrade("Sec-WebSocket-Version must be 13"));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| bad_upgrade("missing Sec-WebSocket-Key"))?;
+    let accept = derive_accept_key(key.as_bytes());
+    let identity = authenticate(state, &req, true).await?;
+
+    let limits = state.config.ws.clone();
+    let (tx, rx) = mpsc::channel(limits.queue_frames);
+    let queued_bytes = Arc::new(AtomicUsize::new(0));
+    let close = Arc::new(CloseSignal::default());
+    let conn = Arc::new(WsConnection {
+        tx,
+        queued_bytes: queued_bytes.clone(),
+        max_bytes: limits.queue_bytes,
+        close: close.clone(),
+    });
+    let peer = state
+        .service
+        .open_connection(identity, conn.clone())
+        .await?;
+    let heartbeat = state.service.config().engine.heartbeat_interval;
+    let shutdown = state.shutdown.clone();
+    let alive = state.alive.clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let _alive = alive;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(limits.tungstenite_config()),
+        )
+        .await;
+        run_connection(ws, peer, conn, rx, queued_bytes, close, heartbeat, shutdown).await;
+    });
+
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(response)
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    ws: Ws,
+    mut peer: PeerConnection,
+    conn: Arc<WsConnection>,
+    rx: mpsc::Receiver<EncodedFrame>,
+    queued_bytes: Arc<AtomicUsize>,
+    close: Arc<CloseSignal>,
+    heartbeat: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let peer_id = peer.peer_id();
+    let (sink, mut stream) = ws.split();
+    let writer = tokio::spawn(write_loop(sink, rx, queued_bytes, close.clone(), heartbeat));
+    loop {
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    if let Flow::Close(code, reason) = peer.handle_text(text.as_str()).await {
+                        conn.close(code, &reason);
+                        break;
+                    }
+                }
+                Some(Ok(Message::Binary(_))) => {
+                    let frame = OutgoingFrame::event(ServerEvent::error(
+                        ErrorCode::InvalidRequest,
+                        "binary frames are not part of the protocol; send JSON text frames",
+                    ));
+                    let _ = conn.send(Bytes::from(frame.to_json()));
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => peer.heard(),
+                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Frame(_))) => {}
+                Some(Err(tungstenite::Error::Capacity(e))) => {
+                    tracing::debug!(peer = %peer_id, error = %e, "oversized frame");
+                    conn.close(CloseCode::TooBig, "frame or message larger than 64 KiB");
+                    break;
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(peer = %peer_id, error = %e, "websocket read failed");
+                    break;
+                }
+            },
+            _ = shutdown.changed() => {
+                conn.close(CloseCode::GoingAway, "server shutting down");
+                break;
+            }
+        }
+    }
+    // The engine learns the peer is gone right away, not when the writer ends.
+    drop(peer);
+    conn.close(CloseCode::Normal, "bye");
+    if tokio::time::timeout(Duration::from_secs(5), writer)
+        .await
+        .is_err()
+    {
+        tracing::debug!(peer = %peer_id, "writer did not finish in time");
+    }
+}
+
+async fn write_loop(
+    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut rx: mpsc::Receiver<EncodedFrame>,
+    queued_bytes: Arc<AtomicUsize>,
+    close: Arc<CloseSignal>,
+    heartbeat: Duration,
+) {
+    let mut ping = tokio::time::interval(heartbeat);
+    ping.tick().await;
+    let text = |frame: EncodedFrame| -> Option<Message> {
+        queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
+        Utf8Bytes::try_from(frame).ok().map(Message::Text)
+    };
+    loop {
+        tokio::select! {
+            biased;
+            _ = close.notify.notified() => break,
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                let Some(first) = text(frame) else { continue };
+                if sink.feed(first).await.is_err() {
+                    return;
+                }
+                // Write out whatever else is queued in one flush.
+                while let Ok(frame) = rx.try_recv() {
+                    if let Some(m) = text(frame)
+                        && sink.feed(m).await.is_err()
+                    {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    // Frames queued before the close go out first, then the close frame.
+    while let Ok(frame) = rx.try_recv() {
+        if let Some(m) = text(frame)
+            && sink.feed(m).await.is_err()
+        {
+            return;
+        }
+    }
+    let request = close
+        .request
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let (code, reason) = request.unwrap_or((CloseCode::Normal, String::new()));
+    let frame = CloseFrame {
+        code: WsCloseCode::from(code.code()),
+        reason: reason.into(),
+    };
+    let _ = sink.send(Message::Close(Some(frame))).await;
+    let _ = sink.close().await;
+}
