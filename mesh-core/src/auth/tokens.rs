@@ -520,3 +520,516 @@ impl Authenticator for JwtAuthenticator {
         &self.keys
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::SessionState;
+    use jsonwebtoken::jwk::{AlgorithmParameters, Jwk};
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn now() -> Timestamp {
+        Timestamp::from_unix_millis(1_790_000_000_250)
+    }
+
+    fn secs(s: i64) -> Duration {
+        Duration::from_secs(s.unsigned_abs())
+    }
+
+    fn setup() -> (Arc<KeyRing>, JwtAuthenticator) {
+        let keys = Arc::new(KeyRing::generate().expect("keys"));
+        let auth = JwtAuthenticator::new(keys.clone()).with_access_ttl(HOUR);
+        (keys, auth)
+    }
+
+    fn full_identity() -> Identity {
+        Identity {
+            user_id: UserId::new(),
+            device_id: DeviceId::new(),
+            scope: None,
+        }
+    }
+
+    fn session(expires_in: Duration) -> P2pSession {
+        P2pSession {
+            id: SessionId::new(),
+            room_id: RoomId::new(),
+            kind: SessionKind::File,
+            initiator_peer_id: PeerId::new(),
+            target_peer_id: PeerId::new(),
+            initiator_user_id: UserId::new(),
+            target_user_id: UserId::new(),
+            state: SessionState::Pending,
+            created_at: now(),
+            expires_at: now().add(expires_in),
+        }
+    }
+
+    /// base64url without padding, borrowing `jsonwebtoken`'s encoder.
+    fn b64url(data: &[u8]) -> String {
+        match Jwk::from_decoding_key(&DecodingKey::from_secret(data), None)
+            .expect("jwk")
+            .algorithm
+        {
+            AlgorithmParameters::OctetKey(p) => p.value,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn parts(token: &str) -> Vec<&str> {
+        token.split('.').collect()
+    }
+
+    fn public_key_bytes(keys: &KeyRing) -> Vec<u8> {
+        let x = keys.jwks()["keys"][0]["x"].as_str().expect("x").to_owned();
+        DecodingKey::from_ed_components(&x)
+            .expect("x")
+            .try_get_as_bytes()
+            .expect("bytes")
+            .to_vec()
+    }
+
+    fn assert_invalid<T: fmt::Debug>(result: Result<T, AuthError>, what: &str) {
+        assert!(
+            matches!(result, Err(AuthError::InvalidToken(_))),
+            "{what}: {result:?}"
+        );
+    }
+
+    #[test]
+    fn access_token_round_trip() {
+        let (_, auth) = setup();
+        let (user, device) = (UserId::new(), DeviceId::new());
+        let issued = auth.issue_access_token(user, device, now()).expect("issue");
+        assert_eq!(
+            issued.expires_at.unix_seconds(),
+            now().add(HOUR).unix_seconds()
+        );
+        let identity = auth.authenticate(&issued.token, now()).expect("auth");
+        assert_eq!(
+            identity,
+            Identity {
+                user_id: user,
+                device_id: device,
+                scope: None
+            }
+        );
+        let claims: AccessClaims = auth.keys().verify(&issued.token).expect("claims");
+        assert_eq!(
+            (claims.iss.as_str(), claims.typ, claims.iat),
+            (ISSUER, TokenKind::Access, now().unix_seconds())
+        );
+    }
+
+    #[test]
+    fn access_token_expires_exactly_at_exp_by_the_injected_clock() {
+        let (_, auth) = setup();
+        let issued = auth
+            .issue_access_token(UserId::new(), DeviceId::new(), now())
+            .expect("issue");
+        let exp = issued.expires_at;
+        let just_before = Timestamp::from_unix_millis(exp.unix_millis() - 1);
+        assert!(auth.authenticate(&issued.token, just_before).is_ok());
+        for at in [exp, exp.add(secs(1)), exp.add(HOUR * 24 * 365)] {
+            assert!(
+                matches!(
+                    auth.authenticate(&issued.token, at),
+                    Err(AuthError::Expired)
+                ),
+                "at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn capability_round_trip_and_expiry() {
+        let (keys, auth) = setup();
+        let identity = full_identity();
+        let scope = vec![Scope::MessagesRead, Scope::RoomsRead, Scope::MessagesRead];
+        let issued =
+            issue_capability(&keys, &identity, scope, secs(300), now()).expect("capability");
+        assert_eq!(issued.expires_at.unix_seconds(), now().unix_seconds() + 300);
+
+        let got = auth.authenticate(&issued.token, now()).expect("auth");
+        assert_eq!(got.user_id, identity.user_id);
+        assert_eq!(got.device_id, identity.device_id);
+        assert_eq!(got.scope, Some(vec![Scope::MessagesRead, Scope::RoomsRead]));
+        assert!(got.allows(Scope::RoomsRead) && !got.allows(Scope::MessagesWrite));
+
+        let claims = keys
+            .verifier()
+            .verify_capability(&issued.token, now())
+            .expect("offline");
+        assert_eq!(claims.typ, TokenKind::Capability);
+        assert!(matches!(
+            keys.verifier()
+                .verify_capability(&issued.token, issued.expires_at),
+            Err(AuthError::Expired)
+        ));
+        assert!(matches!(
+            auth.authenticate(&issued.token, issued.expires_at),
+            Err(AuthError::Expired)
+        ));
+    }
+
+    #[test]
+    fn capability_ttl_is_clamped() {
+        let (keys, _) = setup();
+        let issued = issue_capability(&keys, &full_identity(), vec![Scope::P2p], HOUR, now())
+            .expect("capability");
+        assert_eq!(
+            issued.expires_at.unix_seconds(),
+            now().add(MAX_CAPABILITY_TTL).unix_seconds()
+        );
+    }
+
+    #[test]
+    fn capability_scope_can_only_narrow() {
+        let (keys, auth) = setup();
+        // A full access identity may ask for any scope.
+        let all = vec![
+            Scope::RoomsRead,
+            Scope::MessagesRead,
+            Scope::MessagesWrite,
+            Scope::P2p,
+        ];
+        let wide = issue_capability(&keys, &full_identity(), all, secs(600), now())
+            .expect("from full access");
+        let wide = auth.authenticate(&wide.token, now()).expect("wide");
+
+        // A capability identity may narrow further...
+        let narrow = Identity {
+            scope: Some(vec![Scope::RoomsRead, Scope::MessagesRead]),
+            ..wide.clone()
+        };
+        let narrower = issue_capability(&keys, &narrow, vec![Scope::RoomsRead], secs(60), now())
+            .expect("narrower");
+        let narrower = auth.authenticate(&narrower.token, now()).expect("auth");
+        assert_eq!(narrower.scope, Some(vec![Scope::RoomsRead]));
+
+        // ...but never widen, and never ask for nothing.
+        let err = issue_capability(
+            &keys,
+            &narrower,
+            vec![Scope::RoomsRead, Scope::MessagesWrite],
+            secs(60),
+            now(),
+        )
+        .expect_err("widening");
+        assert!(
+            matches!(&err, AuthError::OutOfScope(s) if s == "messages:write"),
+            "{err:?}"
+        );
+        assert!(err.is_credential_error());
+        assert!(matches!(
+            issue_capability(&keys, &narrow, vec![], secs(60), now()),
+            Err(AuthError::OutOfScope(_))
+        ));
+        assert!(matches!(
+            issue_capability(&keys, &full_identity(), vec![], secs(60), now()),
+            Err(AuthError::OutOfScope(_))
+        ));
+    }
+
+    #[test]
+    fn session_token_verifies_offline_from_the_published_jwks() {
+        let (keys, _) = setup();
+        let s = session(secs(120));
+        let issued = issue_session_token(&keys, &s, now()).expect("issue");
+        assert_eq!(
+            issued.expires_at.unix_seconds(),
+            s.expires_at.unix_seconds()
+        );
+
+        // What an agent does: fetch the JSON, build a verifier, check offline.
+        let published = serde_json::to_string(&keys.jwks()).expect("json");
+        let fetched: serde_json::Value = serde_json::from_str(&published).expect("parse");
+        let verifier = TokenVerifier::from_jwks(&fetched).expect("verifier");
+        let claims = verifier
+            .verify_session(&issued.token, now())
+            .expect("session");
+        assert_eq!(
+            claims,
+            SessionClaims {
+                iss: ISSUER.into(),
+                typ: TokenKind::P2pSession,
+                sid: s.id,
+                kind: s.kind,
+                room_id: s.room_id,
+                initiator_peer_id: s.initiator_peer_id,
+                target_peer_id: s.target_peer_id,
+                initiator_user_id: s.initiator_user_id,
+                target_user_id: s.target_user_id,
+                iat: now().unix_seconds(),
+                exp: s.expires_at.unix_seconds(),
+            }
+        );
+        assert!(matches!(
+            verifier.verify_session(&issued.token, s.expires_at),
+            Err(AuthError::Expired)
+        ));
+
+        // Another server's key set does not verify it.
+        let other = KeyRing::generate().expect("other");
+        let foreign = TokenVerifier::from_jwks(&other.jwks()).expect("foreign");
+        assert_invalid(foreign.verify_session(&issued.token, now()), "foreign");
+        assert_invalid(
+            TokenVerifier::default().verify_session(&issued.token, now()),
+            "empty verifier",
+        );
+    }
+
+    #[test]
+    fn a_token_of_one_kind_is_never_accepted_as_another() {
+        let (keys, auth) = setup();
+        let verifier = keys.verifier();
+        let session = issue_session_token(&keys, &session(secs(60)), now()).expect("session");
+        let access = auth
+            .issue_access_token(UserId::new(), DeviceId::new(), now())
+            .expect("access");
+        let capability =
+            issue_capability(&keys, &full_identity(), vec![Scope::P2p], secs(60), now())
+                .expect("capability");
+
+        assert_invalid(
+            auth.authenticate(&session.token, now()),
+            "session as bearer",
+        );
+        assert_invalid(
+            verifier.verify_session(&access.token, now()),
+            "access as session",
+        );
+        assert_invalid(
+            verifier.verify_session(&capability.token, now()),
+            "capability as session",
+        );
+        assert_invalid(
+            verifier.verify_capability(&access.token, now()),
+            "access as capability",
+        );
+        assert_invalid(
+            verifier.verify_capability(&session.token, now()),
+            "session as capability",
+        );
+
+        // Even with every field a capability needs, `typ` decides.
+        let forged = keys
+            .sign(
+                &json!({"iss": ISSUER, "typ": "p2p_session", "sub": UserId::new(),
+                "did": DeviceId::new(), "scope": ["p2p"], "iat": 0, "exp": i64::MAX}),
+            )
+            .expect("sign");
+        assert_invalid(auth.authenticate(&forged, now()), "typ p2p_session");
+        let untyped = keys
+            .sign(
+                &json!({"iss": ISSUER, "sub": UserId::new(), "did": DeviceId::new(),
+                "iat": 0, "exp": i64::MAX}),
+            )
+            .expect("sign");
+        assert_invalid(auth.authenticate(&untyped, now()), "no typ");
+    }
+
+    #[test]
+    fn a_foreign_issuer_is_refused() {
+        let (keys, auth) = setup();
+        let token = keys
+            .sign(&AccessClaims {
+                iss: "elsewhere".into(),
+                typ: TokenKind::Access,
+                sub: UserId::new(),
+                did: DeviceId::new(),
+                iat: 0,
+                exp: i64::MAX,
+            })
+            .expect("sign");
+        assert_invalid(auth.authenticate(&token, now()), "iss");
+    }
+
+    #[test]
+    fn tampered_tokens_are_refused() {
+        let (_, auth) = setup();
+        let (user, device) = (UserId::new(), DeviceId::new());
+        let mine = auth
+            .issue_access_token(user, device, now())
+            .expect("mine")
+            .token;
+        let admin = auth
+            .issue_access_token(UserId::new(), DeviceId::new(), now())
+            .expect("other")
+            .token;
+        let (m, a) = (parts(&mine), parts(&admin));
+
+        // Another (validly signed) payload under my signature.
+        let spliced = format!("{}.{}.{}", m[0], a[1], m[2]);
+        assert_invalid(auth.authenticate(&spliced, now()), "spliced payload");
+
+        // A hand-edited payload: a longer expiry.
+        let claims = json!({"iss": ISSUER, "typ": "access", "sub": user, "did": device,
+            "iat": now().unix_seconds(), "exp": i64::MAX});
+        let edited = format!(
+            "{}.{}.{}",
+            m[0],
+            b64url(claims.to_string().as_bytes()),
+            m[2]
+        );
+        assert_invalid(auth.authenticate(&edited, now()), "edited payload");
+
+        // A flipped signature bit.
+        let mut sig = m[2].as_bytes().to_vec();
+        sig[5] = if sig[5] == b'A' { b'B' } else { b'A' };
+        let flipped = format!(
+            "{}.{}.{}",
+            m[0],
+            m[1],
+            String::from_utf8(sig).expect("ascii")
+        );
+        assert_invalid(auth.authenticate(&flipped, now()), "flipped signature");
+
+        for junk in ["", "a.b", "a.b.c", "...", &format!("{mine}.x")] {
+            assert_invalid(auth.authenticate(junk, now()), junk);
+        }
+        assert_invalid(
+            auth.authenticate(&"a".repeat(MAX_TOKEN_LEN + 1), now()),
+            "huge",
+        );
+        // The untouched token still passes.
+        assert!(auth.authenticate(&mine, now()).is_ok());
+    }
+
+    #[test]
+    fn a_token_signed_by_another_key_ring_is_refused() {
+        let (keys, auth) = setup();
+        let theirs = JwtAuthenticator::new(Arc::new(KeyRing::generate().expect("theirs")));
+        let token = theirs
+            .issue_access_token(UserId::new(), DeviceId::new(), now())
+            .expect("issue")
+            .token;
+        let err = auth.authenticate(&token, now()).expect_err("foreign");
+        assert!(
+            matches!(&err, AuthError::InvalidToken(m) if m.contains("unknown kid")),
+            "{err:?}"
+        );
+
+        // Their token relabelled with our kid: the signature does not match.
+        let p = parts(&token);
+        let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": keys.current_kid()});
+        let relabelled = format!(
+            "{}.{}.{}",
+            b64url(header.to_string().as_bytes()),
+            p[1],
+            p[2]
+        );
+        assert_invalid(auth.authenticate(&relabelled, now()), "relabelled");
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        let (keys, auth) = setup();
+        let valid = auth
+            .issue_access_token(UserId::new(), DeviceId::new(), now())
+            .expect("issue")
+            .token;
+        let payload = parts(&valid)[1].to_owned();
+        // base64url of {"alg":"none","typ":"JWT"}
+        let plain = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+        let with_kid = b64url(
+            json!({"alg": "none", "kid": keys.current_kid()})
+                .to_string()
+                .as_bytes(),
+        );
+        for header in [plain.to_owned(), with_kid] {
+            for sig in ["", parts(&valid)[2]] {
+                let token = format!("{header}.{payload}.{sig}");
+                assert_invalid(auth.authenticate(&token, now()), "alg none");
+                assert_invalid(keys.verify::<serde_json::Value>(&token), "alg none");
+            }
+        }
+    }
+
+    #[test]
+    fn hs256_signed_with_the_public_key_is_refused() {
+        let (keys, auth) = setup();
+        let raw = public_key_bytes(&keys);
+        let x = keys.jwks()["keys"][0]["x"].as_str().expect("x").to_owned();
+        let claims = AccessClaims {
+            iss: ISSUER.into(),
+            typ: TokenKind::Access,
+            sub: UserId::new(),
+            did: DeviceId::new(),
+            iat: now().unix_seconds(),
+            exp: now().add(HOUR).unix_seconds(),
+        };
+        for secret in [raw.as_slice(), x.as_bytes()] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(keys.current_kid().to_owned());
+            let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret))
+                .expect("encode hs256");
+            assert_invalid(auth.authenticate(&token, now()), "HS256");
+            assert_invalid(
+                keys.verifier().verify_capability(&token, now()),
+                "HS256 offline",
+            );
+        }
+    }
+
+    #[test]
+    fn from_jwks_keeps_ed25519_signing_keys_only() {
+        let keys = KeyRing::generate().expect("keys");
+        let ours = keys.jwks()["keys"][0].clone();
+        let mut x25519 = ours.clone();
+        x25519["crv"] = json!("X25519");
+        x25519["kid"] = json!("x25519");
+        let mut no_kid = ours.clone();
+        no_kid.as_object_mut().expect("object").remove("kid");
+        let set = json!({"keys": [
+            {"kty": "RSA", "kid": "rsa", "n": "AQAB", "e": "AQAB"},
+            {"kty": "oct", "kid": "hmac", "k": "c2VjcmV0"},
+            {"kty": "EC", "kid": "ec", "crv": "P-256", "x": "AA", "y": "AA"},
+            x25519,
+            no_kid,
+            ours.clone(),
+            ours,
+        ]});
+        let verifier = TokenVerifier::from_jwks(&set).expect("verifier");
+        assert_eq!(
+            verifier.kids().collect::<Vec<_>>(),
+            vec![keys.current_kid()]
+        );
+
+        // Malformed Ed25519 keys are errors, not panics.
+        for x in ["", "AAAA", "not base64!", &"A".repeat(44)] {
+            let bad = json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k", "x": x}]});
+            assert!(
+                matches!(TokenVerifier::from_jwks(&bad), Err(AuthError::Key(_))),
+                "{x:?}"
+            );
+        }
+        let clash = json!({"keys": [keys.jwks()["keys"][0].clone(),
+            {"kty": "OKP", "crv": "Ed25519", "kid": keys.current_kid(),
+             "x": KeyRing::generate().expect("other").jwks()["keys"][0]["x"].clone()}]});
+        assert!(TokenVerifier::from_jwks(&clash).is_err());
+        assert!(TokenVerifier::from_jwks(&json!({"nope": []})).is_err());
+        assert_eq!(
+            TokenVerifier::from_jwks(&json!({"keys": []}))
+                .expect("empty")
+                .kids()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn scope_wire_names_match_serde() {
+        for s in [
+            Scope::RoomsRead,
+            Scope::MessagesRead,
+            Scope::MessagesWrite,
+            Scope::P2p,
+        ] {
+            assert_eq!(serde_json::to_value(s).expect("json"), json!(s.as_str()));
+        }
+    }
+}
