@@ -44,8 +44,12 @@ pub const ISSUER: &str = "mesh";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenKind {
+    /// `access`: a device's bearer token, full access.
     Access,
+    /// `capability`: a short-lived bearer token limited to a [`Scope`].
     Capability,
+    /// `p2p_session`: authorises one P2P session; checked by agents, never
+    /// a bearer token.
     P2pSession,
 }
 
@@ -87,11 +91,17 @@ impl fmt::Display for Scope {
 /// Claims of an access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessClaims {
+    /// Always [`ISSUER`].
     pub iss: String,
+    /// The token kind: a token is only ever accepted as its own kind.
     pub typ: TokenKind,
+    /// The user.
     pub sub: UserId,
+    /// The device the token was issued to.
     pub did: DeviceId,
+    /// Issued at, Unix seconds.
     pub iat: i64,
+    /// Expires at, Unix seconds: accepted while `now < exp`.
     pub exp: i64,
 }
 
@@ -99,35 +109,55 @@ pub struct AccessClaims {
 /// access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CapabilityClaims {
+    /// Always [`ISSUER`].
     pub iss: String,
+    /// The token kind: a token is only ever accepted as its own kind.
     pub typ: TokenKind,
+    /// The user.
     pub sub: UserId,
+    /// The device the token was issued to.
     pub did: DeviceId,
+    /// What the token allows; never empty.
     pub scope: Vec<Scope>,
+    /// Issued at, Unix seconds.
     pub iat: i64,
+    /// Expires at, Unix seconds: accepted while `now < exp`.
     pub exp: i64,
 }
 
 /// Claims of a P2P session token: names the session, its kind and both peers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SessionClaims {
+    /// Always [`ISSUER`].
     pub iss: String,
+    /// The token kind: a token is only ever accepted as its own kind.
     pub typ: TokenKind,
+    /// The session.
     pub sid: SessionId,
+    /// What the session carries.
     pub kind: SessionKind,
+    /// The room the session was requested in.
     pub room_id: RoomId,
+    /// The connection that requested the session.
     pub initiator_peer_id: PeerId,
+    /// The connection asked to accept it.
     pub target_peer_id: PeerId,
+    /// The user behind `initiator_peer_id`.
     pub initiator_user_id: UserId,
+    /// The user behind `target_peer_id`.
     pub target_user_id: UserId,
+    /// Issued at, Unix seconds.
     pub iat: i64,
+    /// Expires at, Unix seconds: accepted while `now < exp`.
     pub exp: i64,
 }
 
 /// A signed token and when it expires.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IssuedToken {
+    /// The compact JWT.
     pub token: String,
+    /// When the token stops being accepted (its `exp`, whole seconds).
     pub expires_at: Timestamp,
 }
 
