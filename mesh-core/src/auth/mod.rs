@@ -12,7 +12,10 @@
 //!
 //! Every token is a JWT signed with EdDSA and carries a `typ` claim, so a
 //! token of one kind is never accepted as another, and a `kid` header naming
-//! its key.
+//! its key. Only EdDSA is accepted (no `alg: none`, no HMAC), and expiry is
+//! checked against the `now` the caller passes, never the system clock, so
+//! tests and the sans-IO engine drive it with a virtual clock. See
+//! [`tokens`] for the reasoning.
 
 use std::fmt;
 use std::sync::Arc;
@@ -69,7 +72,10 @@ impl AuthError {
 /// Who presents a token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
+    /// The user the token was issued to.
     pub user_id: UserId,
+    /// The device the token was issued to (checked against revocation by
+    /// the service).
     pub device_id: DeviceId,
     /// `None`: a full access token. `Some`: a capability token limited to
     /// these scopes.
