@@ -115,8 +115,7 @@ pub async fn serve(
         shutdown: stop_rx,
         alive: alive_tx,
     });
-    let addr = listener.local_addr()?;
-    tracing::info!(%addr, "mesh-server listening");
+    tracing::debug!(addr = ?listener.local_addr(), "serving");
     tokio::pin!(shutdown);
     loop {
         tokio::select! {

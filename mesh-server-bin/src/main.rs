@@ -4,6 +4,7 @@
 //! mesh-server --listen 127.0.0.1:8000 --data ./mesh-data
 //! ```
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -30,11 +31,15 @@ async fn main() -> anyhow::Result<()> {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on {addr}");
     let config = mesh_server_bin::Config::new(args.data);
     mesh_server_bin::run(listener, config, shutdown_signal()).await
 }
