@@ -232,16 +232,57 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     async fn delete_session(&self, id: SessionId) -> Result<bool, Self::Error>;
 }
 
+/// Clamps a requested page size to `1..=MAX_PAGE`, as [`Store::messages`]
+/// promises.
+pub(crate) fn clamp_limit(limit: usize) -> usize {
+    limit.clamp(1, MAX_PAGE)
+}
+
+/// The order of [`Store::public_rooms`] and [`Store::rooms_of`]: oldest
+/// first, ties broken by id so every backend agrees.
+pub(crate) fn room_order(room: &Room) -> (Timestamp, RoomId) {
+    (room.created_at, room.id)
+}
+
+/// The order of [`Store::members`]: by `joined_at`, ties broken by user id.
+pub(crate) fn member_order(m: &Membership) -> (Timestamp, UserId) {
+    (m.joined_at, m.user_id)
+}
+
+/// The order of [`Store::devices_of`]: by `created_at`, then id.
+pub(crate) fn device_order(d: &DeviceRecord) -> (Timestamp, DeviceId) {
+    (d.created_at, d.id)
+}
+
+/// The order of [`Store::sessions_of`]: by `created_at`, then id.
+pub(crate) fn session_order(s: &P2pSession) -> (Timestamp, SessionId) {
+    (s.created_at, s.id)
+}
+
+/// Applies a [`RoomUpdate`] to a room in place.
+pub(crate) fn apply_update(room: &mut Room, update: RoomUpdate) {
+    if let Some(name) = update.name {
+        room.name = name;
+    }
+    if let Some(topic) = update.topic {
+        room.topic = topic;
+    }
+    if let Some(visibility) = update.visibility {
+        room.visibility = visibility;
+    }
+}
+
 /// A store with its errors erased to [`StoreError`]: what the service holds.
 pub type DynStore = dyn Store<Error = StoreError>;
 
 /// Turns any [`Store`] into an `Arc<DynStore>`.
 pub trait IntoDynStore {
+    /// Wraps the store in [`EraseStoreError`] and puts it behind an `Arc`.
     fn into_dyn(self) -> Arc<DynStore>;
 }
 
 impl<S: Store> IntoDynStore for S {
     fn into_dyn(self) -> Arc<DynStore> {
-        todo!("erase")
+        Arc::new(EraseStoreError(self))
     }
 }
