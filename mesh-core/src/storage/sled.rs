@@ -130,6 +130,10 @@ impl From<SledStoreError> for StoreError {
     }
 }
 
+/// How long [`SledStore::open`] waits for a lock left by a store of the
+/// same process that was just dropped.
+pub const OPEN_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 type Result<T, E = SledStoreError> = std::result::Result<T, E>;
 
 /// A [`Store`] on disk, in a sled database. See the [module docs](self).
@@ -143,8 +147,28 @@ pub struct SledStore {
 
 impl SledStore {
     /// Opens (or creates) the store in the directory `path`.
+    ///
+    /// sled holds an exclusive lock on its files, and after a [`SledStore`]
+    /// is dropped sled's background I/O threads may keep them open (and so
+    /// locked) for a moment. Opening the same path again right away, as a
+    /// restart in the same process does, would then fail spuriously; so
+    /// while the lock is taken, this retries for up to [`OPEN_LOCK_WAIT`]
+    /// before giving up. (sled's own test builds block on the lock for the
+    /// same reason.) Another process holding the store still gets an error.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
-        Self::with_config(sled::Config::new().path(path))
+        let config = sled::Config::new().path(path);
+        let started = std::time::Instant::now();
+        loop {
+            match Self::with_config(config.clone()) {
+                Err(SledStoreError::Sled(sled::Error::Io(e)))
+                    if e.to_string().contains("could not acquire lock")
+                        && started.elapsed() < OPEN_LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => return other,
+            }
+        }
     }
 
     /// A store in a temporary directory, removed when the store is dropped.
