@@ -171,12 +171,17 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Inserts or replaces a device (revoking writes it back with `revoked`).
     async fn put_device(&self, device: DeviceRecord) -> Result<(), Self::Error>;
     async fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error>;
+    /// The user's devices (revoked ones too), oldest first, ties by id.
     async fn devices_of(&self, user: UserId) -> Result<Vec<DeviceRecord>, Self::Error>;
 
     // ---- rooms ----
 
     /// Stores a new room and its owner's membership, atomically. The room's
     /// `member_count` as given is ignored: the store counts memberships.
+    /// The owner membership's `room_id` is taken from `room`. Room ids are
+    /// fresh v4 UUIDs; calling this for an existing id is outside the
+    /// contract (the built-in stores replace the room record and upsert the
+    /// owner membership, keeping everything else).
     async fn create_room(&self, room: Room, owner: Membership) -> Result<(), Self::Error>;
     /// The room, with `member_count` filled in.
     async fn room(&self, id: RoomId) -> Result<Option<Room>, Self::Error>;
@@ -189,9 +194,10 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Deletes the room with its memberships, messages and sessions. `false`
     /// if there was no such room.
     async fn delete_room(&self, id: RoomId) -> Result<bool, Self::Error>;
-    /// Every public room, oldest first.
+    /// Every public room, oldest first (by `created_at`, ties by id).
     async fn public_rooms(&self) -> Result<Vec<Room>, Self::Error>;
-    /// Every room the user is a member of, oldest first.
+    /// Every room the user is a member of, oldest first (as
+    /// [`Store::public_rooms`]).
     async fn rooms_of(&self, user: UserId) -> Result<Vec<Room>, Self::Error>;
 
     // ---- memberships ----
@@ -203,7 +209,8 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// `false` if the user is not a member.
     async fn set_role(&self, room: RoomId, user: UserId, role: Role) -> Result<bool, Self::Error>;
     async fn member(&self, room: RoomId, user: UserId) -> Result<Option<Membership>, Self::Error>;
-    /// Every member, in the order they joined.
+    /// Every member, in the order they joined (by `joined_at`, ties by
+    /// user id).
     async fn members(&self, room: RoomId) -> Result<Vec<Membership>, Self::Error>;
 
     // ---- messages ----
@@ -224,9 +231,12 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     // ---- P2P sessions ----
 
+    /// Inserts or replaces a session. [`Store::delete_room`] deletes the
+    /// sessions of its room.
     async fn put_session(&self, session: P2pSession) -> Result<(), Self::Error>;
     async fn session(&self, id: SessionId) -> Result<Option<P2pSession>, Self::Error>;
-    /// Sessions the user is a party to (either side).
+    /// Sessions the user is a party to (either side), oldest first
+    /// (`created_at`, ties by id).
     async fn sessions_of(&self, user: UserId) -> Result<Vec<P2pSession>, Self::Error>;
     /// `false` if there was no such session.
     async fn delete_session(&self, id: SessionId) -> Result<bool, Self::Error>;
