@@ -171,12 +171,17 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Inserts or replaces a device (revoking writes it back with `revoked`).
     async fn put_device(&self, device: DeviceRecord) -> Result<(), Self::Error>;
     async fn device(&self, id: DeviceId) -> Result<Option<DeviceRecord>, Self::Error>;
+    /// The user's devices (revoked ones too), oldest first, ties by id.
     async fn devices_of(&self, user: UserId) -> Result<Vec<DeviceRecord>, Self::Error>;
 
     // ---- rooms ----
 
     /// Stores a new room and its owner's membership, atomically. The room's
     /// `member_count` as given is ignored: the store counts memberships.
+    /// The owner membership's `room_id` is taken from `room`. Room ids are
+    /// fresh v4 UUIDs; calling this for an existing id is outside the
+    /// contract (the built-in stores replace the room record and upsert the
+    /// owner membership, keeping everything else).
     async fn create_room(&self, room: Room, owner: Membership) -> Result<(), Self::Error>;
     /// The room, with `member_count` filled in.
     async fn room(&self, id: RoomId) -> Result<Option<Room>, Self::Error>;
@@ -189,9 +194,10 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Deletes the room with its memberships, messages and sessions. `false`
     /// if there was no such room.
     async fn delete_room(&self, id: RoomId) -> Result<bool, Self::Error>;
-    /// Every public room, oldest first.
+    /// Every public room, oldest first (by `created_at`, ties by id).
     async fn public_rooms(&self) -> Result<Vec<Room>, Self::Error>;
-    /// Every room the user is a member of, oldest first.
+    /// Every room the user is a member of, oldest first (as
+    /// [`Store::public_rooms`]).
     async fn rooms_of(&self, user: UserId) -> Result<Vec<Room>, Self::Error>;
 
     // ---- memberships ----
@@ -203,7 +209,8 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// `false` if the user is not a member.
     async fn set_role(&self, room: RoomId, user: UserId, role: Role) -> Result<bool, Self::Error>;
     async fn member(&self, room: RoomId, user: UserId) -> Result<Option<Membership>, Self::Error>;
-    /// Every member, in the order they joined.
+    /// Every member, in the order they joined (by `joined_at`, ties by
+    /// user id).
     async fn members(&self, room: RoomId) -> Result<Vec<Membership>, Self::Error>;
 
     // ---- messages ----
@@ -224,12 +231,55 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
 
     // ---- P2P sessions ----
 
+    /// Inserts or replaces a session. [`Store::delete_room`] deletes the
+    /// sessions of its room.
     async fn put_session(&self, session: P2pSession) -> Result<(), Self::Error>;
     async fn session(&self, id: SessionId) -> Result<Option<P2pSession>, Self::Error>;
-    /// Sessions the user is a party to (either side).
+    /// Sessions the user is a party to (either side), oldest first
+    /// (`created_at`, ties by id).
     async fn sessions_of(&self, user: UserId) -> Result<Vec<P2pSession>, Self::Error>;
     /// `false` if there was no such session.
     async fn delete_session(&self, id: SessionId) -> Result<bool, Self::Error>;
+}
+
+/// Clamps a requested page size to `1..=MAX_PAGE`, as [`Store::messages`]
+/// promises.
+pub(crate) fn clamp_limit(limit: usize) -> usize {
+    limit.clamp(1, MAX_PAGE)
+}
+
+/// The order of [`Store::public_rooms`] and [`Store::rooms_of`]: oldest
+/// first, ties broken by id so every backend agrees.
+pub(crate) fn room_order(room: &Room) -> (Timestamp, RoomId) {
+    (room.created_at, room.id)
+}
+
+/// The order of [`Store::members`]: by `joined_at`, ties broken by user id.
+pub(crate) fn member_order(m: &Membership) -> (Timestamp, UserId) {
+    (m.joined_at, m.user_id)
+}
+
+/// The order of [`Store::devices_of`]: by `created_at`, then id.
+pub(crate) fn device_order(d: &DeviceRecord) -> (Timestamp, DeviceId) {
+    (d.created_at, d.id)
+}
+
+/// The order of [`Store::sessions_of`]: by `created_at`, then id.
+pub(crate) fn session_order(s: &P2pSession) -> (Timestamp, SessionId) {
+    (s.created_at, s.id)
+}
+
+/// Applies a [`RoomUpdate`] to a room in place.
+pub(crate) fn apply_update(room: &mut Room, update: RoomUpdate) {
+    if let Some(name) = update.name {
+        room.name = name;
+    }
+    if let Some(topic) = update.topic {
+        room.topic = topic;
+    }
+    if let Some(visibility) = update.visibility {
+        room.visibility = visibility;
+    }
 }
 
 /// A store with its errors erased to [`StoreError`]: what the service holds.
@@ -237,11 +287,12 @@ pub type DynStore = dyn Store<Error = StoreError>;
 
 /// Turns any [`Store`] into an `Arc<DynStore>`.
 pub trait IntoDynStore {
+    /// Wraps the store in [`EraseStoreError`] and puts it behind an `Arc`.
     fn into_dyn(self) -> Arc<DynStore>;
 }
 
 impl<S: Store> IntoDynStore for S {
     fn into_dyn(self) -> Arc<DynStore> {
-        todo!("erase")
+        Arc::new(EraseStoreError(self))
     }
 }
