@@ -41,7 +41,7 @@ use crate::protocol::{
     DeviceId, Member, P2pSession, PeerId, Role, Room, RoomId, SessionId, SessionKind, Timestamp,
     User, UserId, Visibility,
 };
-// MERGE: use crate::storage::memory::MemoryStore;
+use crate::storage::memory::MemoryStore;
 use crate::storage::{
     DeviceRecord, DynStore, IntoDynStore, MAX_PAGE, Membership, Page, PageQuery, RoomUpdate,
     UserRecord,
@@ -108,7 +108,7 @@ impl ServiceBuilder {
     pub fn build(self) -> Result<Service> {
         let store = match self.store {
             Some(s) => s,
-            None => return Err(Error::Internal("MERGE: default store".into())), // MERGE: MemoryStore::new().into_dyn(),
+            None => MemoryStore::new().into_dyn(),
         };
         let auth = match self.auth {
             Some(a) => a,
