@@ -131,7 +131,12 @@ impl Engine {
     /// Sends one message to the room now: one frame for the live
     /// subscribers, the reply to the origin, and a hold for each peer still
     /// catching up.
-    fn deliver(&mut self, now: Timestamp, message: Message, origin: Option<(PeerId, Option<String>)>) {
+    fn deliver(
+        &mut self,
+        now: Timestamp,
+        message: Message,
+        origin: Option<(PeerId, Option<String>)>,
+    ) {
         let room = message.room_id;
         let origin_peer = origin.as_ref().map(|(peer, _)| *peer);
         let (live, catching_up): (Vec<PeerId>, Vec<PeerId>) = match self.rooms.get(&room) {

@@ -75,6 +75,10 @@ impl Default for EngineConfig {
 }
 
 /// What the engine wants done.
+// `Send` is much larger than the other variants, but nearly every output is
+// a `Send` and outputs are drained at once, so boxing the frame would cost an
+// allocation per output to save memory that is never held.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// Send `frame` to each of `to` (encode it once).

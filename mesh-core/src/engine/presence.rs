@@ -184,7 +184,13 @@ impl Engine {
     }
 
     /// Closes a connection and forgets it.
-    pub(super) fn close_peer(&mut self, now: Timestamp, peer: PeerId, code: CloseCode, reason: &str) {
+    pub(super) fn close_peer(
+        &mut self,
+        now: Timestamp,
+        peer: PeerId,
+        code: CloseCode,
+        reason: &str,
+    ) {
         if !self.peers.contains_key(&peer) {
             return;
         }

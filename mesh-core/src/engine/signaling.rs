@@ -203,6 +203,7 @@ impl Engine {
                 reason: reason.to_owned(),
             },
         );
-        self.outputs.push_back(Output::SessionEnded { session_id: id });
+        self.outputs
+            .push_back(Output::SessionEnded { session_id: id });
     }
 }

@@ -16,8 +16,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::protocol::{
-    Message, OutgoingFrame, PeerId, Presence, RoomId, ServerEvent, SessionId,
-    Timestamp, User, UserId,
+    Message, OutgoingFrame, PeerId, Presence, RoomId, ServerEvent, SessionId, Timestamp, User,
+    UserId,
 };
 
 use super::{Engine, Output, PeerInfo};
