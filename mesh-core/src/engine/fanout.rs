@@ -226,6 +226,10 @@ impl Engine {
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
+        if !p.rooms.contains(&room) {
+            // Left (or was removed) while history was being fetched.
+            return;
+        }
         messages.sort_by_key(|m| m.seq);
         let mut frames = Vec::with_capacity(messages.len());
         match p.catching_up.get_mut(&room) {

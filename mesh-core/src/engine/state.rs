@@ -207,6 +207,12 @@ impl Engine {
         if let Some(r) = self.rooms.get_mut(&room) {
             r.subscribers.remove(&peer);
             r.catching_up.remove(&peer);
+            // A room nobody listens to and nothing waits in costs memory for
+            // no one. Its ordering baseline goes too: the next message after
+            // someone subscribes again becomes the new one.
+            if r.subscribers.is_empty() && r.typing.is_empty() && r.order.pending.is_empty() {
+                self.rooms.remove(&room);
+            }
         }
     }
 }

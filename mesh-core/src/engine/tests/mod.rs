@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod determinism;
 mod fanout;
 mod presence;
 mod rooms;
