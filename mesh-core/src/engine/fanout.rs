@@ -66,6 +66,7 @@ impl Engine {
                 self.release_consecutive(now, room);
             }
         }
+        self.forget_if_idle(room);
     }
 
     /// Delivers the buffered messages that now follow on without a gap.
@@ -126,6 +127,7 @@ impl Engine {
             self.deliver(now, pending.message, pending.origin);
         }
         self.release_consecutive(now, room);
+        self.forget_if_idle(room);
     }
 
     /// Sends one message to the room now: one frame for the live

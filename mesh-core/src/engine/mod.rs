@@ -86,7 +86,9 @@ pub enum Output {
         to: Vec<PeerId>,
         frame: OutgoingFrame,
     },
-    /// Close a peer's connection.
+    /// Close a peer's connection. The engine has already forgotten the
+    /// peer (as if [`Engine::disconnect`] had been called); calling
+    /// `disconnect` for it again when the socket ends is harmless.
     Close {
         peer: PeerId,
         code: CloseCode,

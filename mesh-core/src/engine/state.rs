@@ -207,12 +207,18 @@ impl Engine {
         if let Some(r) = self.rooms.get_mut(&room) {
             r.subscribers.remove(&peer);
             r.catching_up.remove(&peer);
-            // A room nobody listens to and nothing waits in costs memory for
-            // no one. Its ordering baseline goes too: the next message after
-            // someone subscribes again becomes the new one.
-            if r.subscribers.is_empty() && r.typing.is_empty() && r.order.pending.is_empty() {
-                self.rooms.remove(&room);
-            }
+        }
+        self.forget_if_idle(room);
+    }
+
+    /// Drops a room nobody listens to and nothing waits in: it costs memory
+    /// for no one. Its ordering baseline goes too; the next message after
+    /// someone subscribes again becomes the new one.
+    pub(super) fn forget_if_idle(&mut self, room: RoomId) {
+        if self.rooms.get(&room).is_some_and(|r| {
+            r.subscribers.is_empty() && r.typing.is_empty() && r.order.pending.is_empty()
+        }) {
+            self.rooms.remove(&room);
         }
     }
 }

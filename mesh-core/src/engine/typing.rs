@@ -115,6 +115,7 @@ impl Engine {
                 r.typing.remove(&user);
             }
             self.relay_typing(room, user, false);
+            self.forget_if_idle(room);
         }
     }
 }

@@ -176,3 +176,30 @@ fn deleting_a_room_tells_it_then_unsubscribes_everyone_and_ends_its_sessions() {
     h.advance(Duration::from_secs(10));
     assert!(h.events(b).is_empty(), "typing timer went with the room");
 }
+
+#[test]
+fn rooms_nobody_listens_to_are_forgotten() {
+    let mut h = Harness::new();
+    let room = RoomId::new();
+    let alice = user("alice");
+    let a = h.connect(&alice, &[room]);
+    let b = h.connect(&user("bob"), &[room]);
+    assert!(h.engine.typing(h.now, b, room, true).is_ok());
+    h.engine
+        .message_created(h.now, super::harness::message(room, 1, &alice), None);
+    h.engine.message_created(
+        h.now,
+        super::harness::message(RoomId::new(), 1, &alice),
+        None,
+    );
+    h.engine.disconnect(h.now, a);
+    h.engine.leave_room(
+        h.now,
+        room,
+        h.engine.peer(b).map_or(alice.id, |p| p.user.id),
+        None,
+    );
+    h.drain();
+    assert!(h.engine.rooms.is_empty(), "{:?}", h.engine.rooms);
+    assert_eq!(h.engine.timers.len(), 1, "only bob's heartbeat");
+}
