@@ -82,7 +82,7 @@ fn presence_is_aggregated_over_two_devices() {
 }
 
 #[test]
-fn first_connection_tells_users_own_other_connections_only_once() {
+fn a_first_connection_is_not_told_its_own_presence() {
     let mut h = Harness::new();
     let room = RoomId::new();
     let alice = user("alice");
