@@ -12,15 +12,33 @@
 //!
 //! The engine trusts its caller: the service has already authenticated the
 //! peer and checked and persisted what needed persisting (memberships,
-//! messages) before telling the engine. TODO(helper): implement.
+//! messages) before telling the engine.
+//!
+//! The work is split by concern: `presence` (connections,
+//! heartbeats, aggregated presence), `typing`, `fanout` (per-room ordering,
+//! catch-up with `since`), `rooms`, `signaling` (WebRTC relay and P2P
+//! sessions), with the shared bookkeeping and the timer set in `state`. The
+//! public methods below are thin: they name the contract, the submodules
+//! hold the logic.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
+
+mod fanout;
+mod presence;
+mod rooms;
+mod signaling;
+mod state;
+#[cfg(test)]
+mod tests;
+mod typing;
+
+use state::{PeerState, RoomState, Timer, UserState};
 
 use crate::error::Error;
 use crate::protocol::{
     DeviceId, Member, Message, OutgoingFrame, P2pInfo, P2pSession, PeerId, Presence, Role, Room,
-    RoomId, RtcSignal, SessionId, SessionKind, Timestamp, User, UserId,
+    RoomId, RtcSignal, ServerEvent, SessionId, SessionKind, Timestamp, User, UserId,
 };
 use crate::transport::CloseCode;
 
@@ -57,6 +75,10 @@ impl Default for EngineConfig {
 }
 
 /// What the engine wants done.
+// `Send` is much larger than the other variants, but nearly every output is
+// a `Send` and outputs are drained at once, so boxing the frame would cost an
+// allocation per output to save memory that is never held.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
     /// Send `frame` to each of `to` (encode it once).
@@ -64,7 +86,9 @@ pub enum Output {
         to: Vec<PeerId>,
         frame: OutgoingFrame,
     },
-    /// Close a peer's connection.
+    /// Close a peer's connection. The engine has already forgotten the
+    /// peer (as if [`Engine::disconnect`] had been called); calling
+    /// `disconnect` for it again when the socket ends is harmless.
     Close {
         peer: PeerId,
         code: CloseCode,
@@ -97,11 +121,29 @@ pub enum RtcKind {
 #[derive(Debug)]
 pub struct Engine {
     config: EngineConfig,
+    peers: HashMap<PeerId, PeerState>,
+    /// Users with at least one connection.
+    users: HashMap<UserId, UserState>,
+    devices: HashMap<DeviceId, BTreeSet<PeerId>>,
+    rooms: HashMap<RoomId, RoomState>,
+    sessions: BTreeMap<SessionId, P2pSession>,
+    /// Every pending deadline, earliest first (see `state`).
+    timers: BTreeSet<(Timestamp, Timer)>,
+    outputs: VecDeque<Output>,
 }
 
 impl Engine {
     pub fn new(config: EngineConfig) -> Self {
-        Self { config }
+        Self {
+            config,
+            peers: HashMap::new(),
+            users: HashMap::new(),
+            devices: HashMap::new(),
+            rooms: HashMap::new(),
+            sessions: BTreeMap::new(),
+            timers: BTreeSet::new(),
+            outputs: VecDeque::new(),
+        }
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -123,7 +165,7 @@ impl Engine {
         since: HashMap<RoomId, u64>,
         request_id: Option<String>,
     ) {
-        let _ = (now, peer, rooms, since, request_id);
+        self.do_connect(now, peer, rooms, since, request_id);
     }
 
     /// Delivers a page of missed messages to a catching-up peer, in `seq`
@@ -137,24 +179,27 @@ impl Engine {
         messages: Vec<Message>,
         done: bool,
     ) {
-        let _ = (now, peer, room, messages, done);
+        self.do_backfill(now, peer, room, messages, done);
     }
 
     /// The connection is gone (closed, errored, or timed out). The user goes
     /// offline if it was their last connection; their typing stops; P2P
     /// sessions of this peer close.
     pub fn disconnect(&mut self, now: Timestamp, peer: PeerId) {
-        let _ = (now, peer);
+        self.do_disconnect(now, peer);
     }
 
     /// Any frame from the peer (or a WebSocket pong): it is alive.
     pub fn heard_from(&mut self, now: Timestamp, peer: PeerId) {
-        let _ = (now, peer);
+        self.touch(now, peer);
     }
 
     /// `system.ping`: answers `system.pong`.
     pub fn ping(&mut self, now: Timestamp, peer: PeerId, request_id: Option<String>) {
-        let _ = (now, peer, request_id);
+        if self.peers.contains_key(&peer) {
+            self.touch(now, peer);
+            self.reply(peer, request_id, ServerEvent::Pong { server_time: now });
+        }
     }
 
     /// The user of `peer` was added to `room` in the store (or already was a
@@ -169,13 +214,13 @@ impl Engine {
         members: Vec<Member>,
         request_id: Option<String>,
     ) {
-        let _ = (now, peer, room, members, request_id);
+        self.do_join_room(now, peer, room, members, request_id);
     }
 
     /// `user` was added to `room` by someone else (an invitation): their
     /// connections are subscribed and the room gets `room.joined`.
     pub fn member_added(&mut self, now: Timestamp, room: RoomId, user: &User) {
-        let _ = (now, room, user);
+        self.do_member_added(now, room, user);
     }
 
     /// `user` left or was removed from `room` in the store. The room (the
@@ -189,22 +234,33 @@ impl Engine {
         user: UserId,
         reply: Option<(PeerId, Option<String>)>,
     ) {
-        let _ = (now, room, user, reply);
+        self.do_leave_room(now, room, user, reply);
     }
 
     /// A room's name, topic or visibility changed: `room.updated` to it.
     pub fn room_updated(&mut self, now: Timestamp, room: &Room) {
-        let _ = (now, room);
+        let _ = now;
+        let to = self.subscribers(room.id);
+        self.broadcast(to, ServerEvent::RoomUpdated { room: room.clone() });
     }
 
     /// A room was deleted: `room.deleted` to it, then nobody is subscribed.
     pub fn room_deleted(&mut self, now: Timestamp, room: RoomId) {
-        let _ = (now, room);
+        self.do_room_deleted(now, room);
     }
 
     /// A member's role changed: `room.member.updated` to the room.
     pub fn role_changed(&mut self, now: Timestamp, room: RoomId, user: UserId, role: Role) {
-        let _ = (now, room, user, role);
+        let _ = now;
+        let to = self.subscribers(room);
+        self.broadcast(
+            to,
+            ServerEvent::MemberUpdated {
+                room_id: room,
+                user_id: user,
+                role,
+            },
+        );
     }
 
     /// A message was stored: `chat.message.created` to every connection
@@ -219,7 +275,7 @@ impl Engine {
         message: Message,
         origin: Option<(PeerId, Option<String>)>,
     ) {
-        let _ = (now, message, origin);
+        self.do_message_created(now, message, origin);
     }
 
     /// `chat.typing` from `peer`: relayed to the other users' connections in
@@ -232,8 +288,7 @@ impl Engine {
         room: RoomId,
         typing: bool,
     ) -> Result<(), Error> {
-        let _ = (now, peer, room, typing);
-        Ok(())
+        self.do_typing(now, peer, room, typing)
     }
 
     /// `presence.update` from `peer`: sets the user's chosen status (all
@@ -248,14 +303,15 @@ impl Engine {
         message: Option<String>,
         request_id: Option<String>,
     ) {
-        let _ = (now, peer, status, message, request_id);
+        self.do_set_presence(now, peer, status, message, request_id);
     }
 
     /// The user's presence as others see it: `Offline` with no connection,
     /// else the chosen status (`Online` by default).
     pub fn presence_of(&self, user: UserId) -> Presence {
-        let _ = user;
-        Presence::Offline
+        self.users
+            .get(&user)
+            .map_or(Presence::Offline, UserState::visible)
     }
 
     /// Relays an `rtc.*` signal to its target peer only, with `from_peer_id`
@@ -268,8 +324,7 @@ impl Engine {
         kind: RtcKind,
         signal: RtcSignal,
     ) -> Result<(), Error> {
-        let _ = (now, from, kind, signal);
-        Ok(())
+        self.do_relay_rtc(now, from, kind, signal)
     }
 
     /// Checks a P2P session request and builds the session (state
@@ -287,8 +342,7 @@ impl Engine {
         target: PeerId,
         kind: SessionKind,
     ) -> Result<P2pSession, Error> {
-        let _ = (now, id, initiator, room, target, kind);
-        Err(Error::Internal("unimplemented".into()))
+        self.do_prepare_session(now, id, initiator, room, target, kind)
     }
 
     /// Records a prepared session and sends `p2p.session.created` (with the
@@ -301,7 +355,7 @@ impl Engine {
         session_token: String,
         request_id: Option<String>,
     ) {
-        let _ = (now, session, session_token, request_id);
+        self.do_open_session(now, session, session_token, request_id);
     }
 
     /// Closes a session at a party's request: `p2p.session.closed` to both
@@ -314,47 +368,63 @@ impl Engine {
         by: UserId,
         reason: &str,
     ) -> Result<(), Error> {
-        let _ = (now, session, by, reason);
-        Ok(())
+        self.do_close_session(now, session, by, reason)
     }
 
     /// The live sessions `user` is a party to.
     pub fn sessions_of(&self, user: UserId) -> Vec<P2pSession> {
-        let _ = user;
-        Vec::new()
+        self.do_sessions_of(user)
     }
 
     /// Closes every connection of a revoked device (1008).
     pub fn revoke_device(&mut self, now: Timestamp, device: DeviceId) {
-        let _ = (now, device);
+        let peers: Vec<PeerId> = self
+            .devices
+            .get(&device)
+            .map(|set| set.iter().copied().collect())
+            .unwrap_or_default();
+        for peer in peers {
+            self.close_peer(now, peer, CloseCode::Policy, "device revoked");
+        }
     }
 
     /// Whether `peer` is subscribed to `room` (i.e. its user is a member).
     pub fn is_subscribed(&self, peer: PeerId, room: RoomId) -> bool {
-        let _ = (peer, room);
-        false
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.rooms.contains(&room))
     }
 
     /// The connected peer, if any.
     pub fn peer(&self, peer: PeerId) -> Option<&PeerInfo> {
-        let _ = peer;
-        None
+        self.peers.get(&peer).map(|p| &p.info)
     }
 
     /// The earliest time [`Engine::handle_timeout`] has work to do.
     pub fn poll_timeout(&self) -> Option<Timestamp> {
-        None
+        self.timers.first().map(|(at, _)| *at)
     }
 
     /// Fires due timers: closes peers past the heartbeat time-out, ends
     /// typing indicators, expires P2P sessions (both peers get
     /// `p2p.session.closed` with reason `expired`), releases held messages.
     pub fn handle_timeout(&mut self, now: Timestamp) {
-        let _ = now;
+        while let Some(&(at, timer)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, timer));
+            match timer {
+                Timer::Heartbeat(peer) => self.heartbeat_expired(now, peer, at),
+                Timer::Typing(room, user) => self.typing_expired(now, room, user, at),
+                Timer::Session(id) => self.session_expired(now, id, at),
+                Timer::Reorder(room) => self.reorder_due(now, room, at),
+            }
+        }
     }
 
     /// The next thing to do, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
-        None
+        self.outputs.pop_front()
     }
 }
