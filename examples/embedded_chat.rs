@@ -55,7 +55,7 @@ impl Authenticator for OpaqueTokens {
             .insert(token.clone(), identity);
         Ok(IssuedToken {
             token,
-            expires_at: now.add(std::time::Duration::from_secs(3600)),
+            expires_at: now.saturating_add(std::time::Duration::from_secs(3600)),
         })
     }
 
@@ -110,7 +110,10 @@ async fn main() -> anyhow::Result<()> {
     };
     let alice = service.register(register("alice"), None).await?;
     let bob = service.register(register("bob"), None).await?;
-    println!("registered {} and {}", alice.user.username, bob.user.username);
+    println!(
+        "registered {} and {}",
+        alice.user.username, bob.user.username
+    );
 
     let alice_id = service.authenticate(&alice.token).await?;
     let room = service
@@ -130,11 +133,16 @@ async fn main() -> anyhow::Result<()> {
         .open_connection(alice_id, Arc::new(Inbox(tx_a)))
         .await?;
     let bob_id = service.authenticate(&bob.token).await?;
-    let mut conn_b = service.open_connection(bob_id, Arc::new(Inbox(tx_b))).await?;
+    let mut conn_b = service
+        .open_connection(bob_id, Arc::new(Inbox(tx_b)))
+        .await?;
 
     conn_a.handle_text(r#"{"type":"system.hello"}"#).await;
     conn_b.handle_text(r#"{"type":"system.hello"}"#).await;
-    let join = format!(r#"{{"type":"room.join","id":"j","payload":{{"room_id":"{}"}}}}"#, room.id);
+    let join = format!(
+        r#"{{"type":"room.join","id":"j","payload":{{"room_id":"{}"}}}}"#,
+        room.id
+    );
     conn_b.handle_text(&join).await;
     let send = format!(
         r#"{{"type":"chat.message.send","id":"1","payload":{{"room_id":"{}","content":"hello from an embedded engine"}}}}"#,

@@ -213,6 +213,8 @@ async fn run_connection(
     let peer_id = peer.peer_id();
     let (sink, mut stream) = ws.split();
     let writer = tokio::spawn(write_loop(sink, rx, queued_bytes, close.clone(), heartbeat));
+    // Whether the client ended the connection; otherwise we close it.
+    let mut client_closed = false;
     loop {
         tokio::select! {
             message = stream.next() => match message {
@@ -230,7 +232,10 @@ async fn run_connection(
                     let _ = conn.send(Bytes::from(frame.to_json()));
                 }
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => peer.heard(),
-                Some(Ok(Message::Close(_))) | None => break,
+                Some(Ok(Message::Close(_))) | None => {
+                    client_closed = true;
+                    break;
+                }
                 Some(Ok(Message::Frame(_))) => {}
                 Some(Err(tungstenite::Error::Capacity(e))) => {
                     tracing::debug!(peer = %peer_id, error = %e, "oversized frame");
@@ -239,6 +244,7 @@ async fn run_connection(
                 }
                 Some(Err(e)) => {
                     tracing::debug!(peer = %peer_id, error = %e, "websocket read failed");
+                    client_closed = true;
                     break;
                 }
             },
@@ -251,11 +257,25 @@ async fn run_connection(
     // The engine learns the peer is gone right away, not when the writer ends.
     drop(peer);
     conn.close(CloseCode::Normal, "bye");
-    if tokio::time::timeout(Duration::from_secs(5), writer)
+    let finish = async {
+        if !client_closed {
+            // The closing handshake: read (and drop) what the client still
+            // sends until its close frame. Dropping the socket with unread
+            // data would reset it, and the client would never see our close
+            // code.
+            while let Some(Ok(message)) = stream.next().await {
+                if message.is_close() {
+                    break;
+                }
+            }
+        }
+        let _ = writer.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), finish)
         .await
         .is_err()
     {
-        tracing::debug!(peer = %peer_id, "writer did not finish in time");
+        tracing::debug!(peer = %peer_id, "closing handshake did not finish in time");
     }
 }
 

@@ -78,7 +78,11 @@ async fn acknowledged_messages_survive_kill_9() {
     }
     let mut acked = 0;
     for i in 0..N {
-        let c = if i % 4 == 0 { &mut ws } else { &mut others[(i % 4 - 1) as usize] };
+        let c = if i % 4 == 0 {
+            &mut ws
+        } else {
+            &mut others[(i % 4 - 1) as usize]
+        };
         c.send(
             "chat.message.send",
             json!({"room_id": room, "content": format!("durable {i}"), "client_id": format!("k{i}")}),
@@ -87,7 +91,11 @@ async fn acknowledged_messages_survive_kill_9() {
         .await;
     }
     for i in 0..N {
-        let c = if i % 4 == 0 { &mut ws } else { &mut others[(i % 4 - 1) as usize] };
+        let c = if i % 4 == 0 {
+            &mut ws
+        } else {
+            &mut others[(i % 4 - 1) as usize]
+        };
         let ack = c.reply(&format!("m{i}")).await;
         assert_eq!(ack["type"], "chat.message.created", "{ack}");
         acked += 1;
@@ -104,7 +112,9 @@ async fn acknowledged_messages_survive_kill_9() {
     let mut after = 0;
     loop {
         let page: serde_json::Value = http
-            .get(format!("{base}/api/rooms/{room}/messages?after={after}&limit=100"))
+            .get(format!(
+                "{base}/api/rooms/{room}/messages?after={after}&limit=100"
+            ))
             .bearer_auth(&token)
             .send()
             .await
@@ -121,7 +131,11 @@ async fn acknowledged_messages_survive_kill_9() {
             _ => break,
         }
     }
-    assert_eq!(seqs, (1..=N).collect::<Vec<_>>(), "the token, the room and all {N} messages survived");
+    assert_eq!(
+        seqs,
+        (1..=N).collect::<Vec<_>>(),
+        "the token, the room and all {N} messages survived"
+    );
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }

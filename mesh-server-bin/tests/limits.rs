@@ -39,11 +39,18 @@ async fn floods_get_rate_limited_then_closed() {
     let (_, a) = s.register("alice").await;
     let mut ws = s.ws(&a).await;
     for i in 0..400 {
-        ws.send("system.ping", json!({}), Some(&i.to_string())).await;
+        let frame = json!({"type": "system.ping", "id": i.to_string()}).to_string();
+        if ws.ws.send(Message::Text(frame.into())).await.is_err() {
+            break;
+        }
     }
     let limited = ws.expect("error").await;
     assert_eq!(limited["payload"]["code"], "rate_limited");
-    assert!(limited["payload"]["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert!(
+        limited["payload"]["retry_after_ms"]
+            .as_u64()
+            .is_some_and(|ms| ms > 0)
+    );
     assert_eq!(ws.closed().await, Some(1008));
 }
 
@@ -96,7 +103,11 @@ async fn http_bodies_past_64_kib_get_413() {
     let s = TestServer::start().await;
     let (_, a) = s.register("alice").await;
     let (status, body) = s
-        .post("/api/rooms", Some(&a), json!({"name": "x".repeat(70 * 1024)}))
+        .post(
+            "/api/rooms",
+            Some(&a),
+            json!({"name": "x".repeat(70 * 1024)}),
+        )
         .await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "payload_too_large");

@@ -93,7 +93,11 @@ async fn welcome_ping_and_two_users_chat() {
 
 #[tokio::test]
 async fn history_pages_over_250_messages() {
-    let s = TestServer::start().await;
+    // Sending 250 messages at once is past the default frame rate limit.
+    let dir = tempfile::tempdir().expect("dir");
+    let mut config = mesh_server_bin::Config::new(dir.path());
+    config.service.frame_rate.burst = 1000;
+    let s = TestServer::start_with(config, Some(dir)).await;
     let (_, a) = s.register("alice").await;
     let room = s.create_room(&a, "log", "public").await;
     let mut wa = s.ws(&a).await;

@@ -198,7 +198,7 @@ pub fn issue_capability(
             narrowed.push(s);
         }
     }
-    let exp = now.add(ttl.min(MAX_CAPABILITY_TTL)).unix_seconds();
+    let exp = now.saturating_add(ttl.min(MAX_CAPABILITY_TTL)).unix_seconds();
     let claims = CapabilityClaims {
         iss: ISSUER.to_owned(),
         typ: TokenKind::Capability,
@@ -501,7 +501,7 @@ impl Authenticator for JwtAuthenticator {
         device: DeviceId,
         now: Timestamp,
     ) -> Result<IssuedToken, AuthError> {
-        let exp = now.add(self.access_ttl).unix_seconds();
+        let exp = now.saturating_add(self.access_ttl).unix_seconds();
         let claims = AccessClaims {
             iss: ISSUER.to_owned(),
             typ: TokenKind::Access,
@@ -594,7 +594,7 @@ mod tests {
             target_user_id: UserId::new(),
             state: SessionState::Pending,
             created_at: now(),
-            expires_at: now().add(expires_in),
+            expires_at: now().saturating_add(expires_in),
         }
     }
 
@@ -636,7 +636,7 @@ mod tests {
         let issued = auth.issue_access_token(user, device, now()).expect("issue");
         assert_eq!(
             issued.expires_at.unix_seconds(),
-            now().add(HOUR).unix_seconds()
+            now().saturating_add(HOUR).unix_seconds()
         );
         let identity = auth.authenticate(&issued.token, now()).expect("auth");
         assert_eq!(
@@ -663,7 +663,7 @@ mod tests {
         let exp = issued.expires_at;
         let just_before = Timestamp::from_unix_millis(exp.unix_millis() - 1);
         assert!(auth.authenticate(&issued.token, just_before).is_ok());
-        for at in [exp, exp.add(secs(1)), exp.add(HOUR * 24 * 365)] {
+        for at in [exp, exp.saturating_add(secs(1)), exp.saturating_add(HOUR * 24 * 365)] {
             assert!(
                 matches!(
                     auth.authenticate(&issued.token, at),
@@ -712,7 +712,7 @@ mod tests {
             .expect("capability");
         assert_eq!(
             issued.expires_at.unix_seconds(),
-            now().add(MAX_CAPABILITY_TTL).unix_seconds()
+            now().saturating_add(MAX_CAPABILITY_TTL).unix_seconds()
         );
     }
 
@@ -990,7 +990,7 @@ mod tests {
             sub: UserId::new(),
             did: DeviceId::new(),
             iat: now().unix_seconds(),
-            exp: now().add(HOUR).unix_seconds(),
+            exp: now().saturating_add(HOUR).unix_seconds(),
         };
         for secret in [raw.as_slice(), x.as_bytes()] {
             let mut header = Header::new(Algorithm::HS256);

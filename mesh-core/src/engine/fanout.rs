@@ -48,7 +48,7 @@ impl Engine {
         let order = &mut self.rooms.entry(room).or_default().order;
         match order.last {
             Some(last) if seq > last.saturating_add(1) => {
-                let deadline = now.add(self.config.reorder_window);
+                let deadline = now.saturating_add(self.config.reorder_window);
                 order.pending.insert(
                     seq,
                     Pending {

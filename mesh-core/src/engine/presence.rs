@@ -31,7 +31,7 @@ impl Engine {
             self.do_disconnect(now, peer);
         }
         let user = info.user.clone();
-        let deadline = now.add(self.config.heartbeat_timeout);
+        let deadline = now.saturating_add(self.config.heartbeat_timeout);
         let rooms: BTreeSet<RoomId> = rooms.into_iter().collect();
         // `since` for a room the user is not in would hold messages that
         // never come: ignore it.
@@ -178,7 +178,7 @@ impl Engine {
             return;
         };
         let old = p.heartbeat_deadline;
-        let new = now.add(timeout).max(old);
+        let new = now.saturating_add(timeout).max(old);
         p.heartbeat_deadline = new;
         self.reschedule(Timer::Heartbeat(peer), Some(old), Some(new));
     }

@@ -86,7 +86,7 @@ impl Engine {
             target_user_id: target_user,
             state: SessionState::Pending,
             created_at: now,
-            expires_at: now.add(self.config.session_ttl),
+            expires_at: now.saturating_add(self.config.session_ttl),
         })
     }
 

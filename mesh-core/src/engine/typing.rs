@@ -37,7 +37,7 @@ impl Engine {
             self.end_typing(room, user);
             return Ok(());
         }
-        let expires = now.add(self.config.typing_ttl);
+        let expires = now.saturating_add(self.config.typing_ttl);
         let old = self
             .rooms
             .get_mut(&room)

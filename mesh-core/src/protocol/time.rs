@@ -49,7 +49,7 @@ impl Timestamp {
     }
 
     /// This time plus `d` (saturating).
-    pub fn add(self, d: Duration) -> Self {
+    pub fn saturating_add(self, d: Duration) -> Self {
         Self(
             self.0
                 .saturating_add(d.as_millis().min(i64::MAX as u128) as i64),
@@ -114,8 +114,8 @@ mod tests {
     #[test]
     fn arithmetic_saturates() {
         let t = Timestamp::from_unix_millis(1000);
-        assert_eq!(t.add(Duration::from_secs(2)).unix_millis(), 3000);
-        assert_eq!(t.since(t.add(Duration::from_secs(1))), Duration::ZERO);
+        assert_eq!(t.saturating_add(Duration::from_secs(2)).unix_millis(), 3000);
+        assert_eq!(t.since(t.saturating_add(Duration::from_secs(1))), Duration::ZERO);
         assert_eq!(t.unix_seconds(), 1);
     }
 }

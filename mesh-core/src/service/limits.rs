@@ -291,7 +291,9 @@ mod tests {
         }
         // The username is locked out, whatever the address.
         assert!(l.before_attempt(Some("eve"), Some(b), t(0)).is_err());
-        // Another username from the first address still has attempts left.
+        // Another username from the first address still has attempts left,
+        // until the address runs out (5 attempts in all).
+        assert!(l.before_attempt(Some("bob"), Some(a), t(0)).is_ok());
         assert!(l.before_attempt(Some("bob"), Some(a), t(0)).is_ok());
         assert!(l.before_attempt(Some("bob"), Some(a), t(0)).is_err());
         // Time heals.

@@ -51,7 +51,7 @@ fn script() -> Vec<Output> {
     let _ = engine.typing(now, peers[3], room, true);
     engine.set_presence(now, peers[4], Presence::Busy, None, None);
     for p in &peers[..10] {
-        engine.heard_from(now.add(Duration::from_secs(30)), *p);
+        engine.heard_from(now.saturating_add(Duration::from_secs(30)), *p);
     }
     for _ in 0..100 {
         let Some(at) = engine.poll_timeout() else {

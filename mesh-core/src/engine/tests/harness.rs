@@ -153,7 +153,7 @@ impl Harness {
         if link.drop_every != 0 && *count % link.drop_every == 0 {
             return;
         }
-        let arrives = self.now.add(link.latency);
+        let arrives = self.now.saturating_add(link.latency);
         self.in_flight
             .entry(peer)
             .or_default()
@@ -176,7 +176,7 @@ impl Harness {
 
     /// Moves the clock forward by `d`, firing each deadline at its time.
     pub(super) fn advance(&mut self, d: Duration) {
-        let target = self.now.add(d);
+        let target = self.now.saturating_add(d);
         while let Some(at) = self.engine.poll_timeout() {
             if at > target {
                 break;
