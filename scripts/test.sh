@@ -21,6 +21,9 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test (unit, conformance, integration, examples, doc tests)"
 cargo test --workspace --all-features --no-fail-fast
 
+step "the embedding example runs"
+cargo run -q -p mesh-examples --example embedded_chat
+
 step "mesh-core builds without its default features"
 cargo check -p mesh-core --no-default-features
 

@@ -198,7 +198,9 @@ pub fn issue_capability(
             narrowed.push(s);
         }
     }
-    let exp = now.saturating_add(ttl.min(MAX_CAPABILITY_TTL)).unix_seconds();
+    let exp = now
+        .saturating_add(ttl.min(MAX_CAPABILITY_TTL))
+        .unix_seconds();
     let claims = CapabilityClaims {
         iss: ISSUER.to_owned(),
         typ: TokenKind::Capability,
@@ -663,7 +665,11 @@ mod tests {
         let exp = issued.expires_at;
         let just_before = Timestamp::from_unix_millis(exp.unix_millis() - 1);
         assert!(auth.authenticate(&issued.token, just_before).is_ok());
-        for at in [exp, exp.saturating_add(secs(1)), exp.saturating_add(HOUR * 24 * 365)] {
+        for at in [
+            exp,
+            exp.saturating_add(secs(1)),
+            exp.saturating_add(HOUR * 24 * 365),
+        ] {
             assert!(
                 matches!(
                     auth.authenticate(&issued.token, at),

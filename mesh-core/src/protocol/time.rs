@@ -115,7 +115,10 @@ mod tests {
     fn arithmetic_saturates() {
         let t = Timestamp::from_unix_millis(1000);
         assert_eq!(t.saturating_add(Duration::from_secs(2)).unix_millis(), 3000);
-        assert_eq!(t.since(t.saturating_add(Duration::from_secs(1))), Duration::ZERO);
+        assert_eq!(
+            t.since(t.saturating_add(Duration::from_secs(1))),
+            Duration::ZERO
+        );
         assert_eq!(t.unix_seconds(), 1);
     }
 }

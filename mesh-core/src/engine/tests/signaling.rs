@@ -120,7 +120,10 @@ fn session_is_announced_to_both_and_expires_after_180_s() {
     let (room, a, b) = pair(&mut h);
     let session = open(&mut h, room, a, b);
     assert_eq!(session.state, SessionState::Pending);
-    assert_eq!(session.expires_at, h.now.saturating_add(Duration::from_secs(180)));
+    assert_eq!(
+        session.expires_at,
+        h.now.saturating_add(Duration::from_secs(180))
+    );
 
     let to_a = h.take(a);
     let to_b = h.take(b);
