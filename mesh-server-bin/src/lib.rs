@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
 mod http;
+mod web;
 mod ws;
 
 pub use ws::WsLimits;

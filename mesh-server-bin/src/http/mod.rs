@@ -30,6 +30,8 @@ pub(crate) async fn handle(
     let path = req.uri().path().to_owned();
     let mut response = if method == Method::OPTIONS {
         preflight()
+    } else if let Some(page) = crate::web::serve(&method, &path) {
+        page
     } else {
         match api::route(&state, peer, req).await {
             Ok(response) => response,
