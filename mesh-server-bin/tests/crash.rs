@@ -139,3 +139,34 @@ async fn acknowledged_messages_survive_kill_9() {
     child.kill().expect("kill");
     child.wait().expect("reaped");
 }
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut child, addr) = spawn_server(dir.path());
+    let body: serde_json::Value = reqwest::Client::new()
+        .post(format!("http://{addr}/api/auth/register"))
+        .json(&json!({"username": "alice", "password": "correct horse battery"}))
+        .send()
+        .await
+        .expect("register")
+        .json()
+        .await
+        .expect("json");
+    let token = body["token"].as_str().expect("token");
+    let mut ws = WsClient::connect(addr, token).await;
+    ws.send("system.hello", json!({}), Some("h")).await;
+    ws.expect("system.welcome").await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    assert_eq!(ws.closed().await, Some(1001));
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "mesh-server exited with {exit}");
+}
