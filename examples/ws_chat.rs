@@ -33,7 +33,9 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     }
     while let Some(frame) = ws.next().await {
-        let Message::Text(frame) = frame? else { continue };
+        let Message::Text(frame) = frame? else {
+            continue;
+        };
         println!("{frame}");
         let frame: Value = serde_json::from_str(&frame)?;
         if !listen && frame["id"] == "send" {
