@@ -36,15 +36,10 @@ fn spawn_server(data: &std::path::Path) -> (Child, SocketAddr) {
     (child, addr)
 }
 
-#[tokio::test]
-async fn acknowledged_messages_survive_kill_9() {
-    const N: u64 = 200;
-    let dir = tempfile::tempdir().expect("dir");
-    let (mut child, addr) = spawn_server(dir.path());
-    let http = reqwest::Client::new();
-    let base = format!("http://{addr}");
+/// Registers alice; returns her token.
+async fn register(http: &reqwest::Client, addr: SocketAddr) -> String {
     let body: serde_json::Value = http
-        .post(format!("{base}/api/auth/register"))
+        .post(format!("http://{addr}/api/auth/register"))
         .json(&json!({"username": "alice", "password": "correct horse battery"}))
         .send()
         .await
@@ -52,7 +47,17 @@ async fn acknowledged_messages_survive_kill_9() {
         .json()
         .await
         .expect("json");
-    let token = body["token"].as_str().expect("token").to_owned();
+    body["token"].as_str().expect("token").to_owned()
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_9() {
+    const N: u64 = 200;
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut child, addr) = spawn_server(dir.path());
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let token = register(&http, addr).await;
     let room: serde_json::Value = http
         .post(format!("{base}/api/rooms"))
         .bearer_auth(&token)
@@ -138,4 +143,26 @@ async fn acknowledged_messages_survive_kill_9() {
     );
     child.kill().expect("kill");
     child.wait().expect("reaped");
+}
+
+#[tokio::test]
+async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut child, addr) = spawn_server(dir.path());
+    let token = register(&reqwest::Client::new(), addr).await;
+    let mut ws = WsClient::connect(addr, &token).await;
+    ws.send("system.hello", json!({}), Some("h")).await;
+    ws.expect("system.welcome").await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    assert_eq!(ws.closed().await, Some(1001));
+    let exit = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(exit.success(), "mesh-server exited with {exit}");
 }

@@ -317,7 +317,75 @@ pub fn parse_client_frame(text: &str) -> Result<IncomingFrame, (Option<String>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
     use serde_json::json;
+
+    /// JSON-shaped strings built from the protocol's own words, so the
+    /// decoder is driven deep into every event type, not only its first check.
+    fn frame_like() -> impl Strategy<Value = String> {
+        let types = prop::sample::select(vec![
+            "system.hello",
+            "system.ping",
+            "room.join",
+            "room.leave",
+            "chat.message.send",
+            "chat.typing",
+            "presence.update",
+            "rtc.offer",
+            "rtc.ice",
+            "p2p.session.request",
+            "p2p.session.close",
+            "nope",
+            "",
+        ]);
+        let value = prop_oneof![
+            Just(json!(null)),
+            any::<bool>().prop_map(|b| json!(b)),
+            any::<i64>().prop_map(|n| json!(n)),
+            ".{0,12}".prop_map(|s| json!(s)),
+            Just(json!(RoomId::new())),
+            Just(json!({"since": {"x": -1}})),
+            Just(json!([1, 2])),
+        ];
+        let keys = prop::sample::select(vec![
+            "room_id",
+            "content",
+            "client_id",
+            "typing",
+            "status",
+            "target_peer_id",
+            "kind",
+            "session_id",
+            "since",
+            "p2p",
+            "sdp",
+        ]);
+        (
+            types,
+            prop::collection::vec((keys, value.clone()), 0..5),
+            value,
+        )
+            .prop_map(|(kind, fields, id)| {
+                let payload: Map<String, Value> =
+                    fields.into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+                json!({"type": kind, "id": id, "payload": payload}).to_string()
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn the_decoder_never_panics_on_arbitrary_text(text in ".{0,200}") {
+            let _ = parse_client_frame(&text);
+        }
+
+        #[test]
+        fn the_decoder_never_panics_on_frame_like_json(text in frame_like()) {
+            match parse_client_frame(&text) {
+                Ok(frame) => prop_assert!(frame.id.as_ref().is_none_or(|id| id.len() <= MAX_REQUEST_ID_LEN)),
+                Err((_, err)) => prop_assert_eq!(err.code, ErrorCode::InvalidRequest),
+            }
+        }
+    }
 
     #[test]
     fn parses_a_send_with_id() {

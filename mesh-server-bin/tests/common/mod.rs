@@ -255,7 +255,14 @@ impl WsClient {
                 .await
                 .expect("close in time");
             match msg {
-                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(Message::Close(frame))) => {
+                    // Keep polling so our half of the closing handshake goes out.
+                    let _ = tokio::time::timeout(WAIT, async {
+                        while let Some(Ok(_)) = self.ws.next().await {}
+                    })
+                    .await;
+                    return frame.map(|f| u16::from(f.code));
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(_)) | None => return None,
             }
