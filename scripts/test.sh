@@ -27,5 +27,23 @@ cargo run -q -p mesh-examples --example embedded_chat
 step "mesh-core builds without its default features"
 cargo check -p mesh-core --no-default-features
 
+step "web client in a real browser (web-tests/, Chromium + playwright-core)"
+if [ "${MESH_SKIP_BROWSER:-}" = 1 ]; then
+  echo "skipped (MESH_SKIP_BROWSER=1)"
+else
+  if [ ! -x /usr/bin/chromium ]; then
+    # Browsers are never downloaded by npm; Debian's Chromium is the one we drive.
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  fi
+  (cd web-tests && npm ci --no-audit --no-fund --loglevel=error)
+  cargo build -q -p mesh-server-bin --bin mesh-server
+  browser_start=$(date +%s)
+  (cd web-tests && MESH_SERVER_BIN="$PWD/../target/debug/mesh-server" timeout 300 node --test --test-concurrency=1 tests/)
+  echo "browser suite took $(( $(date +%s) - browser_start )) s; screenshots in target/screenshots/"
+fi
+
 echo
 echo "all checks passed"

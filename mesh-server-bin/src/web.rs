@@ -94,7 +94,10 @@ mod tests {
     #[test]
     fn index_and_modules_have_their_types_and_the_policy() {
         let r = serve(&Method::GET, "/").expect("index");
-        assert_eq!(r.headers()[header::CONTENT_TYPE], "text/html; charset=utf-8");
+        assert_eq!(
+            r.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
         assert_eq!(r.headers()[header::CONTENT_SECURITY_POLICY], CSP);
         let r = serve(&Method::GET, "/app.js").expect("app.js");
         assert_eq!(r.headers()[header::CONTENT_TYPE], JS);

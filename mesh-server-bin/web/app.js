@@ -435,6 +435,7 @@ function addMessages(roomId, messages, live) {
     if (isCurrent) insertMessage(m);
   }
   if (outboxChanged) saveOutbox();
+  if (isCurrent) renderHistoryStatus();
   if (!live) return;
   if (isCurrent) {
     if (stick || own) scrollToBottom();
@@ -664,7 +665,7 @@ function renderMembers() {
           'aria-label': `${video ? 'Video call' : 'Call'} ${displayName(m.user)}`,
           dataset: { userId: m.user.id, video: video ? '1' : '' },
         },
-        video ? '🎥' : '📞',
+        video ? 'Video' : 'Call',
       );
     list.append(
       el(
