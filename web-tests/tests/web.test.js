@@ -53,7 +53,7 @@ describe('mesh web client', () => {
     buildServer();
     server = await startServer();
     browser = await launchBrowser();
-    console.log(`# screenshots in ${SCREENSHOTS}`);
+    console.log(`screenshots in ${SCREENSHOTS}`);
   });
 
   after(async () => {
