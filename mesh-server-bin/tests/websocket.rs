@@ -319,6 +319,11 @@ async fn rtc_signals_go_only_to_the_target_in_a_shared_room() {
         Some("o"),
     )
     .await;
+    let ack = wa.reply("o").await;
+    assert_eq!(
+        ack,
+        json!({"type": "system.ack", "id": "o", "payload": {"request": "rtc.offer"}})
+    );
     let offer = wb.expect("rtc.offer").await;
     assert_eq!(offer["payload"]["sdp"], "v=0 offer");
     assert_eq!(offer["payload"]["from_peer_id"], json!(wa.peer_id));
@@ -397,6 +402,18 @@ async fn p2p_sessions_over_http_and_websocket() {
     assert_eq!(token.split('.').count(), 3);
     let to_bob = wb.expect("p2p.session.created").await;
     assert_eq!(to_bob["payload"]["session"]["id"], session["id"]);
+
+    // Agents find each other's peer ids (and P2P details) per room.
+    let (status, peers) = s.get(&format!("/api/rooms/{room}/peers"), &a).await;
+    assert_eq!(status, 200, "{peers}");
+    let ids: Vec<&Value> = peers["peers"]
+        .as_array()
+        .expect("peers")
+        .iter()
+        .map(|p| &p["peer_id"])
+        .collect();
+    assert_eq!(ids, [&json!(wa.peer_id), &json!(wb.peer_id)]);
+    assert_eq!(peers["peers"][1]["user"], bob);
 
     let (status, list) = s.get("/api/p2p/sessions", &b).await;
     assert_eq!(status, 200);

@@ -211,6 +211,13 @@ pub enum ServerEvent {
         session_id: SessionId,
         reason: String,
     },
+    /// Extension: the answer to a request that carried an `id` and has no
+    /// result event of its own (`chat.typing`, `rtc.*`, `p2p.session.close`).
+    #[serde(rename = "system.ack")]
+    Ack {
+        /// The `type` of the request this answers.
+        request: String,
+    },
     #[serde(rename = "error")]
     Error(ErrorPayload),
 }

@@ -141,6 +141,22 @@ pub struct MessagesResponse {
     pub has_more: bool,
 }
 
+/// A connected peer in a room, as `GET /api/rooms/{id}/peers` lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub peer_id: PeerId,
+    pub user: User,
+    /// What the peer announced for direct connections, if it is an agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p2p: Option<super::P2pInfo>,
+}
+
+/// `{"peers"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersResponse {
+    pub peers: Vec<Peer>,
+}
+
 /// `{"user"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserResponse {

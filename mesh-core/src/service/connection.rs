@@ -120,6 +120,17 @@ impl PeerConnection {
             );
             return Flow::Continue;
         }
+        // Requests whose success has no event of its own get `system.ack`,
+        // so every request with an `id` gets exactly one answer.
+        let ack = match &event {
+            ClientEvent::Typing { .. }
+            | ClientEvent::RtcOffer(_)
+            | ClientEvent::RtcAnswer(_)
+            | ClientEvent::RtcIce(_)
+            | ClientEvent::RtcHangup(_)
+            | ClientEvent::P2pClose { .. } => Some(event.type_name()),
+            _ => None,
+        };
         let result = match event {
             ClientEvent::Hello(hello) => self.hello(hello, id.clone()).await,
             ClientEvent::Ping(_) => {
@@ -192,11 +203,23 @@ impl PeerConnection {
                 other.type_name()
             ))),
         };
-        if let Err(e) = result {
-            if e.code() == crate::ErrorCode::Internal {
-                tracing::error!(peer = %self.peer, error = %e, "request failed");
+        match result {
+            Ok(()) => {
+                if let (Some(request), Some(_)) = (ack, &id) {
+                    self.reply(
+                        id,
+                        ServerEvent::Ack {
+                            request: request.to_owned(),
+                        },
+                    );
+                }
             }
-            self.reply_error(id, e.to_payload());
+            Err(e) => {
+                if e.code() == crate::ErrorCode::Internal {
+                    tracing::error!(peer = %self.peer, error = %e, "request failed");
+                }
+                self.reply_error(id, e.to_payload());
+            }
         }
         Flow::Continue
     }

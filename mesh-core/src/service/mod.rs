@@ -33,6 +33,7 @@ use crate::auth::tokens::{self, MAX_CAPABILITY_TTL};
 use crate::auth::{Authenticator, Identity, JwtAuthenticator, KeyRing, Scope};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
+use crate::protocol::http::Peer;
 use crate::protocol::http::{
     AuthResponse, CapabilityRequest, CapabilityResponse, CreateRoomRequest, Device, InviteRequest,
     LoginRequest, RegisterRequest, UpdateRoomRequest,
@@ -564,6 +565,27 @@ impl Service {
         Self::require(identity, Scope::RoomsRead)?;
         self.visible_room(identity, id).await?;
         self.member_list(id).await
+    }
+
+    /// The peers (connections) online in a room, members only: how an
+    /// agent finds whom to open a P2P session with.
+    pub async fn peers(&self, identity: &Identity, id: RoomId) -> Result<Vec<Peer>> {
+        Self::require(identity, Scope::RoomsRead)?;
+        self.require_member(identity, id).await?;
+        let hub = lock(&self.inner.hub);
+        let mut peers: Vec<Peer> = hub
+            .conns
+            .keys()
+            .filter(|peer| hub.engine.is_subscribed(**peer, id))
+            .filter_map(|peer| hub.engine.peer(*peer))
+            .map(|info| Peer {
+                peer_id: info.peer_id,
+                user: info.user.clone(),
+                p2p: info.p2p.clone(),
+            })
+            .collect();
+        peers.sort_by(|a, b| (&a.user.username, a.peer_id).cmp(&(&b.user.username, b.peer_id)));
+        Ok(peers)
     }
 
     async fn member_list(&self, id: RoomId) -> Result<Vec<Member>> {

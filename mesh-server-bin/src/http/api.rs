@@ -10,7 +10,8 @@ use mesh_core::Error;
 use mesh_core::protocol::http::{
     CapabilityRequest, CreateRoomRequest, InviteRequest, LoginRequest, MemberResponse,
     MembersResponse, MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse,
-    RegisterRequest, RoleRequest, RoomResponse, RoomsResponse, UpdateRoomRequest, UserResponse,
+    PeersResponse, RegisterRequest, RoleRequest, RoomResponse, RoomsResponse, UpdateRoomRequest,
+    UserResponse,
 };
 use mesh_core::protocol::{DeviceId, RoomId, SessionId, UserId};
 use serde_json::json;
@@ -231,6 +232,10 @@ async fn room_route(
             svc.remove_member(identity, room, user).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
+        (["peers"], Method::GET) => {
+            let peers = svc.peers(identity, room).await?;
+            Ok(json_response(StatusCode::OK, &PeersResponse { peers }))
+        }
         (["messages"], Method::GET) => {
             let query = req.uri().query();
             let before = parse_num(query, "before")?;
@@ -253,9 +258,10 @@ async fn room_route(
             svc.leave_room(identity, room, None).await?;
             Ok(empty(StatusCode::NO_CONTENT))
         }
-        ([] | ["members"] | ["members", _] | ["messages"] | ["join"] | ["leave"], _) => {
-            Err(not_allowed())
-        }
+        (
+            [] | ["members"] | ["members", _] | ["messages"] | ["peers"] | ["join"] | ["leave"],
+            _,
+        ) => Err(not_allowed()),
         _ => Err(Error::NotFound("no such route".into())),
     }
 }
