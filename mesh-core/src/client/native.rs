@@ -470,6 +470,13 @@ impl Client {
         self.inner.shared.lock().state.cursors()
     }
 
+    /// The `client_id`s of the messages still waiting for the server, in
+    /// the order they were queued.
+    pub fn queued(&self) -> Vec<String> {
+        let d = self.inner.shared.lock();
+        d.state.queued().map(str::to_owned).collect()
+    }
+
     fn with_state<T>(&self, f: impl FnOnce(&mut Driven) -> T) -> T {
         let out = {
             let mut d = self.inner.shared.lock();
