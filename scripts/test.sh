@@ -27,5 +27,8 @@ cargo run -q -p mesh-examples --example embedded_chat
 step "mesh-core builds without its default features"
 cargo check -p mesh-core --no-default-features
 
+step "the sans-IO client builds alone (no tokio, no sled: the wasm binding's subset)"
+cargo check -p mesh-core --no-default-features --features client
+
 echo
 echo "all checks passed"
