@@ -495,3 +495,44 @@ async fn a_restart_on_the_same_port_loses_and_duplicates_nothing() {
 fn alice_queue(alice: &Client) -> Option<String> {
     alice.queued().into_iter().next()
 }
+
+#[tokio::test]
+async fn a_burst_of_sends_stays_under_the_default_rate_limit() {
+    const N: u64 = 100;
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), local()).await;
+    let url = server.url();
+    let a_token = register(&url, "alice").await;
+    let (alice, mut a_events) = connect(&url, &a_token).await;
+    let room = alice
+        .create_room(&CreateRoomRequest {
+            name: "busy".into(),
+            ..CreateRoomRequest::default()
+        })
+        .await
+        .expect("room")
+        .id;
+    // Far past the server's burst of 60 frames: the SDK paces the sends, so
+    // none is refused and the connection is never closed for flooding.
+    let ids: Vec<String> = (0..N)
+        .map(|i| alice.queue_message(room, format!("burst {i}")))
+        .collect();
+    let mut seqs = Vec::new();
+    let mut client_ids = Vec::new();
+    wait_for(&mut a_events, |e| match e {
+        Event::Message(m) => {
+            seqs.push(m.seq);
+            client_ids.extend(m.client_id.clone());
+            (m.seq == N).then_some(())
+        }
+        Event::SendFailed { error, .. } => panic!("a send failed: {error}"),
+        Event::Disconnected { reason, .. } => panic!("disconnected: {reason}"),
+        _ => None,
+    })
+    .await;
+    assert_eq!(seqs, (1..=N).collect::<Vec<_>>());
+    assert_eq!(client_ids, ids, "stored in the order they were queued");
+    assert!(alice.queued().is_empty());
+    alice.close().await;
+    server.stop().await;
+}

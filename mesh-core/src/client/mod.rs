@@ -67,7 +67,7 @@ pub use http::HttpApi;
 pub use native::{Client, ClientBuilder, EventStream};
 pub use state::{
     ClientConfig, ClientState, Completion, ConnectionStatus, Event, P2pSessionGrant, Reply,
-    RequestId,
+    RequestId, SendRate,
 };
 
 /// Which page of a room's history to fetch

@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
 use super::http::code_for_status;
 use super::state::{ClientConfig, ClientState, Completion, ConnectionStatus, Event, Reply};
-use super::{BackoffConfig, ClientError, HistoryQuery, HttpApi, P2pSessionGrant, RequestId};
+use super::{
+    BackoffConfig, ClientError, HistoryQuery, HttpApi, P2pSessionGrant, RequestId, SendRate,
+};
 use crate::engine::RtcKind;
 use crate::protocol::http::{
     CreateRoomRequest, ErrorResponse, MessagesResponse, P2pSessionRequest, P2pSessionResponse,
@@ -79,6 +81,13 @@ impl ClientBuilder {
         self
     }
 
+    /// How fast message sends go out (by default under the contract's
+    /// minimum rate limit).
+    pub fn send_rate(mut self, rate: SendRate) -> Self {
+        self.config.send_rate = rate;
+        self
+    }
+
     /// How long opening a socket plus the hello/welcome exchange may take.
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.config.handshake_timeout = timeout;
@@ -123,7 +132,7 @@ impl ClientBuilder {
                 state: ClientState::new(self.config, Timestamp::now(), seed),
                 waiters: HashMap::new(),
                 send_waiters: HashMap::new(),
-                events: events_tx,
+                events: Some(events_tx),
                 first: Some(first_tx),
             }),
             wake: Notify::new(),
@@ -218,7 +227,8 @@ struct Driven {
     state: ClientState,
     waiters: HashMap<RequestId, oneshot::Sender<Result<Reply, ClientError>>>,
     send_waiters: HashMap<String, oneshot::Sender<Result<Message, ClientError>>>,
-    events: mpsc::UnboundedSender<Event>,
+    /// Dropped after [`Event::Closed`], which ends the app's stream.
+    events: Option<mpsc::UnboundedSender<Event>>,
     /// Until the first welcome: how `connect` learns the outcome.
     first: Option<oneshot::Sender<Result<(), ClientError>>>,
 }
@@ -260,8 +270,14 @@ impl Driven {
                     _ => self.first = Some(first),
                 }
             }
-            // The app may have dropped its stream; events then go nowhere.
-            let _ = self.events.send(event);
+            let closed = matches!(event, Event::Closed { .. });
+            if let Some(tx) = &self.events {
+                // The app may have dropped its stream; events then go nowhere.
+                let _ = tx.send(event);
+            }
+            if closed {
+                self.events = None;
+            }
         }
     }
 
@@ -307,10 +323,20 @@ async fn drive(shared: Arc<Shared>, url: String, token: String) {
             }
             continue;
         }
-        let deadline = until(shared.lock().state.poll_timeout());
-        let opened = tokio::select! {
-            r = open(&url, &token) => Some(r),
-            _ = tokio::time::sleep(deadline) => None,
+        let deadline = tokio::time::sleep(until(shared.lock().state.poll_timeout()));
+        let opening = open(&url, &token);
+        tokio::pin!(deadline, opening);
+        let opened = loop {
+            tokio::select! {
+                r = &mut opening => break Some(r),
+                _ = &mut deadline => break None,
+                // The app closed the client: stop waiting for the socket.
+                _ = shared.wake.notified() => {
+                    if matches!(shared.lock().state.status(), ConnectionStatus::Closed) {
+                        break None;
+                    }
+                }
+            }
         };
         let ws = {
             let mut d = shared.lock();
@@ -420,7 +446,9 @@ async fn run_socket(shared: &Shared, ws: Socket) {
                     None => d.state.disconnected(now, "the connection ended"),
                 }
                 d.drain();
-                if !matches!(d.state.status(), ConnectionStatus::Connecting | ConnectionStatus::Connected) {
+                // Gone: the socket is done. (Closed by a frame, say a refused
+                // hello, goes round once more so `poll_close` closes it.)
+                if matches!(d.state.status(), ConnectionStatus::Disconnected { .. }) {
                     return;
                 }
             }
@@ -667,8 +695,8 @@ impl Client {
     }
 }
 
-/// The app's [`Event`]s (see [`Client::events`]). Ends when the client is
-/// closed and every event was read.
+/// The app's [`Event`]s (see [`Client::events`]). Ends after
+/// [`Event::Closed`].
 #[derive(Debug)]
 pub struct EventStream {
     rx: mpsc::UnboundedReceiver<Event>,

@@ -74,6 +74,31 @@ pub struct ClientConfig {
     pub handshake_timeout: Duration,
     /// A connection silent for this many heartbeats is given up.
     pub dead_after: u32,
+    /// How fast message sends go out (see [`SendRate`]).
+    pub send_rate: SendRate,
+}
+
+/// Client-side pacing of `chat.message.send`: a token bucket that keeps a
+/// flushed offline queue (or an app sending in a loop) under the server's
+/// frame limit, which the contract puts at no less than 20 frames per second
+/// in bursts of 50. The defaults leave room for pings and typing next to
+/// the sends, so a paced client never sees `rate_limited` from a server that
+/// honours the contract.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SendRate {
+    /// Sends allowed back to back.
+    pub burst: u32,
+    /// Sends per second after the burst.
+    pub per_second: f64,
+}
+
+impl Default for SendRate {
+    fn default() -> Self {
+        Self {
+            burst: 40,
+            per_second: 16.0,
+        }
+    }
 }
 
 impl Default for ClientConfig {
@@ -85,6 +110,7 @@ impl Default for ClientConfig {
             backoff: BackoffConfig::default(),
             handshake_timeout: Duration::from_secs(10),
             dead_after: 3,
+            send_rate: SendRate::default(),
         }
     }
 }
@@ -273,6 +299,40 @@ struct QueuedSend {
     not_before: Option<Timestamp>,
 }
 
+/// The token bucket of [`SendRate`].
+#[derive(Clone, Copy, Debug)]
+struct Pacer {
+    rate: SendRate,
+    tokens: f64,
+    last: Timestamp,
+}
+
+impl Pacer {
+    fn new(rate: SendRate, now: Timestamp) -> Self {
+        Self {
+            rate,
+            tokens: f64::from(rate.burst.max(1)),
+            last: now,
+        }
+    }
+
+    /// Takes a token, or says when the next one is there.
+    fn take(&mut self, now: Timestamp) -> Result<(), Timestamp> {
+        let per_second = self.rate.per_second.max(0.001);
+        let elapsed = now.since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * per_second).min(f64::from(self.rate.burst.max(1)));
+        self.last = now.max(self.last);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = Duration::from_secs_f64((1.0 - self.tokens) / per_second);
+            // Round up to the next millisecond, or the retry comes too early.
+            Err(now.saturating_add(wait + Duration::from_millis(1)))
+        }
+    }
+}
+
 /// What the client knows of a room.
 #[derive(Clone, Copy, Debug, Default)]
 struct Cursor {
@@ -303,6 +363,9 @@ pub struct ClientState {
     me: Option<(PeerId, User)>,
     welcomed: bool,
     close_requested: bool,
+    pacer: Pacer,
+    /// When the pacer has a token for the next queued send.
+    paced_until: Option<Timestamp>,
     transmit: VecDeque<String>,
     events: VecDeque<Event>,
     completions: VecDeque<Completion>,
@@ -324,6 +387,7 @@ impl ClientState {
                 (*room, cursor)
             })
             .collect();
+        let pacer = Pacer::new(config.send_rate, now);
         Self {
             backoff: Backoff::new(config.backoff),
             config,
@@ -338,6 +402,8 @@ impl ClientState {
             me: None,
             welcomed: false,
             close_requested: false,
+            pacer,
+            paced_until: None,
             transmit: VecDeque::new(),
             events: VecDeque::new(),
             completions: VecDeque::new(),
@@ -425,7 +491,12 @@ impl ClientState {
                 last_heard,
             } => {
                 let dead = last_heard.saturating_add(heartbeat * self.config.dead_after);
-                let resend = self.sends.iter().filter_map(|s| s.not_before).min();
+                let resend = self
+                    .sends
+                    .iter()
+                    .filter_map(|s| s.not_before)
+                    .chain(self.paced_until)
+                    .min();
                 Some(resend.map_or(next_ping.min(dead), |r| r.min(next_ping).min(dead)))
             }
             Link::Closed => None,
@@ -706,11 +777,18 @@ impl ClientState {
         if !matches!(self.link, Link::Ready { .. }) {
             return;
         }
+        self.paced_until = None;
         for i in 0..self.sends.len() {
             let s = &self.sends[i];
             if s.in_flight.is_some() || s.not_before.is_some_and(|t| t > now) {
                 continue;
             }
+            if let Err(next) = self.pacer.take(now) {
+                // In queue order: later sends wait for this one's token.
+                self.paced_until = Some(next);
+                return;
+            }
+            let s = &self.sends[i];
             let frame = Frame::MessageSend {
                 room_id: s.room_id,
                 content: s.content.clone(),

@@ -668,3 +668,43 @@ fn typing_and_rtc_are_dropped_offline_and_unreadable_frames_are_reported() {
         matches!(&events[1], Event::ServerError(e) if e.code() == Some(ErrorCode::RateLimited))
     );
 }
+
+#[test]
+fn a_flushed_queue_is_paced_under_the_servers_rate_limit() {
+    let mut h = Harness::with_config(ClientConfig {
+        send_rate: SendRate {
+            burst: 5,
+            per_second: 10.0,
+        },
+        ..ClientConfig::default()
+    });
+    let room = RoomId::new();
+    let ids: Vec<String> = (0..12)
+        .map(|i| h.state.send_message(room, format!("m{i}"), h.now))
+        .collect();
+    h.connect(60_000);
+    let client_ids = |frames: Vec<Value>| -> Vec<String> {
+        frames
+            .iter()
+            .map(|f| f["payload"]["client_id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    // The burst at once, in queue order; then one per 100 ms.
+    let mut out = client_ids(h.sent());
+    assert_eq!(out, ids[..5]);
+    let t0 = h.now;
+    for n in 1..=7u64 {
+        let due = h.state.poll_timeout().expect("a pacing deadline");
+        assert!(
+            due.since(t0) <= Duration::from_millis(n * 100 + 1),
+            "send {n} due at {:?}",
+            due.since(t0)
+        );
+        h.advance_to(due);
+        let got = client_ids(h.sent());
+        assert_eq!(got.len(), 1, "one token, one send");
+        out.extend(got);
+    }
+    assert_eq!(out, ids, "every message once, in order");
+    assert!(h.sent().is_empty());
+}
