@@ -345,6 +345,47 @@ struct Cursor {
 }
 
 /// The sans-IO client. See the [module docs](self).
+///
+/// Driving it by hand, as a browser binding or a test does:
+///
+/// ```
+/// use mesh_core::client::{ClientConfig, ClientState, Event};
+/// use mesh_core::protocol::{OutgoingFrame, PeerId, RoomId, ServerEvent, Timestamp, User, UserId};
+///
+/// let now = Timestamp::from_unix_millis(1_000);
+/// let mut client = ClientState::new(ClientConfig::default(), now, 7);
+/// let room = RoomId::new();
+/// // Works offline: queued until the welcome.
+/// let client_id = client.send_message(room, "hi", now);
+///
+/// assert!(client.poll_connect(now)); // the driver opens a WebSocket...
+/// client.connected(now); // ...and reports it open
+/// let hello: serde_json::Value = serde_json::from_str(&client.poll_transmit().unwrap()).unwrap();
+/// assert_eq!(hello["type"], "system.hello");
+///
+/// let me = User {
+///     id: UserId::new(),
+///     username: "alice".into(),
+///     display_name: "Alice".into(),
+///     created_at: now,
+/// };
+/// let welcome = ServerEvent::Welcome {
+///     peer_id: PeerId::new(),
+///     user: me,
+///     server_time: now,
+///     heartbeat_ms: 15_000,
+/// };
+/// let frame = OutgoingFrame::reply(hello["id"].as_str().map(String::from), welcome);
+/// client.frame_received(&frame.to_json(), now);
+/// assert!(matches!(client.poll_event(), Some(Event::Connected { resumed: false, .. })));
+///
+/// // The queued message goes out now, under its client_id.
+/// let send: serde_json::Value = serde_json::from_str(&client.poll_transmit().unwrap()).unwrap();
+/// assert_eq!(send["type"], "chat.message.send");
+/// assert_eq!(send["payload"]["client_id"], client_id.as_str());
+/// // Next: a ping after `heartbeat_ms`.
+/// assert_eq!(client.poll_timeout(), Some(Timestamp::from_unix_millis(16_000)));
+/// ```
 #[derive(Debug)]
 pub struct ClientState {
     config: ClientConfig,
