@@ -27,6 +27,9 @@ cargo run -q -p mesh-examples --example embedded_chat
 step "mesh-core builds without its default features"
 cargo check -p mesh-core --no-default-features
 
+step "the sans-IO client builds alone (no tokio, no sled: the wasm binding's subset)"
+cargo check -p mesh-core --no-default-features --features client
+
 step "web client in a real browser (web-tests/, Chromium + playwright-core)"
 if [ "${MESH_SKIP_BROWSER:-}" = 1 ]; then
   echo "skipped (MESH_SKIP_BROWSER=1)"

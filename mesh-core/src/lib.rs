@@ -17,10 +17,15 @@
 //! - [`service`]: the async layer that ties storage, auth and the engine
 //!   together. The reference server (`mesh-server`) is a thin HTTP/WebSocket
 //!   shell around it, and so is any app that embeds mesh.
+//! - [`client`] (features `client` and `native-client`): the client SDK, a
+//!   sans-IO state machine (reconnects, resume, dedupe, offline queue) and
+//!   a tokio + reqwest driver around it.
 //! - [`validate`]: the limits every server honours (usernames, passwords,
 //!   room names, message content).
 
 pub mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod engine;
 pub mod error;
 pub mod protocol;

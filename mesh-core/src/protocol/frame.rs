@@ -464,4 +464,174 @@ mod tests {
         let back: OutgoingFrame = serde_json::from_value(v).expect("round trip");
         assert_eq!(back, frame);
     }
+
+    /// One of every server event, as the server fills them in.
+    fn every_server_event() -> Vec<ServerEvent> {
+        use crate::protocol::{MessageId, SessionState, Visibility};
+        let t = Timestamp::from_unix_millis(1_790_000_000_123);
+        let user = User {
+            id: UserId::new(),
+            username: "alice".into(),
+            display_name: "Alice".into(),
+            created_at: t,
+        };
+        let room_id = RoomId::new();
+        let signal = RtcSignal {
+            target_peer_id: PeerId::new(),
+            room_id,
+            from_peer_id: Some(PeerId::new()),
+            from_user_id: Some(user.id),
+            body: serde_json::from_value(serde_json::json!({"sdp": "v=0", "n": 1})).expect("map"),
+        };
+        let info = P2pInfo {
+            cert_fingerprint: Some("ab".repeat(32)),
+            addrs: vec!["127.0.0.1:4433".into()],
+        };
+        vec![
+            ServerEvent::Welcome {
+                peer_id: PeerId::new(),
+                user: user.clone(),
+                server_time: t,
+                heartbeat_ms: 15_000,
+            },
+            ServerEvent::Pong { server_time: t },
+            ServerEvent::RoomJoined {
+                room_id,
+                user: user.clone(),
+                peer_id: PeerId::new(),
+                members: Some(vec![Member {
+                    user: user.clone(),
+                    role: Role::Owner,
+                    joined_at: t,
+                    presence: Presence::Online,
+                }]),
+            },
+            ServerEvent::RoomJoined {
+                room_id,
+                user: user.clone(),
+                peer_id: PeerId::new(),
+                members: None,
+            },
+            ServerEvent::RoomLeft {
+                room_id,
+                user_id: user.id,
+            },
+            ServerEvent::RoomUpdated {
+                room: Room {
+                    id: room_id,
+                    name: "general".into(),
+                    topic: Some("t".into()),
+                    visibility: Visibility::Private,
+                    created_by: user.id,
+                    created_at: t,
+                    member_count: 2,
+                },
+            },
+            ServerEvent::RoomDeleted { room_id },
+            ServerEvent::MemberUpdated {
+                room_id,
+                user_id: user.id,
+                role: Role::Admin,
+            },
+            ServerEvent::MessageCreated {
+                message: Message {
+                    id: MessageId::new(),
+                    room_id,
+                    seq: 7,
+                    sender: user.clone(),
+                    content: "héllo".into(),
+                    created_at: t,
+                    client_id: Some("c1".into()),
+                },
+            },
+            ServerEvent::Typing {
+                room_id,
+                user_id: user.id,
+                typing: true,
+            },
+            ServerEvent::PresenceUpdate {
+                user_id: user.id,
+                status: Presence::Busy,
+                message: Some("in a call".into()),
+            },
+            ServerEvent::RtcOffer(signal.clone()),
+            ServerEvent::RtcAnswer(signal.clone()),
+            ServerEvent::RtcIce(signal.clone()),
+            ServerEvent::RtcHangup(signal),
+            ServerEvent::P2pSessionCreated {
+                session: P2pSession {
+                    id: SessionId::new(),
+                    room_id,
+                    kind: SessionKind::Folder,
+                    initiator_peer_id: PeerId::new(),
+                    target_peer_id: PeerId::new(),
+                    initiator_user_id: user.id,
+                    target_user_id: UserId::new(),
+                    state: SessionState::Pending,
+                    created_at: t,
+                    expires_at: t,
+                },
+                session_token: "a.b.c".into(),
+                initiator: info.clone(),
+                target: P2pInfo::default(),
+            },
+            ServerEvent::P2pSessionClosed {
+                session_id: SessionId::new(),
+                reason: "expired".into(),
+            },
+            ServerEvent::Ack {
+                request: "rtc.offer".into(),
+            },
+            ServerEvent::Error(ErrorPayload {
+                code: ErrorCode::RateLimited,
+                message: "slow down".into(),
+                retry_after_ms: Some(40),
+            }),
+        ]
+    }
+
+    /// The wire name of every variant. An exhaustive match: a new variant
+    /// does not compile until it is named here and added above.
+    fn server_type_name(event: &ServerEvent) -> &'static str {
+        match event {
+            ServerEvent::Welcome { .. } => "system.welcome",
+            ServerEvent::Pong { .. } => "system.pong",
+            ServerEvent::RoomJoined { .. } => "room.joined",
+            ServerEvent::RoomLeft { .. } => "room.left",
+            ServerEvent::RoomUpdated { .. } => "room.updated",
+            ServerEvent::RoomDeleted { .. } => "room.deleted",
+            ServerEvent::MemberUpdated { .. } => "room.member.updated",
+            ServerEvent::MessageCreated { .. } => "chat.message.created",
+            ServerEvent::Typing { .. } => "chat.typing",
+            ServerEvent::PresenceUpdate { .. } => "presence.update",
+            ServerEvent::RtcOffer(_) => "rtc.offer",
+            ServerEvent::RtcAnswer(_) => "rtc.answer",
+            ServerEvent::RtcIce(_) => "rtc.ice",
+            ServerEvent::RtcHangup(_) => "rtc.hangup",
+            ServerEvent::P2pSessionCreated { .. } => "p2p.session.created",
+            ServerEvent::P2pSessionClosed { .. } => "p2p.session.closed",
+            ServerEvent::Ack { .. } => "system.ack",
+            ServerEvent::Error(_) => "error",
+        }
+    }
+
+    #[test]
+    fn every_server_event_round_trips_as_a_client_reads_it() {
+        let events = every_server_event();
+        let names: std::collections::BTreeSet<_> = events.iter().map(server_type_name).collect();
+        assert_eq!(names.len(), 18, "one sample of each variant: {names:?}");
+        for event in events {
+            for id in [None, Some("r42".to_owned())] {
+                let frame = OutgoingFrame::reply(id.clone(), event.clone());
+                let text = frame.to_json();
+                let v: Value = serde_json::from_str(&text).expect("json");
+                assert_eq!(v["type"], server_type_name(&event), "{text}");
+                assert!(v["payload"].is_object(), "{text}");
+                assert_eq!(v.get("id").and_then(Value::as_str), id.as_deref(), "{text}");
+                let back: OutgoingFrame = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{text} does not parse back: {e}"));
+                assert_eq!(back, frame, "{text}");
+            }
+        }
+    }
 }

@@ -1,0 +1,249 @@
+//! [`HttpApi`]: the REST half of the contract over reqwest.
+//!
+//! Bodies are the shared types of [`crate::protocol::http`], so the client
+//! and the server cannot drift apart. Errors come back as
+//! [`ClientError::Server`] with the contract's code, parsed from the
+//! `{"error": {"code", "message"}}` body.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{ClientError, HistoryQuery};
+use crate::error::ErrorCode;
+use crate::protocol::http::{
+    AuthResponse, CreateRoomRequest, ErrorResponse, LoginRequest, MembersResponse,
+    MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, RegisterRequest,
+    RoomResponse, RoomsResponse, UserResponse,
+};
+use crate::protocol::{Member, P2pSession, Room, RoomId, SessionId, User};
+
+/// A handle on a server's HTTP API, with or without a token. Cheap to
+/// clone (the connection pool is shared).
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), mesh_core::client::ClientError> {
+/// use mesh_core::client::HttpApi;
+/// use mesh_core::protocol::http::{CreateRoomRequest, RegisterRequest};
+///
+/// let api = HttpApi::new("http://127.0.0.1:8000")?;
+/// let auth = api
+///     .register(&RegisterRequest {
+///         username: "alice".into(),
+///         password: "correct horse battery".into(),
+///         ..Default::default()
+///     })
+///     .await?;
+/// let api = api.with_token(auth.token);
+/// let room = api
+///     .create_room(&CreateRoomRequest { name: "general".into(), ..Default::default() })
+///     .await?;
+/// println!("created {}", room.id);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct HttpApi {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl HttpApi {
+    /// The API of the server at `server` (`http://host:port`, no path).
+    pub fn new(server: &str) -> Result<Self, ClientError> {
+        Self::with_client(server, reqwest::Client::new())
+    }
+
+    /// Like [`new`](Self::new), over a reqwest client of the caller's.
+    pub fn with_client(server: &str, http: reqwest::Client) -> Result<Self, ClientError> {
+        let base = server.trim_end_matches('/').to_owned();
+        if !(base.starts_with("http://") || base.starts_with("https://")) {
+            return Err(ClientError::InvalidArgument(format!(
+                "server must be an http:// or https:// URL, not {server:?}"
+            )));
+        }
+        Ok(Self {
+            http,
+            base,
+            token: None,
+        })
+    }
+
+    /// The same API, authenticated with `token`.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// The server's base URL.
+    pub fn server(&self) -> &str {
+        &self.base
+    }
+
+    /// The token calls carry, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// `POST /api/auth/register`.
+    pub async fn register(&self, req: &RegisterRequest) -> Result<AuthResponse, ClientError> {
+        self.call(reqwest::Method::POST, "/api/auth/register", Some(req))
+            .await
+    }
+
+    /// `POST /api/auth/login`. A wrong name or password is
+    /// [`ErrorCode::Unauthorized`].
+    pub async fn login(&self, req: &LoginRequest) -> Result<AuthResponse, ClientError> {
+        self.call(reqwest::Method::POST, "/api/auth/login", Some(req))
+            .await
+    }
+
+    /// `GET /api/auth/me`.
+    pub async fn me(&self) -> Result<User, ClientError> {
+        let r: UserResponse = self.get("/api/auth/me").await?;
+        Ok(r.user)
+    }
+
+    /// `POST /api/rooms`; the caller becomes its owner.
+    pub async fn create_room(&self, req: &CreateRoomRequest) -> Result<Room, ClientError> {
+        let r: RoomResponse = self
+            .call(reqwest::Method::POST, "/api/rooms", Some(req))
+            .await?;
+        Ok(r.room)
+    }
+
+    /// `GET /api/rooms`: public rooms and the private rooms the caller is in.
+    pub async fn rooms(&self) -> Result<Vec<Room>, ClientError> {
+        let r: RoomsResponse = self.get("/api/rooms").await?;
+        Ok(r.rooms)
+    }
+
+    /// `GET /api/rooms/{id}`.
+    pub async fn room(&self, room: RoomId) -> Result<Room, ClientError> {
+        let r: RoomResponse = self.get(&format!("/api/rooms/{room}")).await?;
+        Ok(r.room)
+    }
+
+    /// `GET /api/rooms/{id}/members`.
+    pub async fn members(&self, room: RoomId) -> Result<Vec<Member>, ClientError> {
+        let r: MembersResponse = self.get(&format!("/api/rooms/{room}/members")).await?;
+        Ok(r.members)
+    }
+
+    /// `GET /api/rooms/{id}/messages`: one page of history, ascending `seq`.
+    pub async fn messages(
+        &self,
+        room: RoomId,
+        query: HistoryQuery,
+    ) -> Result<MessagesResponse, ClientError> {
+        let q = query.to_query();
+        let path = if q.is_empty() {
+            format!("/api/rooms/{room}/messages")
+        } else {
+            format!("/api/rooms/{room}/messages?{q}")
+        };
+        self.get(&path).await
+    }
+
+    /// `POST /api/p2p/session`.
+    pub async fn create_p2p_session(
+        &self,
+        req: &P2pSessionRequest,
+    ) -> Result<P2pSessionResponse, ClientError> {
+        self.call(reqwest::Method::POST, "/api/p2p/session", Some(req))
+            .await
+    }
+
+    /// `GET /api/p2p/sessions`: the caller's live sessions.
+    pub async fn p2p_sessions(&self) -> Result<Vec<P2pSession>, ClientError> {
+        let r: P2pSessionsResponse = self.get("/api/p2p/sessions").await?;
+        Ok(r.sessions)
+    }
+
+    /// `DELETE /api/p2p/session/{id}`.
+    pub async fn close_p2p_session(&self, session: SessionId) -> Result<(), ClientError> {
+        let resp = self
+            .send(
+                reqwest::Method::DELETE,
+                &format!("/api/p2p/session/{session}"),
+                None::<&()>,
+            )
+            .await?;
+        Self::check(resp).await.map(drop)
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        self.call(reqwest::Method::GET, path, None::<&()>).await
+    }
+
+    async fn call<B: Serialize + ?Sized, T: DeserializeOwned>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T, ClientError> {
+        let resp = self.send(method, path, body).await?;
+        let resp = Self::check(resp).await?;
+        resp.json::<T>()
+            .await
+            .map_err(|e| ClientError::Protocol(format!("bad answer to {path}: {e}")))
+    }
+
+    async fn send<B: Serialize + ?Sized>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        req.send().await.map_err(ClientError::transport)
+    }
+
+    /// Turns a non-2xx answer into the contract error it carries.
+    async fn check(resp: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after_ms = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| secs.saturating_mul(1000));
+        let text = resp.text().await.map_err(ClientError::transport)?;
+        match serde_json::from_str::<ErrorResponse>(&text) {
+            Ok(body) => Err(ClientError::Server {
+                code: body.error.code,
+                message: body.error.message,
+                retry_after_ms,
+            }),
+            Err(_) => Err(ClientError::Server {
+                code: code_for_status(status.as_u16()),
+                message: format!("HTTP {status} without an error body"),
+                retry_after_ms,
+            }),
+        }
+    }
+}
+
+/// The contract code for an HTTP status, for answers without a body (a
+/// proxy in the way, say).
+pub(super) fn code_for_status(status: u16) -> ErrorCode {
+    match status {
+        400 => ErrorCode::InvalidRequest,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        409 => ErrorCode::Conflict,
+        413 => ErrorCode::PayloadTooLarge,
+        429 => ErrorCode::RateLimited,
+        _ => ErrorCode::Internal,
+    }
+}
