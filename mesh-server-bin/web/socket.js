@@ -188,7 +188,7 @@ export class Socket {
       }
       // The answer is also an event (room.joined, chat.message.created...).
     }
-    if (type === 'system.pong') return;
+    if (type === 'system.pong' || type === 'system.ack') return;
     this.opts.onEvent(type, payload, frame);
   }
 
@@ -237,21 +237,10 @@ export class Socket {
   }
 
   /**
-   * Sends a frame the server answers only when it fails (rtc.*). A ping
-   * follows it: frames are handled in order, so once the pong is back, no
-   * error is coming. Rejects with the error (e.g. code 'not_found').
+   * Sends a frame whose success has no result event of its own (rtc.*): the
+   * server answers it with `system.ack`, or an error (e.g. code 'not_found').
    */
   async confirm(type, payload) {
-    if (!this.connected) throw new Error('not connected');
-    const id = randomId();
-    const failed = new Promise((_, reject) => {
-      this.pending.set(id, { resolve: () => {}, reject, timer: null });
-    });
-    this.raw({ type, id, payload });
-    try {
-      await Promise.race([failed, this.request('system.ping', {})]);
-    } finally {
-      this.pending.delete(id);
-    }
+    await this.request(type, payload);
   }
 }
