@@ -1,0 +1,1 @@
+//! P2P integration tests (stub).
