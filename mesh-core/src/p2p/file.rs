@@ -18,7 +18,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
 
@@ -739,21 +739,22 @@ where
 pub(crate) fn chunk(offset: u64, data: &'static [u8]) -> Frame {
     Frame::FileChunk {
         offset,
-        data: Bytes::from_static(data),
+        data: bytes::Bytes::from_static(data),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     //! The file state machine over an in-memory pipe (no QUIC): the edge
     //! cases that are awkward to provoke over a real connection.
 
     use super::*;
+    use bytes::Bytes;
     use tokio::io::{DuplexStream, ReadHalf, WriteHalf, duplex, split};
 
-    type Half = Wire<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
+    pub(crate) type Half = Wire<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
 
-    fn pipe() -> (Half, Half) {
+    pub(crate) fn pipe() -> (Half, Half) {
         let (a, b) = duplex(4 * 1024 * 1024);
         let (ar, aw) = split(a);
         let (br, bw) = split(b);

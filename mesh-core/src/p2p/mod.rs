@@ -27,7 +27,7 @@
 //! come later. An unreachable peer is a [`P2pError::Timeout`] after the
 //! endpoint's connect timeout.
 //!
-//! ```ignore
+//! ```no_run
 //! # async fn demo(
 //! #     verifier: mesh_core::auth::TokenVerifier,
 //! #     me: mesh_core::protocol::PeerId,
@@ -53,7 +53,7 @@
 //! # }
 //! ```
 
-//mod endpoint;
+mod endpoint;
 mod error;
 mod file;
 mod folder;
@@ -63,14 +63,14 @@ pub mod path;
 mod terminal;
 pub mod tls;
 
-/*pub use endpoint::{
+pub use endpoint::{
     ExpectedSession, IncomingSession, OutgoingSession, P2pEndpoint, P2pEndpointBuilder,
-};*/
+};
 pub use error::{ErrorCode, P2pError};
 pub use file::{FileReport, Progress, ReceiveOptions, SendOptions};
-pub use folder::FolderReport;
+pub use folder::{FolderReport, MAX_ENTRIES};
 pub use identity::{Identity, fingerprint_of};
-/*pub use terminal::{
+pub use terminal::{
     TerminalCommand, TerminalEvent, TerminalPolicy, TerminalReader, TerminalViewer,
     TerminalWriter,
-};*/
+};
