@@ -70,7 +70,10 @@ impl ExpectedSession {
         let fp = initiator.cert_fingerprint.as_deref().ok_or_else(|| {
             P2pError::Tls("the initiator announced no certificate fingerprint".into())
         })?;
-        Ok(Self::new(session.id, session.kind, session.initiator_peer_id).initiator_fingerprint(fp))
+        Ok(
+            Self::new(session.id, session.kind, session.initiator_peer_id)
+                .initiator_fingerprint(fp),
+        )
     }
 
     /// The session.
@@ -253,7 +256,11 @@ impl P2pEndpoint {
         P2pEndpointBuilder {
             identity,
             acceptor: None,
-            kinds: vec![SessionKind::File, SessionKind::Folder, SessionKind::Terminal],
+            kinds: vec![
+                SessionKind::File,
+                SessionKind::Folder,
+                SessionKind::Terminal,
+            ],
             allow_unexpected: false,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
@@ -450,9 +457,10 @@ impl P2pEndpoint {
         session_id: SessionId,
         token: &str,
     ) -> Result<OutgoingSession, P2pError> {
-        let fp = peer.cert_fingerprint.as_deref().ok_or_else(|| {
-            P2pError::Tls("the peer announced no certificate fingerprint".into())
-        })?;
+        let fp = peer
+            .cert_fingerprint
+            .as_deref()
+            .ok_or_else(|| P2pError::Tls("the peer announced no certificate fingerprint".into()))?;
         self.connect(&peer.addrs, fp, session_id, token).await
     }
 
@@ -490,7 +498,10 @@ async fn accept_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<IncomingSessio
 
 fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, P2pError> {
     conn.peer_identity()
-        .and_then(|id| id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok())
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
         .and_then(|certs| certs.first().map(|c| fingerprint_of(c)))
         .ok_or_else(|| P2pError::Tls("the peer presented no certificate".into()))
 }
@@ -525,7 +536,9 @@ async fn handshake(
             ErrorCode::Protocol,
             format!("{} before P2P_HELLO", other.name()),
         )),
-        Ok(Err(e @ P2pError::Frame(_))) => Err(P2pError::refused(ErrorCode::Protocol, e.to_string())),
+        Ok(Err(e @ P2pError::Frame(_))) => {
+            Err(P2pError::refused(ErrorCode::Protocol, e.to_string()))
+        }
         Ok(Err(e)) => {
             conn.close(CLOSE_ERROR.into(), b"no hello");
             return Err(e);
@@ -572,14 +585,19 @@ fn check_hello(
     if hello.version != PROTOCOL_VERSION {
         return Err(P2pError::refused(
             C::UnsupportedVersion,
-            format!("version {} (this agent speaks {PROTOCOL_VERSION})", hello.version),
+            format!(
+                "version {} (this agent speaks {PROTOCOL_VERSION})",
+                hello.version
+            ),
         ));
     }
     let claims = acceptor
         .verifier
         .verify_session(&hello.session_token, (shared.clock)())
         .map_err(|e| match e {
-            AuthError::Expired => P2pError::refused(C::TokenExpired, "the session token has expired"),
+            AuthError::Expired => {
+                P2pError::refused(C::TokenExpired, "the session token has expired")
+            }
             other => P2pError::refused(C::InvalidToken, other.to_string()),
         })?;
     if claims.sid != hello.session_id {
@@ -607,13 +625,13 @@ fn check_hello(
                     "the token does not match the announced session",
                 ));
             }
-            if let Some(fp) = &x.initiator_fingerprint {
-                if *fp != fingerprint {
-                    return Err(P2pError::refused(
-                        C::WrongCertificate,
-                        "the certificate is not the one the initiator announced",
-                    ));
-                }
+            if let Some(fp) = &x.initiator_fingerprint
+                && *fp != fingerprint
+            {
+                return Err(P2pError::refused(
+                    C::WrongCertificate,
+                    "the certificate is not the one the initiator announced",
+                ));
             }
         }
         None if !acceptor.allow_unexpected => {
@@ -627,7 +645,10 @@ fn check_hello(
     if !acceptor.kinds.contains(&claims.kind) {
         return Err(P2pError::refused(
             C::KindNotAccepted,
-            format!("this agent does not accept {} sessions", claims.kind.as_str()),
+            format!(
+                "this agent does not accept {} sessions",
+                claims.kind.as_str()
+            ),
         ));
     }
     Ok(claims)
@@ -675,7 +696,6 @@ impl Session {
                 ),
             ))
             .await;
-        self.conn.close(CLOSE_ERROR.into(), b"wrong kind");
         Err(err)
     }
 
@@ -750,8 +770,10 @@ impl IncomingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        self.session.require(SessionKind::File).await?;
-        let result = file::receive_file(&mut self.session.wire, dest_dir, opts, progress).await;
+        let result = match self.session.require(SessionKind::File).await {
+            Ok(()) => file::receive_file(&mut self.session.wire, dest_dir, opts, progress).await,
+            Err(e) => Err(e),
+        };
         self.session.end(result, true).await
     }
 
@@ -766,15 +788,20 @@ impl IncomingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        self.session.require(SessionKind::Folder).await?;
-        let result =
-            folder::receive_folder(&mut self.session.wire, dest_dir, opts, progress).await;
+        let result = match self.session.require(SessionKind::Folder).await {
+            Ok(()) => {
+                folder::receive_folder(&mut self.session.wire, dest_dir, opts, progress).await
+            }
+            Err(e) => Err(e),
+        };
         self.session.end(result, true).await
     }
 
     /// Watches the terminal the initiator shares.
     pub async fn view_terminal(mut self) -> Result<TerminalViewer, P2pError> {
-        self.session.require(SessionKind::Terminal).await?;
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
         let Session { conn, wire, .. } = self.session;
         Ok(TerminalViewer::new(wire, conn))
     }
@@ -786,7 +813,9 @@ impl IncomingSession {
         cmd: TerminalCommand,
         policy: TerminalPolicy,
     ) -> Result<Option<u32>, P2pError> {
-        self.session.require(SessionKind::Terminal).await?;
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
         share(self.session, cmd, policy).await
     }
 }
@@ -838,8 +867,10 @@ impl OutgoingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        self.session.require(SessionKind::File).await?;
-        let result = file::send_file(&mut self.session.wire, path, opts, progress).await;
+        let result = match self.session.require(SessionKind::File).await {
+            Ok(()) => file::send_file(&mut self.session.wire, path, opts, progress).await,
+            Err(e) => Err(e),
+        };
         self.session.end(result, false).await
     }
 
@@ -853,8 +884,10 @@ impl OutgoingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        self.session.require(SessionKind::Folder).await?;
-        let result = folder::send_folder(&mut self.session.wire, dir, opts, progress).await;
+        let result = match self.session.require(SessionKind::Folder).await {
+            Ok(()) => folder::send_folder(&mut self.session.wire, dir, opts, progress).await,
+            Err(e) => Err(e),
+        };
         self.session.end(result, false).await
     }
 
@@ -867,13 +900,17 @@ impl OutgoingSession {
         cmd: TerminalCommand,
         policy: TerminalPolicy,
     ) -> Result<Option<u32>, P2pError> {
-        self.session.require(SessionKind::Terminal).await?;
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
         share(self.session, cmd, policy).await
     }
 
     /// Watches a terminal the peer shares.
     pub async fn view_terminal(mut self) -> Result<TerminalViewer, P2pError> {
-        self.session.require(SessionKind::Terminal).await?;
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
         let Session { conn, wire, .. } = self.session;
         Ok(TerminalViewer::new(wire, conn))
     }

@@ -158,7 +158,9 @@ pub enum P2pError {
         got: String,
     },
     /// No address answered within the connect timeout.
-    #[error("could not reach the peer within {0:?} (direct connections only; NAT traversal and relays are not supported yet)")]
+    #[error(
+        "could not reach the peer within {0:?} (direct connections only; NAT traversal and relays are not supported yet)"
+    )]
     Timeout(std::time::Duration),
     /// Every address failed (or none was usable).
     #[error("could not connect to the peer: {0}")]
@@ -243,7 +245,9 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in [1u16, 2, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 30, 31, 99, 7, 65535] {
+        for c in [
+            1u16, 2, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 30, 31, 99, 7, 65535,
+        ] {
             assert_eq!(ErrorCode::from_u16(c).as_u16(), c);
         }
         assert_eq!(ErrorCode::from_u16(7), ErrorCode::Unknown(7));

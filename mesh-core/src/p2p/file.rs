@@ -283,12 +283,12 @@ where
             }
             filled += n;
         }
-        if let Some(at) = opts.flip_byte_at {
-            if (offset..offset + want as u64).contains(&at) {
-                let i = (at - offset) as usize;
-                if let Some(b) = buf.get_mut(i) {
-                    *b ^= 0xff;
-                }
+        if let Some(at) = opts.flip_byte_at
+            && (offset..offset + want as u64).contains(&at)
+        {
+            let i = (at - offset) as usize;
+            if let Some(b) = buf.get_mut(i) {
+                *b ^= 0xff;
             }
         }
         wire.send(&Frame::FileChunk {
@@ -357,8 +357,8 @@ async fn write_sidecar(path: &Path, meta: &FileMeta, written: u64) -> Result<(),
         blake3: meta.blake3.to_hex().to_string(),
         written,
     };
-    let bytes = serde_json::to_vec(&sidecar)
-        .map_err(|e| P2pError::io(path, std::io::Error::other(e)))?;
+    let bytes =
+        serde_json::to_vec(&sidecar).map_err(|e| P2pError::io(path, std::io::Error::other(e)))?;
     tokio::fs::write(path, bytes)
         .await
         .map_err(|e| P2pError::io(path, e))
@@ -432,15 +432,15 @@ where
     W: AsyncWrite + Unpin + Send,
     F: FnMut(Progress) + Send,
 {
-    if let Some(max) = opts.max_size {
-        if meta.size > max {
-            return Err(wire
-                .fail(P2pError::refused(
-                    ErrorCode::TooLarge,
-                    format!("{} bytes is more than the {max} accepted", meta.size),
-                ))
-                .await);
-        }
+    if let Some(max) = opts.max_size
+        && meta.size > max
+    {
+        return Err(wire
+            .fail(P2pError::refused(
+                ErrorCode::TooLarge,
+                format!("{} bytes is more than the {max} accepted", meta.size),
+            ))
+            .await);
     }
     if !opts.overwrite && exists(final_path).await? {
         return Err(wire
@@ -450,15 +450,15 @@ where
             ))
             .await);
     }
-    if let Ok(md) = tokio::fs::symlink_metadata(final_path).await {
-        if !md.is_file() {
-            return Err(wire
-                .fail(P2pError::refused(
-                    ErrorCode::AlreadyExists,
-                    format!("{} exists and is not a regular file", meta.name),
-                ))
-                .await);
-        }
+    if let Ok(md) = tokio::fs::symlink_metadata(final_path).await
+        && !md.is_file()
+    {
+        return Err(wire
+            .fail(P2pError::refused(
+                ErrorCode::AlreadyExists,
+                format!("{} exists and is not a regular file", meta.name),
+            ))
+            .await);
     }
     let (part, sidecar) = part_paths(final_path)?;
 
@@ -631,10 +631,10 @@ async fn create_new(path: &Path) -> Result<tokio::fs::File, P2pError> {
 
 async fn discard(part: &Path, sidecar: &Path) {
     for p in [part, sidecar] {
-        if let Err(e) = tokio::fs::remove_file(p).await {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %p.display(), error = %e, "could not remove");
-            }
+        if let Err(e) = tokio::fs::remove_file(p).await
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %p.display(), error = %e, "could not remove");
         }
     }
 }
@@ -774,7 +774,9 @@ pub(crate) mod tests {
     async fn round_trip_and_no_overwrite() {
         let src = tempfile::tempdir().expect("src");
         let dst = tempfile::tempdir().expect("dst");
-        let content: Vec<u8> = (0..(CHUNK_SIZE * 2 + 17)).map(|i| (i % 251) as u8).collect();
+        let content: Vec<u8> = (0..(CHUNK_SIZE * 2 + 17))
+            .map(|i| (i % 251) as u8)
+            .collect();
         let path = src.path().join("data.bin");
         std::fs::write(&path, &content).expect("write");
 
@@ -784,9 +786,11 @@ pub(crate) mod tests {
             receive_file(&mut b, &dest, &ReceiveOptions::default(), |_| {}).await
         });
         let mut seen = Vec::new();
-        let sent = send_file(&mut a, &path, &SendOptions::default(), |p| seen.push(p.done))
-            .await
-            .expect("send");
+        let sent = send_file(&mut a, &path, &SendOptions::default(), |p| {
+            seen.push(p.done)
+        })
+        .await
+        .expect("send");
         let got = recv.await.expect("join").expect("receive");
         assert_eq!(std::fs::read(&got.path).expect("read"), content);
         assert_eq!(sent.blake3, got.blake3);
@@ -815,7 +819,10 @@ pub(crate) mod tests {
             (vec![chunk(1, b"ello")], "gap"),
             (vec![chunk(0, b"hello!!")], "overlong"),
             (vec![chunk(0, b"he"), Frame::FileDone], "short"),
-            (vec![Frame::TermInput(Bytes::from_static(b"x"))], "wrong frame"),
+            (
+                vec![Frame::TermInput(Bytes::from_static(b"x"))],
+                "wrong frame",
+            ),
         ] {
             let (mut a, mut b) = pipe();
             let dest = dst.path().to_owned();
@@ -837,7 +844,8 @@ pub(crate) mod tests {
             }
             let err = recv.await.expect("join").expect_err(what);
             assert!(
-                matches!(err.code(), Some(ErrorCode::Protocol)) || matches!(err, P2pError::Unexpected { .. }),
+                matches!(err.code(), Some(ErrorCode::Protocol))
+                    || matches!(err, P2pError::Unexpected { .. }),
                 "{what}: {err}"
             );
             let remote = a.recv().await.expect_err("error frame");
@@ -852,11 +860,16 @@ pub(crate) mod tests {
         for (name, opts, code) in [
             ("../evil", ReceiveOptions::default(), ErrorCode::BadPath),
             ("a/b", ReceiveOptions::default(), ErrorCode::BadPath),
-            ("ok.txt", ReceiveOptions::default().max_size(2), ErrorCode::TooLarge),
+            (
+                "ok.txt",
+                ReceiveOptions::default().max_size(2),
+                ErrorCode::TooLarge,
+            ),
         ] {
             let (mut a, mut b) = pipe();
             let dest = dst.path().to_owned();
-            let recv = tokio::spawn(async move { receive_file(&mut b, &dest, &opts, |_| {}).await });
+            let recv =
+                tokio::spawn(async move { receive_file(&mut b, &dest, &opts, |_| {}).await });
             a.send(&Frame::FileMeta(meta(name, b"hello")))
                 .await
                 .expect("meta");

@@ -176,7 +176,11 @@ where
         name: None,
         ..opts.clone()
     };
-    for entry in manifest.entries.iter().filter(|e| e.kind == EntryKind::File) {
+    for entry in manifest
+        .entries
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+    {
         let Some(source) = sources.next() else { break };
         let report = file::send_one(
             wire,
@@ -237,13 +241,13 @@ async fn check_manifest(
                 format!("{:?} listed twice", e.path),
             ));
         }
-        if let Some((parent, _)) = e.path.rsplit_once('/') {
-            if !dirs.contains(parent) {
-                return Err(P2pError::refused(
-                    ErrorCode::BadPath,
-                    format!("{:?} comes before its directory", e.path),
-                ));
-            }
+        if let Some((parent, _)) = e.path.rsplit_once('/')
+            && !dirs.contains(parent)
+        {
+            return Err(P2pError::refused(
+                ErrorCode::BadPath,
+                format!("{:?} comes before its directory", e.path),
+            ));
         }
         match e.kind {
             EntryKind::Dir => {
@@ -261,13 +265,13 @@ async fn check_manifest(
         }
         locals.push(rel);
     }
-    if let Some(max) = opts.max_size {
-        if total > max {
-            return Err(P2pError::refused(
-                ErrorCode::TooLarge,
-                format!("{total} bytes is more than the {max} accepted"),
-            ));
-        }
+    if let Some(max) = opts.max_size
+        && total > max
+    {
+        return Err(P2pError::refused(
+            ErrorCode::TooLarge,
+            format!("{total} bytes is more than the {max} accepted"),
+        ));
     }
 
     let md = tokio::fs::metadata(dest)
@@ -434,10 +438,7 @@ mod tests {
         let dst = tempfile::tempdir().expect("dst");
         let ok = FolderManifest {
             name: "root".into(),
-            entries: vec![
-                entry("a", EntryKind::Dir),
-                entry("a/b", EntryKind::File),
-            ],
+            entries: vec![entry("a", EntryKind::Dir), entry("a/b", EntryKind::File)],
         };
         check_manifest(&ok, dst.path(), &ReceiveOptions::default())
             .await
@@ -489,10 +490,7 @@ mod tests {
             .expect("symlink");
         let m = FolderManifest {
             name: "root".into(),
-            entries: vec![
-                entry("a", EntryKind::Dir),
-                entry("a/b", EntryKind::File),
-            ],
+            entries: vec![entry("a", EntryKind::Dir), entry("a/b", EntryKind::File)],
         };
         let err = check_manifest(&m, dst.path(), &ReceiveOptions::default())
             .await
@@ -517,8 +515,7 @@ mod tests {
         let root = src.path().join("r");
         std::fs::create_dir_all(root.join("d")).expect("dirs");
         std::fs::write(root.join("d").join("f"), b"f").expect("f");
-        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("out"))
-            .expect("out");
+        std::os::unix::fs::symlink(outside.path().join("secret"), root.join("out")).expect("out");
         std::os::unix::fs::symlink(outside.path(), root.join("outdir")).expect("outdir");
         std::os::unix::fs::symlink(root.join("d").join("f"), root.join("in")).expect("in");
         let w = walk(&root).expect("walk");
@@ -572,9 +569,17 @@ mod wire_tests {
             .await
             .expect("manifest");
             let err = a.recv().await.expect_err("refused");
-            assert_eq!(err.code(), Some(ErrorCode::BadPath), "{name:?} {path:?}: {err}");
+            assert_eq!(
+                err.code(),
+                Some(ErrorCode::BadPath),
+                "{name:?} {path:?}: {err}"
+            );
             let err = recv.await.expect("join").expect_err("refused");
-            assert_eq!(err.code(), Some(ErrorCode::BadPath), "{name:?} {path:?}: {err}");
+            assert_eq!(
+                err.code(),
+                Some(ErrorCode::BadPath),
+                "{name:?} {path:?}: {err}"
+            );
         }
         // Nothing was written, inside or outside the destination.
         assert_eq!(std::fs::read_dir(&dest).expect("ls").count(), 0);
@@ -604,7 +609,10 @@ mod wire_tests {
         }))
         .await
         .expect("manifest");
-        assert!(matches!(a.recv().await, Ok(Frame::FileAck { ok: true, .. })));
+        assert!(matches!(
+            a.recv().await,
+            Ok(Frame::FileAck { ok: true, .. })
+        ));
         // A file the manifest did not list.
         a.send(&Frame::FileMeta(crate::p2p::frame::FileMeta {
             name: "other.txt".into(),

@@ -120,7 +120,11 @@ pub struct ManifestEntry {
     #[serde(default)]
     pub size: u64,
     /// The BLAKE3 hash (files only).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_hex_hash")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_hex_hash"
+    )]
     pub blake3: Option<blake3::Hash>,
 }
 
@@ -653,7 +657,12 @@ mod tests {
         for frame in samples() {
             let bytes = encode(&frame).expect("encode");
             for cut in 0..bytes.len() {
-                assert_eq!(decode(&bytes[..cut]), Ok(None), "{} cut at {cut}", frame.name());
+                assert_eq!(
+                    decode(&bytes[..cut]),
+                    Ok(None),
+                    "{} cut at {cut}",
+                    frame.name()
+                );
             }
         }
     }
@@ -686,7 +695,10 @@ mod tests {
             (ty::HELLO, b"{\"version\":1}"),
             (ty::ERROR, b"\x00"),
             (ty::ERROR, b"\x00\x01\xff\xfe"),
-            (ty::FILE_META, b"{\"name\":\"a\",\"size\":1,\"blake3\":\"zz\"}"),
+            (
+                ty::FILE_META,
+                b"{\"name\":\"a\",\"size\":1,\"blake3\":\"zz\"}",
+            ),
             (ty::FILE_RESUME_FROM, &[0; 39]),
             (ty::FILE_CHUNK, &[0; 7]),
             (ty::FILE_DONE, &[0]),
@@ -748,7 +760,10 @@ mod tests {
             }
         };
         assert_eq!(got, frames.len() - 1);
-        assert!(matches!(err, ReadError::Frame(FrameError::Truncated)), "{err:?}");
+        assert!(
+            matches!(err, ReadError::Frame(FrameError::Truncated)),
+            "{err:?}"
+        );
 
         // An oversized header is refused without reading a body.
         let mut r: &[u8] = &[0x7f, 0xff, 0xff, 0xff, 0x12];

@@ -174,7 +174,10 @@ mod tests {
         {
             use std::os::unix::fs::PermissionsExt;
             for f in [CERT_FILE, KEY_FILE] {
-                let mode = fs::metadata(path.join(f)).expect("meta").permissions().mode();
+                let mode = fs::metadata(path.join(f))
+                    .expect("meta")
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o600, "{f}");
             }
         }

@@ -71,6 +71,5 @@ pub use file::{FileReport, Progress, ReceiveOptions, SendOptions};
 pub use folder::{FolderReport, MAX_ENTRIES};
 pub use identity::{Identity, fingerprint_of};
 pub use terminal::{
-    TerminalCommand, TerminalEvent, TerminalPolicy, TerminalReader, TerminalViewer,
-    TerminalWriter,
+    TerminalCommand, TerminalEvent, TerminalPolicy, TerminalReader, TerminalViewer, TerminalWriter,
 };

@@ -97,10 +97,7 @@ mod tests {
         for ok in ["a", "a/b/c.txt", "é/日本.txt", ".hidden", "a..b", "..."] {
             assert!(check_relative(ok).is_ok(), "{ok}");
         }
-        assert_eq!(
-            check_relative("a/b").expect("ok"),
-            Path::new("a").join("b")
-        );
+        assert_eq!(check_relative("a/b").expect("ok"), Path::new("a").join("b"));
     }
 
     #[test]

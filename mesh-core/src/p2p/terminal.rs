@@ -180,7 +180,11 @@ pub(crate) async fn share(
         let (in_tx, in_rx) = std::sync::mpsc::channel::<Bytes>();
         std::thread::spawn(move || {
             while let Ok(data) = in_rx.recv() {
-                if writer.write_all(&data).and_then(|_| writer.flush()).is_err() {
+                if writer
+                    .write_all(&data)
+                    .and_then(|_| writer.flush())
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -390,8 +394,11 @@ impl TerminalWriter {
     pub async fn send_input(&mut self, data: impl Into<Bytes>) -> Result<(), P2pError> {
         let data: Bytes = data.into();
         for piece in data.chunks(OUTPUT_FRAME) {
-            frame::write_frame(&mut self.w, &Frame::TermInput(Bytes::copy_from_slice(piece)))
-                .await?;
+            frame::write_frame(
+                &mut self.w,
+                &Frame::TermInput(Bytes::copy_from_slice(piece)),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -416,7 +423,10 @@ pub struct TerminalViewer {
 }
 
 impl TerminalViewer {
-    pub(crate) fn new(wire: Wire<quinn::RecvStream, quinn::SendStream>, conn: quinn::Connection) -> Self {
+    pub(crate) fn new(
+        wire: Wire<quinn::RecvStream, quinn::SendStream>,
+        conn: quinn::Connection,
+    ) -> Self {
         Self {
             reader: TerminalReader {
                 r: wire.r,
