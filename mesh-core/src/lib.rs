@@ -17,6 +17,9 @@
 //! - [`service`]: the async layer that ties storage, auth and the engine
 //!   together. The reference server (`mesh-server`) is a thin HTTP/WebSocket
 //!   shell around it, and so is any app that embeds mesh.
+//! - `p2p` (feature `p2p`): direct agent-to-agent sessions over QUIC with
+//!   pinned TLS 1.3: files, folders and terminals, authorised by session
+//!   tokens checked offline. For agents, not the server.
 //! - [`validate`]: the limits every server honours (usernames, passwords,
 //!   room names, message content).
 
