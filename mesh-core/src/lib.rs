@@ -28,6 +28,8 @@ pub mod auth;
 pub mod client;
 pub mod engine;
 pub mod error;
+#[cfg(feature = "p2p")]
+pub mod p2p;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod service;

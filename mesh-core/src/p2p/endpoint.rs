@@ -1,0 +1,917 @@
+//! The QUIC endpoint of an agent: accepts sessions (after checking
+//! `P2P_HELLO`) and opens them.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, timeout, timeout_at};
+
+use super::file::{self, FileReport, Progress, ReceiveOptions, SendOptions, Wire, unexpected};
+use super::folder::{self, FolderReport};
+use super::frame::{Frame, Hello, PROTOCOL_VERSION, Welcome};
+use super::identity::{fingerprint_of, normalise_fingerprint};
+use super::terminal::{self, TerminalCommand, TerminalPolicy, TerminalViewer};
+use super::{ErrorCode, Identity, P2pError, tls};
+use crate::auth::{AuthError, SessionClaims, TokenVerifier};
+use crate::protocol::{P2pInfo, P2pSession, PeerId, SessionId, SessionKind, Timestamp};
+
+type Stream = Wire<quinn::RecvStream, quinn::SendStream>;
+type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// How long a side that sent the last frame waits for the peer to close
+/// the connection (which tells it the frame arrived) before closing itself.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// At most this many incoming handshakes run at once; more are refused.
+const MAX_HANDSHAKES: usize = 32;
+
+/// QUIC application close codes.
+const CLOSE_DONE: u32 = 0;
+const CLOSE_ERROR: u32 = 1;
+
+/// A session this agent was told about (in `p2p.session.created`) and will
+/// accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExpectedSession {
+    session_id: SessionId,
+    kind: SessionKind,
+    initiator_peer_id: PeerId,
+    initiator_fingerprint: Option<String>,
+}
+
+impl ExpectedSession {
+    /// Expects `session` from `initiator_peer_id`, without pinning its
+    /// certificate (see [`Self::initiator_fingerprint`]).
+    pub fn new(session_id: SessionId, kind: SessionKind, initiator_peer_id: PeerId) -> Self {
+        Self {
+            session_id,
+            kind,
+            initiator_peer_id,
+            initiator_fingerprint: None,
+        }
+    }
+
+    /// Only a connection presenting a certificate with this SHA-256
+    /// fingerprint may open the session.
+    pub fn initiator_fingerprint(mut self, fingerprint: impl AsRef<str>) -> Self {
+        self.initiator_fingerprint = Some(normalise_fingerprint(fingerprint.as_ref()));
+        self
+    }
+
+    /// From a `p2p.session.created` announcement: the session and the
+    /// initiator's [`P2pInfo`], whose fingerprint is required.
+    pub fn from_announcement(session: &P2pSession, initiator: &P2pInfo) -> Result<Self, P2pError> {
+        let fp = initiator.cert_fingerprint.as_deref().ok_or_else(|| {
+            P2pError::Tls("the initiator announced no certificate fingerprint".into())
+        })?;
+        Ok(
+            Self::new(session.id, session.kind, session.initiator_peer_id)
+                .initiator_fingerprint(fp),
+        )
+    }
+
+    /// The session.
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+}
+
+/// Configures a [`P2pEndpoint`]: `P2pEndpoint::builder(identity)…bind(addr)`.
+pub struct P2pEndpointBuilder {
+    identity: Identity,
+    acceptor: Option<(TokenVerifier, PeerId)>,
+    kinds: Vec<SessionKind>,
+    allow_unexpected: bool,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    clock: Clock,
+}
+
+impl fmt::Debug for P2pEndpointBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("P2pEndpointBuilder")
+            .field("identity", &self.identity)
+            .field("accepts_as", &self.acceptor.as_ref().map(|(_, p)| p))
+            .field("kinds", &self.kinds)
+            .field("allow_unexpected", &self.allow_unexpected)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl P2pEndpointBuilder {
+    /// Accept incoming sessions whose token `verifier` checks (built from
+    /// the server's JWK Set) and that name `me` (this agent's peer id) as
+    /// their target. Without this, the endpoint only connects out.
+    pub fn accept_sessions(mut self, verifier: TokenVerifier, me: PeerId) -> Self {
+        self.acceptor = Some((verifier, me));
+        self
+    }
+
+    /// The session kinds accepted (default: all).
+    pub fn accept_kinds(mut self, kinds: impl IntoIterator<Item = SessionKind>) -> Self {
+        self.kinds = kinds.into_iter().collect();
+        self
+    }
+
+    /// Accept sessions with a valid token even if they were not registered
+    /// with [`P2pEndpoint::expect_session`] (default false). The
+    /// initiator's certificate is then not pinned: anyone holding the token
+    /// may open the session.
+    pub fn allow_unexpected_sessions(mut self, allow: bool) -> Self {
+        self.allow_unexpected = allow;
+        self
+    }
+
+    /// How long [`P2pEndpoint::connect`] tries before
+    /// [`P2pError::Timeout`] (default 10 s).
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// How long the TLS handshake plus `P2P_HELLO`/`P2P_WELCOME` may take,
+    /// on either side (default 10 s).
+    pub fn handshake_timeout(mut self, d: Duration) -> Self {
+        self.handshake_timeout = d;
+        self
+    }
+
+    /// A connection silent this long is dead (default 30 s; keep-alives go
+    /// every quarter of it).
+    pub fn idle_timeout(mut self, d: Duration) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// The clock session tokens are checked against (default: the system
+    /// clock). For tests.
+    pub fn clock(mut self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Binds the UDP socket (port 0 picks one) and starts accepting. Must
+    /// run inside a tokio runtime.
+    pub fn bind(self, addr: SocketAddr) -> Result<P2pEndpoint, P2pError> {
+        let server = tls::server_config(&self.identity, self.idle_timeout)?;
+        let endpoint = quinn::Endpoint::server(server, addr)
+            .map_err(|e| P2pError::Connection(format!("binding {addr}: {e}")))?;
+        let shared = Arc::new(Shared {
+            endpoint,
+            identity: self.identity,
+            acceptor: self.acceptor.map(|(verifier, me)| Acceptor {
+                verifier,
+                me,
+                kinds: self.kinds,
+                allow_unexpected: self.allow_unexpected,
+            }),
+            expected: Mutex::default(),
+            connect_timeout: self.connect_timeout,
+            handshake_timeout: self.handshake_timeout,
+            idle_timeout: self.idle_timeout,
+            clock: self.clock,
+        });
+        let (tx, rx) = mpsc::channel(16);
+        let accept_task = tokio::spawn(accept_loop(shared.clone(), tx));
+        Ok(P2pEndpoint {
+            shared,
+            incoming: tokio::sync::Mutex::new(rx),
+            accept_task,
+        })
+    }
+}
+
+struct Acceptor {
+    verifier: TokenVerifier,
+    me: PeerId,
+    kinds: Vec<SessionKind>,
+    allow_unexpected: bool,
+}
+
+struct Shared {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    acceptor: Option<Acceptor>,
+    expected: Mutex<HashMap<SessionId, ExpectedSession>>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    clock: Clock,
+}
+
+/// An agent's P2P endpoint: one UDP socket that accepts sessions from
+/// peers and connects to them.
+///
+/// ```no_run
+/// # async fn demo(peer: mesh_core::protocol::P2pInfo, session: mesh_core::protocol::SessionId,
+/// #               token: String) -> Result<(), mesh_core::p2p::P2pError> {
+/// use mesh_core::p2p::{Identity, P2pEndpoint, SendOptions};
+///
+/// let endpoint = P2pEndpoint::builder(Identity::generate()?)
+///     .bind("0.0.0.0:0".parse().expect("addr"))?;
+/// let outgoing = endpoint.connect_to(&peer, session, &token).await?;
+/// let report = outgoing
+///     .send_file("notes.txt".as_ref(), &SendOptions::default(), |p| {
+///         eprint!("\r{}/{}", p.done, p.total)
+///     })
+///     .await?;
+/// println!("sent {} bytes", report.transferred);
+/// # Ok(())
+/// # }
+/// ```
+pub struct P2pEndpoint {
+    shared: Arc<Shared>,
+    incoming: tokio::sync::Mutex<mpsc::Receiver<Result<IncomingSession, P2pError>>>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl fmt::Debug for P2pEndpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("P2pEndpoint")
+            .field("local_addr", &self.shared.endpoint.local_addr().ok())
+            .field("fingerprint", &self.shared.identity.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for P2pEndpoint {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+impl P2pEndpoint {
+    /// Starts configuring an endpoint for `identity`.
+    pub fn builder(identity: Identity) -> P2pEndpointBuilder {
+        P2pEndpointBuilder {
+            identity,
+            acceptor: None,
+            kinds: vec![
+                SessionKind::File,
+                SessionKind::Folder,
+                SessionKind::Terminal,
+            ],
+            allow_unexpected: false,
+            connect_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            clock: Arc::new(Timestamp::now),
+        }
+    }
+
+    /// The bound UDP address.
+    pub fn local_addr(&self) -> Result<SocketAddr, P2pError> {
+        self.shared
+            .endpoint
+            .local_addr()
+            .map_err(|e| P2pError::Connection(e.to_string()))
+    }
+
+    /// This agent's certificate fingerprint.
+    pub fn fingerprint(&self) -> &str {
+        self.shared.identity.fingerprint()
+    }
+
+    /// What to announce to the server (`system.hello`'s `p2p`): the
+    /// fingerprint and `addrs` (the bound address if empty; a wildcard
+    /// address is not useful to peers, so pass real ones when bound to it).
+    pub fn p2p_info(&self, addrs: Vec<String>) -> P2pInfo {
+        let addrs = if addrs.is_empty() {
+            self.local_addr()
+                .map(|a| vec![a.to_string()])
+                .unwrap_or_default()
+        } else {
+            addrs
+        };
+        P2pInfo {
+            cert_fingerprint: Some(self.fingerprint().to_owned()),
+            addrs,
+        }
+    }
+
+    /// Accept `session` when its initiator connects.
+    pub fn expect_session(&self, session: ExpectedSession) {
+        if let Ok(mut map) = self.shared.expected.lock() {
+            map.insert(session.session_id, session);
+        }
+    }
+
+    /// Stop accepting `session` (closed or expired).
+    pub fn forget_session(&self, session: SessionId) {
+        if let Ok(mut map) = self.shared.expected.lock() {
+            map.remove(&session);
+        }
+    }
+
+    /// The next incoming connection, once its `P2P_HELLO` is checked.
+    ///
+    /// `Ok`: a session the peer is authorised to open. `Err`: a connection
+    /// that was refused (the peer was told why with a `P2P_ERROR` before any
+    /// data moved) or that failed its handshake; keep accepting. `None`:
+    /// the endpoint is closed, or it was built without
+    /// [`P2pEndpointBuilder::accept_sessions`].
+    pub async fn accept(&self) -> Option<Result<IncomingSession, P2pError>> {
+        self.shared.acceptor.as_ref()?;
+        self.incoming.lock().await.recv().await
+    }
+
+    /// Opens session `session_id` to the peer at `addrs` (`host:port`,
+    /// tried at once, the first to complete the handshake wins), whose
+    /// certificate must have `expected_fingerprint`, presenting `token`.
+    ///
+    /// Errors: [`P2pError::FingerprintMismatch`] when the peer's certificate
+    /// is not the pinned one, [`P2pError::Timeout`] when nothing answered in
+    /// time, [`P2pError::Remote`] when the peer refused the session (its
+    /// code says why), [`P2pError::Unreachable`] otherwise.
+    pub async fn connect(
+        &self,
+        addrs: &[impl AsRef<str>],
+        expected_fingerprint: &str,
+        session_id: SessionId,
+        token: &str,
+    ) -> Result<OutgoingSession, P2pError> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.connect_timeout;
+        let timed_out = || P2pError::Timeout(shared.connect_timeout);
+        let mut errors = Vec::new();
+        let mut targets = Vec::new();
+        for a in addrs {
+            let a = a.as_ref();
+            match a.parse::<SocketAddr>() {
+                Ok(sa) => targets.push(sa),
+                Err(_) => match timeout_at(deadline, tokio::net::lookup_host(a)).await {
+                    Ok(Ok(found)) => targets.extend(found),
+                    Ok(Err(e)) => errors.push(format!("{a}: {e}")),
+                    Err(_) => return Err(timed_out()),
+                },
+            }
+        }
+        let mut attempts = JoinSet::new();
+        for sa in targets {
+            let (config, verifier) =
+                tls::client_config(&shared.identity, expected_fingerprint, shared.idle_timeout)?;
+            match shared.endpoint.connect_with(config, sa, tls::SERVER_NAME) {
+                Ok(connecting) => {
+                    attempts.spawn(async move {
+                        connecting
+                            .await
+                            .map_err(|e| (sa, e.to_string(), verifier.mismatch()))
+                    });
+                }
+                Err(e) => errors.push(format!("{sa}: {e}")),
+            }
+        }
+        let mut mismatch = None;
+        let conn = loop {
+            match timeout_at(deadline, attempts.join_next()).await {
+                Err(_) => {
+                    if let Some(got) = mismatch {
+                        return Err(P2pError::FingerprintMismatch {
+                            expected: normalise_fingerprint(expected_fingerprint),
+                            got,
+                        });
+                    }
+                    return Err(timed_out());
+                }
+                Ok(None) => {
+                    if let Some(got) = mismatch {
+                        return Err(P2pError::FingerprintMismatch {
+                            expected: normalise_fingerprint(expected_fingerprint),
+                            got,
+                        });
+                    }
+                    if errors.is_empty() {
+                        errors.push("no usable address".into());
+                    }
+                    return Err(P2pError::Unreachable(errors.join("; ")));
+                }
+                Ok(Some(Ok(Ok(conn)))) => break conn,
+                Ok(Some(Ok(Err((sa, e, m))))) => {
+                    mismatch = mismatch.or(m);
+                    errors.push(format!("{sa}: {e}"));
+                }
+                Ok(Some(Err(e))) => errors.push(e.to_string()),
+            }
+        };
+        // The losers are dropped (and so abandoned) with `attempts`.
+        drop(attempts);
+
+        let hs = shared.handshake_timeout;
+        let (w, r) = match timeout(hs, conn.open_bi()).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
+            Err(_) => return Err(P2pError::Timeout(hs)),
+        };
+        let mut wire = Wire { r, w };
+        let hello = Frame::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            session_id,
+            session_token: token.to_owned(),
+        });
+        let answer = async {
+            wire.send(&hello).await?;
+            wire.recv().await
+        };
+        match timeout(hs, answer).await {
+            Ok(Ok(Frame::Welcome(w))) if w.session_id == session_id => Ok(OutgoingSession {
+                session: Session {
+                    conn,
+                    wire,
+                    kind: w.kind,
+                    _shared: shared.clone(),
+                },
+                session_id,
+            }),
+            Ok(Ok(other)) => {
+                let err = wire
+                    .fail(unexpected(&other, "P2P_WELCOME for this session"))
+                    .await;
+                conn.close(CLOSE_ERROR.into(), b"protocol");
+                Err(err)
+            }
+            Ok(Err(e)) => {
+                conn.close(CLOSE_ERROR.into(), b"refused");
+                Err(e)
+            }
+            Err(_) => {
+                conn.close(CLOSE_ERROR.into(), b"timeout");
+                Err(P2pError::Timeout(hs))
+            }
+        }
+    }
+
+    /// [`Self::connect`] to a peer as announced in `p2p.session.created`.
+    pub async fn connect_to(
+        &self,
+        peer: &P2pInfo,
+        session_id: SessionId,
+        token: &str,
+    ) -> Result<OutgoingSession, P2pError> {
+        let fp = peer
+            .cert_fingerprint
+            .as_deref()
+            .ok_or_else(|| P2pError::Tls("the peer announced no certificate fingerprint".into()))?;
+        self.connect(&peer.addrs, fp, session_id, token).await
+    }
+
+    /// Closes the endpoint and every connection on it.
+    pub fn close(&self) {
+        self.accept_task.abort();
+        self.shared.endpoint.close(CLOSE_DONE.into(), b"closing");
+    }
+}
+
+async fn accept_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<IncomingSession, P2pError>>) {
+    let permits = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    while let Some(incoming) = shared.endpoint.accept().await {
+        if shared.acceptor.is_none() {
+            incoming.refuse();
+            continue;
+        }
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(remote = %incoming.remote_address(), "too many handshakes at once; refusing");
+            incoming.refuse();
+            continue;
+        };
+        let shared = shared.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let result = handshake(&shared, incoming).await;
+            if let Err(e) = &result {
+                tracing::info!(error = %e, "refused an incoming P2P connection");
+            }
+            drop(permit);
+            let _ = tx.send(result).await;
+        });
+    }
+}
+
+fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, P2pError> {
+    conn.peer_identity()
+        .and_then(|id| {
+            id.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .and_then(|certs| certs.first().map(|c| fingerprint_of(c)))
+        .ok_or_else(|| P2pError::Tls("the peer presented no certificate".into()))
+}
+
+/// The target side of the handshake: TLS, then `P2P_HELLO`, checked.
+async fn handshake(
+    shared: &Arc<Shared>,
+    incoming: quinn::Incoming,
+) -> Result<IncomingSession, P2pError> {
+    let Some(acceptor) = &shared.acceptor else {
+        return Err(P2pError::Closed);
+    };
+    let hs = shared.handshake_timeout;
+    let conn = match timeout(hs, incoming).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
+        Err(_) => return Err(P2pError::Timeout(hs)),
+    };
+    let fingerprint = peer_fingerprint(&conn)?;
+    let (w, r) = match timeout(hs, conn.accept_bi()).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
+        Err(_) => {
+            conn.close(CLOSE_ERROR.into(), b"no hello");
+            return Err(P2pError::Timeout(hs));
+        }
+    };
+    let mut wire = Wire { r, w };
+    let checked = match timeout(hs, wire.recv()).await {
+        Ok(Ok(Frame::Hello(hello))) => check_hello(shared, acceptor, &hello, &fingerprint),
+        Ok(Ok(other)) => Err(P2pError::refused(
+            ErrorCode::Protocol,
+            format!("{} before P2P_HELLO", other.name()),
+        )),
+        Ok(Err(e @ P2pError::Frame(_))) => {
+            Err(P2pError::refused(ErrorCode::Protocol, e.to_string()))
+        }
+        Ok(Err(e)) => {
+            conn.close(CLOSE_ERROR.into(), b"no hello");
+            return Err(e);
+        }
+        Err(_) => {
+            conn.close(CLOSE_ERROR.into(), b"no hello");
+            return Err(P2pError::Timeout(hs));
+        }
+    };
+    match checked {
+        Ok(claims) => {
+            wire.send(&Frame::Welcome(Welcome {
+                version: PROTOCOL_VERSION,
+                session_id: claims.sid,
+                kind: claims.kind,
+            }))
+            .await?;
+            Ok(IncomingSession {
+                session: Session {
+                    conn,
+                    wire,
+                    kind: claims.kind,
+                    _shared: shared.clone(),
+                },
+                claims,
+                peer_fingerprint: fingerprint,
+            })
+        }
+        Err(e) => {
+            let e = wire.fail(e).await;
+            tokio::spawn(wait_then_close(conn, wire.w));
+            Err(e)
+        }
+    }
+}
+
+fn check_hello(
+    shared: &Shared,
+    acceptor: &Acceptor,
+    hello: &Hello,
+    fingerprint: &str,
+) -> Result<SessionClaims, P2pError> {
+    use ErrorCode as C;
+    if hello.version != PROTOCOL_VERSION {
+        return Err(P2pError::refused(
+            C::UnsupportedVersion,
+            format!(
+                "version {} (this agent speaks {PROTOCOL_VERSION})",
+                hello.version
+            ),
+        ));
+    }
+    let claims = acceptor
+        .verifier
+        .verify_session(&hello.session_token, (shared.clock)())
+        .map_err(|e| match e {
+            AuthError::Expired => {
+                P2pError::refused(C::TokenExpired, "the session token has expired")
+            }
+            other => P2pError::refused(C::InvalidToken, other.to_string()),
+        })?;
+    if claims.sid != hello.session_id {
+        return Err(P2pError::refused(
+            C::WrongSession,
+            "the token is for another session",
+        ));
+    }
+    if claims.target_peer_id != acceptor.me {
+        return Err(P2pError::refused(
+            C::WrongPeer,
+            "the token names another target peer",
+        ));
+    }
+    let expected = shared
+        .expected
+        .lock()
+        .ok()
+        .and_then(|m| m.get(&claims.sid).cloned());
+    match expected {
+        Some(x) => {
+            if x.kind != claims.kind || x.initiator_peer_id != claims.initiator_peer_id {
+                return Err(P2pError::refused(
+                    C::WrongSession,
+                    "the token does not match the announced session",
+                ));
+            }
+            if let Some(fp) = &x.initiator_fingerprint
+                && *fp != fingerprint
+            {
+                return Err(P2pError::refused(
+                    C::WrongCertificate,
+                    "the certificate is not the one the initiator announced",
+                ));
+            }
+        }
+        None if !acceptor.allow_unexpected => {
+            return Err(P2pError::refused(
+                C::UnknownSession,
+                "this agent was not told about the session",
+            ));
+        }
+        None => {}
+    }
+    if !acceptor.kinds.contains(&claims.kind) {
+        return Err(P2pError::refused(
+            C::KindNotAccepted,
+            format!(
+                "this agent does not accept {} sessions",
+                claims.kind.as_str()
+            ),
+        ));
+    }
+    Ok(claims)
+}
+
+/// After sending a final frame: finish the stream, give the peer time to
+/// read it and close, then close.
+async fn wait_then_close(conn: quinn::Connection, mut w: quinn::SendStream) {
+    let _ = w.finish();
+    let _ = timeout(CLOSE_WAIT, conn.closed()).await;
+    conn.close(CLOSE_DONE.into(), b"done");
+}
+
+/// What both ends of a session hold.
+struct Session {
+    conn: quinn::Connection,
+    wire: Stream,
+    kind: SessionKind,
+    /// Keeps the endpoint's socket alive as long as the session.
+    _shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Session {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("remote", &self.conn.remote_address())
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    async fn require(&mut self, kind: SessionKind) -> Result<(), P2pError> {
+        if self.kind == kind {
+            return Ok(());
+        }
+        let err = self
+            .wire
+            .fail(P2pError::refused(
+                ErrorCode::KindNotAccepted,
+                format!(
+                    "this is a {} session, not {}",
+                    self.kind.as_str(),
+                    kind.as_str()
+                ),
+            ))
+            .await;
+        Err(err)
+    }
+
+    /// Ends the session after `result`: the side that received the last
+    /// frame closes now; the side that sent it waits for that close.
+    async fn end<T>(self, result: Result<T, P2pError>, sent_last: bool) -> Result<T, P2pError> {
+        let Session { conn, wire, .. } = self;
+        match &result {
+            Ok(_) if sent_last => wait_then_close(conn, wire.w).await,
+            Ok(_) => conn.close(CLOSE_DONE.into(), b"done"),
+            // They told us, or the connection is gone: nothing to deliver.
+            Err(P2pError::Remote { .. } | P2pError::Connection(_)) => {
+                conn.close(CLOSE_ERROR.into(), b"error")
+            }
+            // We (may have) told them: let the P2P_ERROR arrive.
+            Err(_) => {
+                let _ = timeout(CLOSE_WAIT, async {
+                    let mut w = wire.w;
+                    let _ = w.finish();
+                    conn.closed().await
+                })
+                .await;
+                conn.close(CLOSE_ERROR.into(), b"error");
+            }
+        }
+        result
+    }
+}
+
+/// A session a peer opened to this agent, its `P2P_HELLO` checked.
+#[derive(Debug)]
+pub struct IncomingSession {
+    session: Session,
+    claims: SessionClaims,
+    peer_fingerprint: String,
+}
+
+impl IncomingSession {
+    /// The verified token's claims (session, kind, both peers and users).
+    pub fn claims(&self) -> &SessionClaims {
+        &self.claims
+    }
+
+    /// The session.
+    pub fn session_id(&self) -> SessionId {
+        self.claims.sid
+    }
+
+    /// What the session carries.
+    pub fn kind(&self) -> SessionKind {
+        self.session.kind
+    }
+
+    /// The initiator's certificate fingerprint.
+    pub fn peer_fingerprint(&self) -> &str {
+        &self.peer_fingerprint
+    }
+
+    /// The initiator's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.session.conn.remote_address()
+    }
+
+    /// Receives the file of a `file` session into `dest_dir` (and nowhere
+    /// else), calling `progress` as bytes arrive.
+    pub async fn receive_file<F>(
+        mut self,
+        dest_dir: &Path,
+        opts: &ReceiveOptions,
+        progress: F,
+    ) -> Result<FileReport, P2pError>
+    where
+        F: FnMut(Progress) + Send,
+    {
+        let result = match self.session.require(SessionKind::File).await {
+            Ok(()) => file::receive_file(&mut self.session.wire, dest_dir, opts, progress).await,
+            Err(e) => Err(e),
+        };
+        self.session.end(result, true).await
+    }
+
+    /// Receives the folder of a `folder` session into
+    /// `dest_dir/<folder name>/`.
+    pub async fn receive_folder<F>(
+        mut self,
+        dest_dir: &Path,
+        opts: &ReceiveOptions,
+        progress: F,
+    ) -> Result<FolderReport, P2pError>
+    where
+        F: FnMut(Progress) + Send,
+    {
+        let result = match self.session.require(SessionKind::Folder).await {
+            Ok(()) => {
+                folder::receive_folder(&mut self.session.wire, dest_dir, opts, progress).await
+            }
+            Err(e) => Err(e),
+        };
+        self.session.end(result, true).await
+    }
+
+    /// Watches the terminal the initiator shares.
+    pub async fn view_terminal(mut self) -> Result<TerminalViewer, P2pError> {
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
+        let Session { conn, wire, .. } = self.session;
+        Ok(TerminalViewer::new(wire, conn))
+    }
+
+    /// Shares a terminal running `cmd` with the initiator, under `policy`.
+    /// See [`OutgoingSession::share_terminal`].
+    pub async fn share_terminal(
+        mut self,
+        cmd: TerminalCommand,
+        policy: TerminalPolicy,
+    ) -> Result<Option<u32>, P2pError> {
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
+        share(self.session, cmd, policy).await
+    }
+}
+
+async fn share(
+    session: Session,
+    cmd: TerminalCommand,
+    policy: TerminalPolicy,
+) -> Result<Option<u32>, P2pError> {
+    let Session { conn, wire, .. } = session;
+    let result = terminal::share(wire, cmd, policy).await;
+    // TERM_EXIT (or an error) was the last frame: let the viewer close.
+    let _ = timeout(CLOSE_WAIT, conn.closed()).await;
+    conn.close(CLOSE_DONE.into(), b"done");
+    result
+}
+
+/// A session this agent opened to a peer, welcomed by it.
+#[derive(Debug)]
+pub struct OutgoingSession {
+    session: Session,
+    session_id: SessionId,
+}
+
+impl OutgoingSession {
+    /// The session.
+    pub fn session_id(&self) -> SessionId {
+        self.session_id
+    }
+
+    /// What the session carries (as the token says).
+    pub fn kind(&self) -> SessionKind {
+        self.session.kind
+    }
+
+    /// The peer's address.
+    pub fn remote_address(&self) -> SocketAddr {
+        self.session.conn.remote_address()
+    }
+
+    /// Sends the file at `path` (a `file` session), resuming where the
+    /// receiver's verified part file ends, calling `progress` per chunk.
+    pub async fn send_file<F>(
+        mut self,
+        path: &Path,
+        opts: &SendOptions,
+        progress: F,
+    ) -> Result<FileReport, P2pError>
+    where
+        F: FnMut(Progress) + Send,
+    {
+        let result = match self.session.require(SessionKind::File).await {
+            Ok(()) => file::send_file(&mut self.session.wire, path, opts, progress).await,
+            Err(e) => Err(e),
+        };
+        self.session.end(result, false).await
+    }
+
+    /// Sends the folder at `dir` (a `folder` session).
+    pub async fn send_folder<F>(
+        mut self,
+        dir: &Path,
+        opts: &SendOptions,
+        progress: F,
+    ) -> Result<FolderReport, P2pError>
+    where
+        F: FnMut(Progress) + Send,
+    {
+        let result = match self.session.require(SessionKind::Folder).await {
+            Ok(()) => folder::send_folder(&mut self.session.wire, dir, opts, progress).await,
+            Err(e) => Err(e),
+        };
+        self.session.end(result, false).await
+    }
+
+    /// Runs `cmd` on a PTY and shares it with the peer (a `terminal`
+    /// session) until it exits (its exit code) or the viewer leaves (the
+    /// program is killed; `None`). `policy` says whether the viewer may
+    /// type: there is no default, the caller decides.
+    pub async fn share_terminal(
+        mut self,
+        cmd: TerminalCommand,
+        policy: TerminalPolicy,
+    ) -> Result<Option<u32>, P2pError> {
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
+        share(self.session, cmd, policy).await
+    }
+
+    /// Watches a terminal the peer shares.
+    pub async fn view_terminal(mut self) -> Result<TerminalViewer, P2pError> {
+        if let Err(e) = self.session.require(SessionKind::Terminal).await {
+            return self.session.end(Err(e), false).await;
+        }
+        let Session { conn, wire, .. } = self.session;
+        Ok(TerminalViewer::new(wire, conn))
+    }
+}

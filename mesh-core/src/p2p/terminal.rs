@@ -1,0 +1,473 @@
+//! Terminal sessions: the sharer runs a real PTY, the viewer sees its
+//! output and, only if the sharer allowed control, types into it.
+//!
+//! Frames: `TERM_OUTPUT` (sharer to viewer), `TERM_INPUT` and `TERM_RESIZE`
+//! (viewer to sharer), `TERM_EXIT` (sharer to viewer, last). A read-only
+//! share answers every `TERM_INPUT` or `TERM_RESIZE` with a `P2P_ERROR`
+//! [`ErrorCode::ReadOnly`] and goes on; the input never reaches the PTY.
+//!
+//! Consent is explicit: [`share`](super::OutgoingSession::share_terminal)
+//! takes a [`TerminalPolicy`], which has no default.
+
+use std::ffi::OsString;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use tokio::sync::mpsc;
+
+use super::file::{Wire, unexpected};
+use super::frame::{self, Frame};
+use super::{ErrorCode, P2pError};
+
+/// What the viewer of a shared terminal may do. There is deliberately no
+/// `Default`: the sharer chooses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TerminalPolicy {
+    allow_control: bool,
+}
+
+impl TerminalPolicy {
+    /// The viewer sees output only; input and resizes are refused.
+    pub fn read_only() -> Self {
+        Self {
+            allow_control: false,
+        }
+    }
+
+    /// The viewer may type into the terminal and resize it.
+    pub fn allow_control() -> Self {
+        Self {
+            allow_control: true,
+        }
+    }
+
+    /// Whether the viewer may type and resize.
+    pub fn allows_control(&self) -> bool {
+        self.allow_control
+    }
+}
+
+/// The program a terminal share runs, built like a command:
+/// `TerminalCommand::new("sh").arg("-c").arg("echo hi").size(80, 24)`.
+#[derive(Clone, Debug)]
+pub struct TerminalCommand {
+    program: OsString,
+    args: Vec<OsString>,
+    cwd: Option<PathBuf>,
+    env: Vec<(OsString, OsString)>,
+    cols: u16,
+    rows: u16,
+}
+
+impl TerminalCommand {
+    /// Runs `program` (looked up in `PATH`), 80x24.
+    pub fn new(program: impl Into<OsString>) -> Self {
+        Self {
+            program: program.into(),
+            args: Vec::new(),
+            cwd: None,
+            env: Vec::new(),
+            cols: 80,
+            rows: 24,
+        }
+    }
+
+    /// The user's shell: `$SHELL`, or `/bin/sh`.
+    pub fn shell() -> Self {
+        Self::new(std::env::var_os("SHELL").unwrap_or_else(|| "/bin/sh".into()))
+    }
+
+    /// Adds an argument.
+    pub fn arg(mut self, arg: impl Into<OsString>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// Runs in `dir`.
+    pub fn cwd(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Sets an environment variable.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// The initial window size.
+    pub fn size(mut self, cols: u16, rows: u16) -> Self {
+        self.cols = cols;
+        self.rows = rows;
+        self
+    }
+}
+
+fn term_err(e: impl std::fmt::Display) -> P2pError {
+    P2pError::Terminal(e.to_string())
+}
+
+/// Terminal output goes in frames of at most this many bytes.
+const OUTPUT_FRAME: usize = 64 * 1024;
+
+/// How long output may keep flowing after the process exited (children it
+/// left behind may hold the PTY open).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+
+/// Runs `cmd` on a PTY and shares it over `wire` until it exits (returns
+/// its exit code) or the viewer leaves (kills it, returns `None`).
+pub(crate) async fn share(
+    wire: Wire<quinn::RecvStream, quinn::SendStream>,
+    cmd: TerminalCommand,
+    policy: TerminalPolicy,
+) -> Result<Option<u32>, P2pError> {
+    let Wire { r, mut w } = wire;
+    let pair = native_pty_system()
+        .openpty(PtySize {
+            rows: cmd.rows,
+            cols: cmd.cols,
+            pixel_width: 0,
+            pixel_height: 0,
+        })
+        .map_err(term_err)?;
+    let mut builder = CommandBuilder::new(&cmd.program);
+    for a in &cmd.args {
+        builder.arg(a);
+    }
+    if let Some(dir) = &cmd.cwd {
+        builder.cwd(dir);
+    }
+    for (k, v) in &cmd.env {
+        builder.env(k, v);
+    }
+    let spawned = pair.slave.spawn_command(builder);
+    // Our copy of the slave side must go, or the PTY never reports EOF.
+    drop(pair.slave);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let err = term_err(e);
+            let _ = frame::write_frame(&mut w, &Frame::error(ErrorCode::Terminal, err.to_string()))
+                .await;
+            return Err(err);
+        }
+    };
+    let mut killer = child.clone_killer();
+    let master = pair.master;
+    let mut reader = master.try_clone_reader().map_err(term_err)?;
+
+    // PTY reads and writes block: each gets a thread.
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(32);
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match reader.read(&mut buf) {
+                // EIO once the child side is closed: the end, as EOF.
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if out_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    let input = if policy.allow_control {
+        let mut writer = master.take_writer().map_err(term_err)?;
+        let (in_tx, in_rx) = std::sync::mpsc::channel::<Bytes>();
+        std::thread::spawn(move || {
+            while let Ok(data) = in_rx.recv() {
+                if writer
+                    .write_all(&data)
+                    .and_then(|_| writer.flush())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Some(in_tx)
+    } else {
+        None
+    };
+    let mut exit = tokio::task::spawn_blocking(move || child.wait());
+
+    // Frames from the viewer, read by a task of their own so that the
+    // select below never cancels a half-read frame.
+    let (frames_tx, mut frames_rx) = mpsc::channel::<Result<Frame, P2pError>>(16);
+    let reader_task = tokio::spawn(async move {
+        let mut r = r;
+        loop {
+            let next = match frame::read_frame(&mut r).await {
+                Ok(Some(Frame::Error(e))) => Err(P2pError::Remote {
+                    code: e.code,
+                    message: e.message,
+                }),
+                Ok(Some(f)) => Ok(f),
+                Ok(None) => Err(P2pError::Connection("the viewer ended the stream".into())),
+                Err(e) => Err(e.into()),
+            };
+            let stop = next.is_err();
+            if frames_tx.send(next).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+
+    let mut output_open = true;
+    let mut exit_code: Option<Option<u32>> = None;
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(drain_deadline);
+    let outcome = loop {
+        if !output_open && exit_code.is_some() {
+            break Ok(());
+        }
+        tokio::select! {
+            chunk = out_rx.recv(), if output_open => match chunk {
+                Some(data) => {
+                    let mut failed = None;
+                    for piece in data.chunks(OUTPUT_FRAME) {
+                        let f = Frame::TermOutput(Bytes::copy_from_slice(piece));
+                        if let Err(e) = frame::write_frame(&mut w, &f).await {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    if let Some(e) = failed {
+                        break Err(e.into());
+                    }
+                }
+                None => output_open = false,
+            },
+            status = &mut exit, if exit_code.is_none() => {
+                exit_code = Some(match status {
+                    Ok(Ok(s)) => Some(s.exit_code()),
+                    _ => None,
+                });
+                drain_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            },
+            () = &mut drain_deadline, if exit_code.is_some() => output_open = false,
+            frame = frames_rx.recv() => match frame {
+                Some(Ok(Frame::TermInput(data))) => match &input {
+                    Some(tx) => {
+                        if tx.send(data).is_err() {
+                            tracing::debug!("terminal input after the PTY closed");
+                        }
+                    }
+                    None => {
+                        let f = Frame::error(ErrorCode::ReadOnly, "this terminal is shared read-only");
+                        if let Err(e) = frame::write_frame(&mut w, &f).await {
+                            break Err(e.into());
+                        }
+                    }
+                },
+                Some(Ok(Frame::TermResize { cols, rows })) => {
+                    if policy.allow_control {
+                        let size = PtySize { rows, cols, pixel_width: 0, pixel_height: 0 };
+                        if let Err(e) = master.resize(size) {
+                            tracing::debug!(error = %e, "terminal resize failed");
+                        }
+                    } else {
+                        let f = Frame::error(ErrorCode::ReadOnly, "this terminal is shared read-only");
+                        if let Err(e) = frame::write_frame(&mut w, &f).await {
+                            break Err(e.into());
+                        }
+                    }
+                }
+                Some(Ok(other)) => {
+                    let err = unexpected(&other, "TERM_INPUT or TERM_RESIZE");
+                    let _ = frame::write_frame(&mut w, &Frame::error(ErrorCode::Protocol, err.to_string())).await;
+                    break Err(err);
+                }
+                // The viewer left (or the connection died): stop sharing.
+                Some(Err(_)) | None => break Err(P2pError::Connection("the viewer left".into())),
+            },
+        }
+    };
+    reader_task.abort();
+    match outcome {
+        Ok(()) => {
+            let code = exit_code.flatten();
+            frame::write_frame(&mut w, &Frame::TermExit { code }).await?;
+            let _ = w.finish();
+            Ok(code)
+        }
+        Err(P2pError::Connection(_)) => {
+            if exit_code.is_none() {
+                let _ = killer.kill();
+                let _ = exit.await;
+            }
+            Ok(None)
+        }
+        Err(e) => {
+            if exit_code.is_none() {
+                let _ = killer.kill();
+                let _ = exit.await;
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What a terminal viewer receives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TerminalEvent {
+    /// Bytes the program wrote (escape sequences included).
+    Output(Bytes),
+    /// The sharer refused an input or resize (the share is read-only).
+    Refused {
+        /// [`ErrorCode::ReadOnly`].
+        code: ErrorCode,
+        /// The sharer's message.
+        message: String,
+    },
+    /// The program exited; nothing follows.
+    Exit {
+        /// Its exit code, if it exited normally.
+        code: Option<u32>,
+    },
+}
+
+/// The receiving half of a [`TerminalViewer`].
+#[derive(Debug)]
+pub struct TerminalReader {
+    r: quinn::RecvStream,
+    done: bool,
+    conn: quinn::Connection,
+}
+
+impl TerminalReader {
+    /// The next event; `Ok(None)` after [`TerminalEvent::Exit`].
+    pub async fn next_event(&mut self) -> Result<Option<TerminalEvent>, P2pError> {
+        if self.done {
+            return Ok(None);
+        }
+        match frame::read_frame(&mut self.r).await? {
+            Some(Frame::TermOutput(data)) => Ok(Some(TerminalEvent::Output(data))),
+            Some(Frame::TermExit { code }) => {
+                self.done = true;
+                Ok(Some(TerminalEvent::Exit { code }))
+            }
+            Some(Frame::Error(e)) if e.code == ErrorCode::ReadOnly => {
+                Ok(Some(TerminalEvent::Refused {
+                    code: e.code,
+                    message: e.message,
+                }))
+            }
+            Some(Frame::Error(e)) => {
+                self.done = true;
+                Err(P2pError::Remote {
+                    code: e.code,
+                    message: e.message,
+                })
+            }
+            Some(other) => {
+                self.done = true;
+                Err(unexpected(&other, "TERM_OUTPUT or TERM_EXIT"))
+            }
+            None => {
+                self.done = true;
+                Err(P2pError::Connection(
+                    "the sharer ended the stream without TERM_EXIT".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// The sending half of a [`TerminalViewer`].
+#[derive(Debug)]
+pub struct TerminalWriter {
+    w: quinn::SendStream,
+    conn: quinn::Connection,
+}
+
+impl TerminalWriter {
+    /// Sends keystrokes (refused by a read-only share, see
+    /// [`TerminalEvent::Refused`]).
+    pub async fn send_input(&mut self, data: impl Into<Bytes>) -> Result<(), P2pError> {
+        let data: Bytes = data.into();
+        for piece in data.chunks(OUTPUT_FRAME) {
+            frame::write_frame(
+                &mut self.w,
+                &Frame::TermInput(Bytes::copy_from_slice(piece)),
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// Asks for a new window size (refused by a read-only share).
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), P2pError> {
+        Ok(frame::write_frame(&mut self.w, &Frame::TermResize { cols, rows }).await?)
+    }
+
+    /// Leaves the session: the sharer stops the program.
+    pub fn close(self) {
+        self.conn.close(0u32.into(), b"viewer left");
+    }
+}
+
+/// Watches a shared terminal. Use it whole, or [`split`](Self::split) it
+/// to read and type from two tasks.
+#[derive(Debug)]
+pub struct TerminalViewer {
+    reader: TerminalReader,
+    writer: TerminalWriter,
+}
+
+impl TerminalViewer {
+    pub(crate) fn new(
+        wire: Wire<quinn::RecvStream, quinn::SendStream>,
+        conn: quinn::Connection,
+    ) -> Self {
+        Self {
+            reader: TerminalReader {
+                r: wire.r,
+                done: false,
+                conn: conn.clone(),
+            },
+            writer: TerminalWriter { w: wire.w, conn },
+        }
+    }
+
+    /// See [`TerminalReader::next_event`].
+    pub async fn next_event(&mut self) -> Result<Option<TerminalEvent>, P2pError> {
+        self.reader.next_event().await
+    }
+
+    /// See [`TerminalWriter::send_input`].
+    pub async fn send_input(&mut self, data: impl Into<Bytes>) -> Result<(), P2pError> {
+        self.writer.send_input(data).await
+    }
+
+    /// See [`TerminalWriter::resize`].
+    pub async fn resize(&mut self, cols: u16, rows: u16) -> Result<(), P2pError> {
+        self.writer.resize(cols, rows).await
+    }
+
+    /// The two halves.
+    pub fn split(self) -> (TerminalReader, TerminalWriter) {
+        (self.reader, self.writer)
+    }
+
+    /// Leaves the session: the sharer stops the program.
+    pub fn close(self) {
+        self.writer.close();
+    }
+}
+
+impl Drop for TerminalReader {
+    fn drop(&mut self) {
+        if self.done {
+            // The share ended: close now rather than waiting for the writer.
+            self.conn.close(0u32.into(), b"done");
+        }
+    }
+}
