@@ -84,9 +84,7 @@ pub(crate) fn explain(e: P2pError, peer: &str, addrs: &[String]) -> anyhow::Erro
             "the machine at {at} is not {peer}'s agent: its certificate is {got}, the server \
              announced {expected}. Nothing was sent"
         ),
-        P2pError::Remote { code, message } => {
-            anyhow!("{peer}'s agent refused: {message} ({})", code.as_u16())
-        }
+        P2pError::Remote { message, .. } => anyhow!("{peer}'s agent refused: {message}"),
         other => anyhow::Error::new(other).context(format!("session with {peer}")),
     }
 }

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use clap::Args;
 use mesh_core::client::Event;
-use mesh_core::p2p::{IncomingSession, ReceiveOptions, TerminalEvent};
+use mesh_core::p2p::{IncomingSession, P2pError, ReceiveOptions, TerminalEvent};
 use mesh_core::protocol::{SessionId, SessionKind};
 use serde_json::json;
 
@@ -151,8 +151,11 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
             },
             incoming = endpoint.accept() => match incoming {
                 None => break Err(anyhow::anyhow!("the P2P endpoint closed")),
-                Some(Err(e)) => emit(&ctx, json!({"event": "session_failed", "error": e.to_string()}),
+                // Refusals are worth telling; a loser of the initiator's
+                // parallel attempts (one per announced address) is not.
+                Some(Err(e @ P2pError::Refused { .. })) => emit(&ctx, json!({"event": "session_refused", "error": e.to_string()}),
                     || format!("refused a connection: {e}")),
+                Some(Err(_)) => {}
                 Some(Ok(session)) => {
                     tokio::spawn(handle(ctx.clone(), names.clone(), session, receive_dir.clone(), opts.clone()));
                 }

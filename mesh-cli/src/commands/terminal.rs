@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use anyhow::{Context, anyhow};
 use clap::Args;
 use mesh_core::client::Event;
-use mesh_core::p2p::{TerminalCommand, TerminalEvent, TerminalPolicy};
+use mesh_core::p2p::{P2pError, TerminalCommand, TerminalEvent, TerminalPolicy};
 use mesh_core::protocol::SessionKind;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
@@ -140,8 +140,9 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
             },
             incoming = endpoint.accept() => match incoming {
                 None => return Err(anyhow!("the P2P endpoint closed")),
-                Some(Err(e)) => emit(ctx, json!({"event": "session_failed", "error": e.to_string()}),
+                Some(Err(e @ P2pError::Refused { .. })) => emit(ctx, json!({"event": "session_refused", "error": e.to_string()}),
                     || format!("refused a connection: {e}")),
+                Some(Err(_)) => {}
                 Some(Ok(session)) => break session,
             },
             _ = tokio::signal::ctrl_c() => {
@@ -161,7 +162,8 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
         .await
         .context("joining the terminal")?;
     let (mut reader, mut writer) = viewer.split();
-    let typing = tokio::spawn(async move {
+    // Lines typed go to the sharer; end of input (Ctrl-D) leaves.
+    let mut typing = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
         while let Ok(Some(line)) = lines.next_line().await {
             if writer.send_input(format!("{line}\n")).await.is_err() {
@@ -170,6 +172,7 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
         }
         writer
     });
+    let mut typing_done = false;
     let result = loop {
         tokio::select! {
             ev = reader.next_event() => match ev {
@@ -194,12 +197,25 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
                 Ok(None) => break Ok(()),
                 Err(e) => break Err(anyhow::Error::new(e).context("the shared terminal")),
             },
+            writer = &mut typing, if !typing_done => {
+                typing_done = true;
+                if let Ok(writer) = writer {
+                    emit(ctx, json!({"event": "left"}), || "\n-- you left the shared terminal".to_owned());
+                    writer.close();
+                    break Ok(());
+                }
+            },
             _ = tokio::signal::ctrl_c() => break Ok(()),
         }
     };
-    typing.abort();
-    if let Ok(writer) = typing.await {
-        writer.close();
+    // Closing the reader closes the connection (when the share ended);
+    // the server goodbye below gives QUIC time to tell the sharer.
+    drop(reader);
+    if !typing_done {
+        typing.abort();
+        if let Ok(writer) = typing.await {
+            writer.close();
+        }
     }
     listener.client.close_p2p_session(id);
     listener.client.close().await;
