@@ -270,10 +270,11 @@ impl Listener {
         if grant.session.target_peer_id != self.me {
             return Ok(false);
         }
-        self.endpoint.expect_session(ExpectedSession::from_announcement(
-            &grant.session,
-            &grant.initiator,
-        )?);
+        self.endpoint
+            .expect_session(ExpectedSession::from_announcement(
+                &grant.session,
+                &grant.initiator,
+            )?);
         Ok(true)
     }
 }

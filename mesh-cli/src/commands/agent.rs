@@ -51,8 +51,7 @@ type Names = Arc<Mutex<HashMap<SessionId, String>>>;
 pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
     let receive_dir = match &args.receive_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("creating {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             Some(
                 dir.canonicalize()
                     .with_context(|| format!("opening {}", dir.display()))?,
@@ -61,7 +60,11 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
         None => None,
     };
     let kinds = if receive_dir.is_some() {
-        vec![SessionKind::File, SessionKind::Folder, SessionKind::Terminal]
+        vec![
+            SessionKind::File,
+            SessionKind::Folder,
+            SessionKind::Terminal,
+        ]
     } else {
         vec![SessionKind::Terminal]
     };
@@ -202,7 +205,13 @@ async fn handle(
                         "blake3": report.blake3.to_hex().to_string(),
                         "resumed_from": report.resumed_from,
                     }),
-                    || format!("received {} ({}) from {who}", report.path.display(), human_bytes(report.size)),
+                    || {
+                        format!(
+                            "received {} ({}) from {who}",
+                            report.path.display(),
+                            human_bytes(report.size)
+                        )
+                    },
                 );
             }
             (SessionKind::Folder, Some(dir)) => {
@@ -222,22 +231,37 @@ async fn handle(
                         "path": report.root, "files": report.files.len(), "dirs": report.dirs,
                         "size": size,
                     }),
-                    || format!(
-                        "received folder {} ({} files, {}) from {who}",
-                        report.root.display(), report.files.len(), human_bytes(size)
-                    ),
+                    || {
+                        format!(
+                            "received folder {} ({} files, {}) from {who}",
+                            report.root.display(),
+                            report.files.len(),
+                            human_bytes(size)
+                        )
+                    },
                 );
             }
             (SessionKind::Terminal, _) => {
-                emit(&ctx, json!({"event": "terminal_started", "from": who, "session_id": id}),
-                    || format!("-- {who} is sharing a terminal (view only; Ctrl-C stops the agent)"));
+                emit(
+                    &ctx,
+                    json!({"event": "terminal_started", "from": who, "session_id": id}),
+                    || {
+                        format!(
+                            "-- {who} is sharing a terminal (view only; Ctrl-C stops the agent)"
+                        )
+                    },
+                );
                 let mut viewer = session.view_terminal().await?;
                 while let Some(ev) = viewer.next_event().await? {
                     match ev {
                         TerminalEvent::Output(data) => {
                             if ctx.json {
-                                emit(&ctx, json!({"event": "terminal_output", "session_id": id,
-                                    "data": String::from_utf8_lossy(&data)}), String::new);
+                                emit(
+                                    &ctx,
+                                    json!({"event": "terminal_output", "session_id": id,
+                                    "data": String::from_utf8_lossy(&data)}),
+                                    String::new,
+                                );
                             } else {
                                 let mut out = std::io::stdout().lock();
                                 let _ = out.write_all(&data);
@@ -245,8 +269,11 @@ async fn handle(
                             }
                         }
                         TerminalEvent::Exit { code } => {
-                            emit(&ctx, json!({"event": "terminal_exit", "session_id": id, "code": code}),
-                                || format!("\n-- {who}'s terminal ended"));
+                            emit(
+                                &ctx,
+                                json!({"event": "terminal_exit", "session_id": id, "code": code}),
+                                || format!("\n-- {who}'s terminal ended"),
+                            );
                         }
                         _ => {}
                     }

@@ -129,7 +129,10 @@ pub(crate) fn logout(ctx: &Ctx) -> anyhow::Result<()> {
 pub(crate) async fn whoami(ctx: &Ctx) -> anyhow::Result<()> {
     let user = ctx.api()?.me().await.context("asking the server")?;
     emit(ctx, json!({"user": user, "server": ctx.server}), || {
-        format!("{} ({}) on {}", user.username, user.display_name, ctx.server)
+        format!(
+            "{} ({}) on {}",
+            user.username, user.display_name, ctx.server
+        )
     });
     Ok(())
 }

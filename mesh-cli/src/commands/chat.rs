@@ -70,11 +70,9 @@ pub(crate) async fn chat(ctx: &Ctx, args: ChatArgs) -> anyhow::Result<()> {
             message_line(m)
         });
     }
-    emit(
-        ctx,
-        json!({"event": "ready", "room": room}),
-        || format!("-- chatting in {} (Ctrl-D or Ctrl-C to leave)", room.name),
-    );
+    emit(ctx, json!({"event": "ready", "room": room}), || {
+        format!("-- chatting in {} (Ctrl-D or Ctrl-C to leave)", room.name)
+    });
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let result = loop {
         tokio::select! {
@@ -153,9 +151,7 @@ fn show_event(
                 || format!("-- {who} is {status_text}"),
             );
         }
-        Event::RoomJoined {
-            room_id, user, ..
-        } if room_id == room => {
+        Event::RoomJoined { room_id, user, .. } if room_id == room => {
             names.insert(user.id, user.username.clone());
             emit(ctx, json!({"event": "joined", "user": user}), || {
                 format!("-- {} joined", user.username)
@@ -163,17 +159,21 @@ fn show_event(
         }
         Event::RoomLeft { room_id, user_id } if room_id == room => {
             let who = name(names, &user_id);
-            emit(ctx, json!({"event": "left", "user_id": user_id, "username": who}), || {
-                format!("-- {who} left")
-            });
+            emit(
+                ctx,
+                json!({"event": "left", "user_id": user_id, "username": who}),
+                || format!("-- {who} left"),
+            );
         }
         Event::RoomDeleted { room_id } if room_id == room => {
             return Some(Err(anyhow::anyhow!("the room was deleted")));
         }
         Event::Disconnected { reason, .. } => {
-            emit(ctx, json!({"event": "disconnected", "reason": reason}), || {
-                format!("-- connection lost ({reason}); reconnecting...")
-            });
+            emit(
+                ctx,
+                json!({"event": "disconnected", "reason": reason}),
+                || format!("-- connection lost ({reason}); reconnecting..."),
+            );
         }
         Event::Connected { resumed: true, .. } => {
             emit(ctx, json!({"event": "reconnected"}), || {

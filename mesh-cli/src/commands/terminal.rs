@@ -88,16 +88,24 @@ pub(crate) async fn share(ctx: &Ctx, args: ShareArgs) -> anyhow::Result<()> {
     emit(
         ctx,
         json!({"event": "sharing", "with": peer, "session_id": id, "allow_control": control}),
-        || format!("sharing a terminal with {peer} ({mode}); it ends when the program exits or {peer} leaves"),
+        || {
+            format!(
+                "sharing a terminal with {peer} ({mode}); it ends when the program exits or {peer} leaves"
+            )
+        },
     );
     let p2p::Opened { session, link, .. } = opened;
     let result = session.share_terminal(cmd, policy).await;
     link.finish(id).await;
     let code = result.map_err(|e| explain(e, &peer, &addrs))?;
-    emit(ctx, json!({"event": "ended", "code": code}), || match code {
-        Some(c) => format!("the shared program exited with code {c}"),
-        None => format!("{peer} left; the shared program was stopped"),
-    });
+    emit(
+        ctx,
+        json!({"event": "ended", "code": code}),
+        || match code {
+            Some(c) => format!("the shared program exited with code {c}"),
+            None => format!("{peer} left; the shared program was stopped"),
+        },
+    );
     Ok(())
 }
 
