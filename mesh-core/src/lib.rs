@@ -20,6 +20,9 @@
 //! - [`client`] (features `client` and `native-client`): the client SDK, a
 //!   sans-IO state machine (reconnects, resume, dedupe, offline queue) and
 //!   a tokio + reqwest driver around it.
+//! - `p2p` (feature `p2p`): direct agent-to-agent sessions over QUIC with
+//!   pinned TLS 1.3: files, folders and terminals, authorised by session
+//!   tokens checked offline. For agents, not the server.
 //! - [`validate`]: the limits every server honours (usernames, passwords,
 //!   room names, message content).
 
