@@ -12,8 +12,8 @@ use super::{ClientError, HistoryQuery};
 use crate::error::ErrorCode;
 use crate::protocol::http::{
     AuthResponse, CreateRoomRequest, ErrorResponse, LoginRequest, MembersResponse,
-    MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, RegisterRequest,
-    Peer, PeersResponse, RoomResponse, RoomsResponse, UserResponse,
+    MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, Peer,
+    PeersResponse, RegisterRequest, RoomResponse, RoomsResponse, UserResponse,
 };
 use crate::protocol::{Member, P2pSession, Room, RoomId, SessionId, User};
 
