@@ -239,7 +239,7 @@ impl Listener {
 
     /// After a reconnect the server gave us a new peer id: rebind on the
     /// announced port so sessions naming it are accepted.
-    pub(crate) fn rebind(&mut self, ctx: &Ctx, me: PeerId) -> anyhow::Result<()> {
+    pub(crate) async fn rebind(&mut self, ctx: &Ctx, me: PeerId) -> anyhow::Result<()> {
         if me == self.me {
             return Ok(());
         }
@@ -254,7 +254,8 @@ impl Listener {
                 }
                 Err(e) => last = Some(e),
             }
-            std::thread::sleep(Duration::from_millis(50));
+            // Sessions still running on the old endpoint hold the port.
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
         match last {
             Some(e) => Err(e),

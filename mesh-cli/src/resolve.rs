@@ -78,18 +78,18 @@ pub(crate) async fn peer(
             .as_ref()
             .is_some_and(|i| i.cert_fingerprint.is_some() && !i.addrs.is_empty())
     });
-    match agents.len() {
-        1 => Ok(agents.into_iter().next().expect("one agent")),
-        0 if others.is_empty() => bail!(
+    match agents.as_slice() {
+        [one] => Ok(one.clone()),
+        [] if others.is_empty() => bail!(
             "{arg} is not online {where_}: start `mesh agent` on their machine (and share a room with them)"
         ),
-        0 => bail!(
+        [] => bail!(
             "{arg} is online {where_} but not running an agent that accepts sessions: start `mesh agent` there"
         ),
-        n => bail!(
-            "{arg} is ambiguous: {n} agents are online {where_}; pass one peer id instead: {}",
-            agents
-                .iter()
+        many => bail!(
+            "{arg} is ambiguous: {} agents are online {where_}; pass one peer id instead: {}",
+            many.len(),
+            many.iter()
                 .map(|(_, p)| format!("{} ({})", p.peer_id, p.user.username))
                 .collect::<Vec<_>>()
                 .join(", ")

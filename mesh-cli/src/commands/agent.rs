@@ -134,7 +134,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
                     listener.endpoint.forget_session(session_id);
                 }
                 Some(Event::Connected { peer_id, resumed: true, .. }) => {
-                    if let Err(e) = listener.rebind(&ctx, peer_id) {
+                    if let Err(e) = listener.rebind(&ctx, peer_id).await {
                         break Err(e.context("listening again after reconnecting"));
                     }
                     emit(&ctx, json!({"event": "reconnected", "peer_id": peer_id}),

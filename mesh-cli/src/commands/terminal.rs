@@ -137,7 +137,7 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
                 Some(Event::P2pSessionCreated(grant)) => {
                     listener.expect(&grant).context("the announced session")?;
                 }
-                Some(Event::Connected { peer_id, resumed: true, .. }) => listener.rebind(ctx, peer_id)?,
+                Some(Event::Connected { peer_id, resumed: true, .. }) => listener.rebind(ctx, peer_id).await?,
                 Some(Event::Closed { error }) => {
                     return Err(match error {
                         Some(e) => anyhow::Error::new(e).context("the server closed the connection"),
