@@ -29,7 +29,8 @@ use mesh_core::protocol::{P2pInfo, PeerId, SessionId, SessionKind};
 use crate::config::Ctx;
 use crate::resolve;
 
-/// How long connecting to a peer may take before it counts as unreachable.
+/// How long connecting to a peer may take before it counts as unreachable
+/// (the agent side; the sending side takes `--connect-timeout`).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The addresses to announce for an endpoint bound to `bind` on `port`:
@@ -58,6 +59,14 @@ fn outgoing_ip() -> Option<IpAddr> {
     (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
+/// `--connect-timeout SECS` as a duration.
+pub(crate) fn timeout(secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("--connect-timeout must be a positive number of seconds"))
+}
+
 /// This machine's P2P identity, created in the config folder on first use.
 pub(crate) fn identity(ctx: &Ctx) -> anyhow::Result<Identity> {
     let dir = ctx.identity_dir();
@@ -70,11 +79,11 @@ pub(crate) fn explain(e: P2pError, peer: &str, addrs: &[String]) -> anyhow::Erro
     let at = addrs.join(", ");
     match e {
         P2pError::Timeout(d) => anyhow!(
-            "could not reach {peer}'s agent at {at} within {} s: the two machines cannot reach \
+            "could not reach {peer}'s agent at {at} within {:.1} s: the two machines cannot reach \
              each other directly (different networks, NAT or a firewall blocking UDP). Both must \
              be on the same network or the agent must be reachable at an address it announces \
              (`mesh agent --announce HOST:PORT`); relays are not supported yet",
-            d.as_secs()
+            d.as_secs_f64()
         ),
         P2pError::Unreachable(why) => anyhow!(
             "could not reach {peer}'s agent at {at}: {why}. The two machines cannot reach each \
@@ -120,9 +129,10 @@ pub(crate) async fn open(
     peer_arg: &str,
     room_arg: Option<&str>,
     kind: SessionKind,
+    connect_timeout: Duration,
 ) -> anyhow::Result<Opened> {
     let endpoint = P2pEndpoint::builder(identity(ctx)?)
-        .connect_timeout(CONNECT_TIMEOUT)
+        .connect_timeout(connect_timeout)
         .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
         .context("binding a UDP socket for QUIC")?;
     let port = endpoint.local_addr()?.port();

@@ -389,6 +389,35 @@ async fn an_agent_receives_files_and_nested_folders() {
         let got = std::fs::read(inbox.join("project").join(rel)).expect("received file");
         assert_eq!(&got, body, "{rel}");
     }
+
+    // A second agent of bob's, announcing an address nobody answers at:
+    // "bob" is now ambiguous, and that agent cannot be reached.
+    let mut lost = bob.spawn(&["agent", "--announce", "127.0.0.1:9"]);
+    let lost_peer = lost.wait("ready").await["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned();
+    let err = alice
+        .fails(&["send-file", "bob", source.to_str().expect("utf-8")])
+        .await;
+    assert!(
+        err.contains("bob is ambiguous") && err.contains(&lost_peer),
+        "{err}"
+    );
+    let err = alice
+        .fails(&[
+            "send-file",
+            &lost_peer,
+            source.to_str().expect("utf-8"),
+            "--connect-timeout",
+            "1",
+        ])
+        .await;
+    assert!(
+        err.contains("could not reach bob's agent at 127.0.0.1:9")
+            && err.contains("cannot reach each other directly"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

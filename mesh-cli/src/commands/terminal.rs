@@ -35,6 +35,9 @@ pub(crate) struct ShareArgs {
     /// The room (id or name) you share with the peer; default: any.
     #[arg(long)]
     room: Option<String>,
+    /// Seconds to try reaching the peer's agent before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    connect_timeout: f64,
     /// Let the viewer type into the terminal and resize it (default:
     /// read-only; on a terminal you are asked).
     #[arg(long)]
@@ -80,7 +83,14 @@ pub(crate) async fn share(ctx: &Ctx, args: ShareArgs) -> anyhow::Result<()> {
             .iter()
             .fold(TerminalCommand::new(program), |c, a| c.arg(a)),
     };
-    let opened = p2p::open(ctx, &args.peer, args.room.as_deref(), SessionKind::Terminal).await?;
+    let opened = p2p::open(
+        ctx,
+        &args.peer,
+        args.room.as_deref(),
+        SessionKind::Terminal,
+        p2p::timeout(args.connect_timeout)?,
+    )
+    .await?;
     let peer = opened.peer.user.username.clone();
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();

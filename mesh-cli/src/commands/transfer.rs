@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::config::Ctx;
 use crate::output::{emit, human_bytes, progress_bar};
-use crate::p2p::{self, explain};
+use crate::p2p::{self, explain, timeout};
 
 /// `mesh send-file`.
 #[derive(Debug, Args)]
@@ -26,6 +26,9 @@ pub(crate) struct SendFileArgs {
     /// The room (id or name) you share with the peer; default: any.
     #[arg(long)]
     room: Option<String>,
+    /// Seconds to try reaching the peer's agent before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    connect_timeout: f64,
     /// Send under another name.
     #[arg(long)]
     name: Option<String>,
@@ -41,6 +44,9 @@ pub(crate) struct SendFolderArgs {
     /// The room (id or name) you share with the peer; default: any.
     #[arg(long)]
     room: Option<String>,
+    /// Seconds to try reaching the peer's agent before giving up.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    connect_timeout: f64,
 }
 
 /// Sends one file.
@@ -53,7 +59,14 @@ pub(crate) async fn send_file(ctx: &Ctx, args: SendFileArgs) -> anyhow::Result<(
             args.path.display()
         );
     }
-    let opened = p2p::open(ctx, &args.peer, args.room.as_deref(), SessionKind::File).await?;
+    let opened = p2p::open(
+        ctx,
+        &args.peer,
+        args.room.as_deref(),
+        SessionKind::File,
+        timeout(args.connect_timeout)?,
+    )
+    .await?;
     let peer = opened.peer.user.username.clone();
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();
@@ -114,7 +127,14 @@ pub(crate) async fn send_folder(ctx: &Ctx, args: SendFolderArgs) -> anyhow::Resu
             args.dir.display()
         );
     }
-    let opened = p2p::open(ctx, &args.peer, args.room.as_deref(), SessionKind::Folder).await?;
+    let opened = p2p::open(
+        ctx,
+        &args.peer,
+        args.room.as_deref(),
+        SessionKind::Folder,
+        timeout(args.connect_timeout)?,
+    )
+    .await?;
     let peer = opened.peer.user.username.clone();
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();
