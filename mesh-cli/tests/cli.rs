@@ -390,6 +390,27 @@ async fn an_agent_receives_files_and_nested_folders() {
         assert_eq!(&got, body, "{rel}");
     }
 
+    // A terminal shared with the agent is shown there (view only).
+    let (ok, out, err) = alice
+        .run_with(
+            &[
+                "share-terminal",
+                "bob",
+                "--",
+                "sh",
+                "-c",
+                "echo shared-$((6*7))",
+            ],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}{out}");
+    let mut seen = Vec::new();
+    let exit = agent.until("terminal_exit", &mut seen).await;
+    assert_eq!(exit["code"], 0);
+    let shown: String = seen.iter().filter_map(|e| e["data"].as_str()).collect();
+    assert!(shown.contains("shared-42"), "{seen:?}");
+
     // A second agent of bob's, announcing an address nobody answers at:
     // "bob" is now ambiguous, and that agent cannot be reached.
     let mut lost = bob.spawn(&["agent", "--announce", "127.0.0.1:9"]);
