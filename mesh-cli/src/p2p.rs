@@ -248,14 +248,23 @@ impl Listener {
     }
 
     /// After a reconnect the server gave us a new peer id: rebind on the
-    /// announced port so sessions naming it are accepted.
+    /// announced port so sessions naming it are accepted. Sessions running
+    /// on the old endpoint end.
     pub(crate) async fn rebind(&mut self, ctx: &Ctx, me: PeerId) -> anyhow::Result<()> {
         if me == self.me {
             return Ok(());
         }
+        // The old endpoint must let go of the port: close it, and drop it
+        // (a connect-only endpoint on a free port stands in meanwhile).
+        // The caller holds no other reference.
         self.endpoint.close();
+        self.endpoint = Arc::new(
+            P2pEndpoint::builder(identity(ctx)?)
+                .bind(SocketAddr::new(self.bind.ip(), 0))
+                .context("binding a UDP socket for QUIC")?,
+        );
         let mut last = None;
-        for _ in 0..20 {
+        for _ in 0..50 {
             match bind_endpoint(ctx, &self.verifier, me, &self.kinds, self.bind) {
                 Ok(e) => {
                     self.endpoint = Arc::new(e);
@@ -264,7 +273,7 @@ impl Listener {
                 }
                 Err(e) => last = Some(e),
             }
-            // Sessions still running on the old endpoint hold the port.
+            // Until quinn's driver has let the old socket go.
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         match last {

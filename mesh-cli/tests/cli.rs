@@ -8,6 +8,7 @@
 //! line by line until the event a step waits for; no sleeps. Every wait
 //! has a time-out, only as a hang guard.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -16,30 +17,62 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 
 /// How long any single wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The server, stopped when dropped.
+/// The server, stopped when dropped; restartable on the same address.
 struct Server {
     url: String,
-    _stop: oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    dir: tempfile::TempDir,
 }
 
 async fn start_server() -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    let config = mesh_server_bin::Config::new(dir.path());
-    tokio::spawn(mesh_server_bin::run(listener, config, stopped));
-    Server {
-        url: format!("http://{addr}"),
-        _stop: stop,
-        _dir: dir,
+    let mut server = Server {
+        url: String::new(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        stop: None,
+        task: None,
+        dir,
+    };
+    server.start().await;
+    server
+}
+
+impl Server {
+    async fn start(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind");
+        self.addr = listener.local_addr().expect("addr");
+        self.url = format!("http://{}", self.addr);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = mesh_server_bin::Config::new(self.dir.path());
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(mesh_server_bin::run(
+            listener, config, stopped,
+        )));
+    }
+
+    /// Stops the server (WebSockets close with 1001) and starts it again
+    /// on the same address and data.
+    async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server stops in time (hang guard)")
+                .expect("server task")
+                .expect("server result");
+        }
+        self.start().await;
     }
 }
 
@@ -438,6 +471,35 @@ async fn an_agent_receives_files_and_nested_folders() {
         err.contains("could not reach bob's agent at 127.0.0.1:9")
             && err.contains("cannot reach each other directly"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_listens_again_after_the_server_restarts() {
+    let mut server = start_server().await;
+    let (alice, bob) = two_users_in_a_room(&server).await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let inbox = work.path().join("inbox");
+    let mut agent = bob.spawn(&["agent", "--receive-dir", inbox.to_str().expect("utf-8")]);
+    let before = agent.wait("ready").await["peer_id"].clone();
+
+    // The server restarts: the agent reconnects as a new peer and listens
+    // on its announced port again.
+    server.restart().await;
+    agent.wait("disconnected").await;
+    let after = agent.wait("reconnected").await["peer_id"].clone();
+    assert_ne!(before, after, "a new connection is a new peer");
+
+    let source = work.path().join("after-restart.txt");
+    write(source.clone(), b"still here");
+    let sent = alice
+        .json(&["send-file", "bob", source.to_str().expect("utf-8")])
+        .await;
+    assert_eq!(sent["size"], 10);
+    agent.wait("received").await;
+    assert_eq!(
+        std::fs::read(inbox.join("after-restart.txt")).expect("received file"),
+        b"still here"
     );
 }
 
