@@ -536,3 +536,58 @@ async fn a_burst_of_sends_stays_under_the_default_rate_limit() {
     alice.close().await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn http_api_joins_rooms_lists_online_peers_and_fetches_keys() {
+    let dir = tempfile::tempdir().expect("dir");
+    let server = Server::start(dir.path(), local()).await;
+    let url = server.url();
+    let a_token = register(&url, "alice").await;
+    let b_token = register(&url, "bob").await;
+    let alice = HttpApi::new(&url).expect("api").with_token(&a_token);
+    let bob = HttpApi::new(&url).expect("api").with_token(&b_token);
+    let room = alice
+        .create_room(&CreateRoomRequest {
+            name: "general".into(),
+            ..CreateRoomRequest::default()
+        })
+        .await
+        .expect("create room")
+        .id;
+    assert!(
+        matches!(
+            bob.peers(room).await,
+            Err(ClientError::Server {
+                code: ErrorCode::Forbidden,
+                ..
+            })
+        ),
+        "peers are for members only"
+    );
+    assert_eq!(bob.join_room(room).await.expect("join").id, room);
+
+    // Bob's agent comes online announcing its P2P details.
+    let info = mesh_core::protocol::P2pInfo {
+        cert_fingerprint: Some("ab".repeat(32)),
+        addrs: vec!["127.0.0.1:4433".into()],
+    };
+    let agent = Client::builder()
+        .server(&url)
+        .token(&b_token)
+        .device_name("agent")
+        .p2p(info.clone())
+        .connect()
+        .await
+        .expect("connect");
+    let (agent_peer, _) = agent.me().expect("welcomed");
+    let peers = alice.peers(room).await.expect("peers");
+    assert_eq!(peers.len(), 1, "{peers:?}");
+    assert_eq!(peers[0].peer_id, agent_peer);
+    assert_eq!(peers[0].user.username, "bob");
+    assert_eq!(peers[0].p2p.as_ref(), Some(&info));
+
+    let jwks = alice.keys().await.expect("keys");
+    mesh_core::auth::TokenVerifier::from_jwks(&jwks).expect("a usable JWK Set");
+    agent.close().await;
+    server.stop().await;
+}

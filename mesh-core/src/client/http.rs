@@ -12,8 +12,8 @@ use super::{ClientError, HistoryQuery};
 use crate::error::ErrorCode;
 use crate::protocol::http::{
     AuthResponse, CreateRoomRequest, ErrorResponse, LoginRequest, MembersResponse,
-    MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, RegisterRequest,
-    RoomResponse, RoomsResponse, UserResponse,
+    MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, Peer,
+    PeersResponse, RegisterRequest, RoomResponse, RoomsResponse, UserResponse,
 };
 use crate::protocol::{Member, P2pSession, Room, RoomId, SessionId, User};
 
@@ -142,6 +142,33 @@ impl HttpApi {
             format!("/api/rooms/{room}/messages?{q}")
         };
         self.get(&path).await
+    }
+
+    /// Joins a public room, or one the caller was invited to
+    /// (`POST /api/rooms/{id}/join`).
+    pub async fn join_room(&self, room: RoomId) -> Result<Room, ClientError> {
+        let r: RoomResponse = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/api/rooms/{room}/join"),
+                None::<&()>,
+            )
+            .await?;
+        Ok(r.room)
+    }
+
+    /// The connections online in `room` (`GET /api/rooms/{id}/peers`), with
+    /// what agents announced for direct connections: how an agent finds
+    /// the peer to open a P2P session with. Members only.
+    pub async fn peers(&self, room: RoomId) -> Result<Vec<Peer>, ClientError> {
+        let r: PeersResponse = self.get(&format!("/api/rooms/{room}/peers")).await?;
+        Ok(r.peers)
+    }
+
+    /// The server's public signing keys as a JWK Set (`GET /api/auth/keys`),
+    /// for [`TokenVerifier::from_jwks`](crate::auth::TokenVerifier::from_jwks).
+    pub async fn keys(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/api/auth/keys").await
     }
 
     /// `POST /api/p2p/session`.

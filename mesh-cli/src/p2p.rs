@@ -1,0 +1,315 @@
+//! What the P2P commands share: opening a session to a peer (the sending
+//! side), listening for sessions (the agent side), addresses to announce,
+//! and errors a person can act on.
+//!
+//! Opening a session: bind a QUIC endpoint with this machine's certificate
+//! (kept in the config folder), connect to the server announcing it, find
+//! the peer, ask the server for a session (`p2p.session.request`), then
+//! connect straight to the peer's announced addresses, pinning its
+//! certificate. The server never sees the data.
+//!
+//! Listening: the endpoint must know this connection's peer id, which the
+//! server assigns on connect, while the connect must already announce the
+//! endpoint's address. So a UDP port is reserved first, announced, and the
+//! endpoint bound on it once the server has welcomed us.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use mesh_core::auth::TokenVerifier;
+use mesh_core::client::{Client, EventStream};
+use mesh_core::p2p::{
+    ErrorCode, ExpectedSession, Identity, OutgoingSession, P2pEndpoint, P2pError,
+};
+use mesh_core::protocol::http::Peer;
+use mesh_core::protocol::{P2pInfo, PeerId, SessionId, SessionKind};
+
+use crate::config::Ctx;
+use crate::resolve;
+
+/// How long connecting to a peer may take before it counts as unreachable
+/// (the agent side; the sending side takes `--connect-timeout`).
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The addresses to announce for an endpoint bound to `bind` on `port`:
+/// `announce` if given; for a wildcard bind, loopback plus this machine's
+/// outgoing address; else the bound address.
+pub(crate) fn announce_addrs(bind: SocketAddr, port: u16, announce: &[String]) -> Vec<String> {
+    if !announce.is_empty() {
+        return announce.to_vec();
+    }
+    if !bind.ip().is_unspecified() {
+        return vec![SocketAddr::new(bind.ip(), port).to_string()];
+    }
+    let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).to_string()];
+    if let Some(ip) = outgoing_ip() {
+        addrs.push(SocketAddr::new(ip, port).to_string());
+    }
+    addrs
+}
+
+/// The local address the system would use to reach the internet (no
+/// packet is sent: connecting a UDP socket only picks a route).
+fn outgoing_ip() -> Option<IpAddr> {
+    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+    socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+/// `--connect-timeout SECS` as a duration.
+pub(crate) fn timeout(secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| anyhow!("--connect-timeout must be a positive number of seconds"))
+}
+
+/// This machine's P2P identity, created in the config folder on first use.
+pub(crate) fn identity(ctx: &Ctx) -> anyhow::Result<Identity> {
+    let dir = ctx.identity_dir();
+    Identity::load_or_generate(&dir)
+        .with_context(|| format!("loading the P2P certificate in {}", dir.display()))
+}
+
+/// Turns a P2P failure into a message saying what happened and what to do.
+pub(crate) fn explain(e: P2pError, peer: &str, addrs: &[String]) -> anyhow::Error {
+    let at = addrs.join(", ");
+    match e {
+        P2pError::Timeout(d) => anyhow!(
+            "could not reach {peer}'s agent at {at} within {:.1} s: the two machines cannot reach \
+             each other directly (different networks, NAT or a firewall blocking UDP). Both must \
+             be on the same network or the agent must be reachable at an address it announces \
+             (`mesh agent --announce HOST:PORT`); relays are not supported yet",
+            d.as_secs_f64()
+        ),
+        P2pError::Unreachable(why) => anyhow!(
+            "could not reach {peer}'s agent at {at}: {why}. The two machines cannot reach each \
+             other directly; relays are not supported yet"
+        ),
+        P2pError::FingerprintMismatch { expected, got } => anyhow!(
+            "the machine at {at} is not {peer}'s agent: its certificate is {got}, the server \
+             announced {expected}. Nothing was sent"
+        ),
+        P2pError::Remote { message, .. } => anyhow!("{peer}'s agent refused: {message}"),
+        other => anyhow::Error::new(other).context(format!("session with {peer}")),
+    }
+}
+
+/// An open session to a peer.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    pub(crate) session: OutgoingSession,
+    pub(crate) peer: Peer,
+    /// Must stay alive while the session runs.
+    pub(crate) link: Link,
+}
+
+/// The server connection and the endpoint behind an open session.
+#[derive(Debug)]
+pub(crate) struct Link {
+    client: Client,
+    endpoint: P2pEndpoint,
+}
+
+impl Link {
+    /// Tells the server the session is over, disconnects, closes the endpoint.
+    pub(crate) async fn finish(self, session: SessionId) {
+        self.client.close_p2p_session(session);
+        self.client.close().await;
+        self.endpoint.close();
+    }
+}
+
+/// Opens a `kind` session to the agent `peer_arg` stands for.
+pub(crate) async fn open(
+    ctx: &Ctx,
+    peer_arg: &str,
+    room_arg: Option<&str>,
+    kind: SessionKind,
+    connect_timeout: Duration,
+) -> anyhow::Result<Opened> {
+    let endpoint = P2pEndpoint::builder(identity(ctx)?)
+        .connect_timeout(connect_timeout)
+        .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
+        .context("binding a UDP socket for QUIC")?;
+    let port = endpoint.local_addr()?.port();
+    let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let info = endpoint.p2p_info(announce_addrs(bind, port, &[]));
+    let (client, _events) = ctx.connect("mesh-cli", Some(info)).await?;
+    let result = async {
+        let (me, _) = client
+            .me()
+            .ok_or_else(|| anyhow!("the server did not welcome us"))?;
+        let (room, peer) = resolve::peer(client.http(), peer_arg, room_arg, me).await?;
+        let grant = client
+            .request_p2p_session(room, peer.peer_id, kind)
+            .await
+            .with_context(|| format!("asking the server for a session with {peer_arg}"))?;
+        let target = &grant.target;
+        let name = peer.user.username.clone();
+        let mut attempt = 0;
+        let session = loop {
+            attempt += 1;
+            match endpoint
+                .connect_to(target, grant.session.id, &grant.session_token)
+                .await
+            {
+                Ok(s) => break s,
+                // The agent hears of the session over its own WebSocket,
+                // maybe a moment after we do: give it a moment.
+                Err(P2pError::Remote {
+                    code: ErrorCode::UnknownSession,
+                    ..
+                }) if attempt < 5 => {
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => {
+                    client.close_p2p_session(grant.session.id);
+                    return Err(explain(e, &name, &target.addrs));
+                }
+            }
+        };
+        Ok::<_, anyhow::Error>((session, peer))
+    }
+    .await;
+    match result {
+        Ok((session, peer)) => Ok(Opened {
+            session,
+            peer,
+            link: Link { client, endpoint },
+        }),
+        Err(e) => {
+            client.close().await;
+            endpoint.close();
+            Err(e)
+        }
+    }
+}
+
+/// The listening side: connected to the server, announcing an endpoint
+/// that accepts the sessions the server tells us about.
+#[derive(Debug)]
+pub(crate) struct Listener {
+    pub(crate) client: Client,
+    pub(crate) events: EventStream,
+    pub(crate) endpoint: Arc<P2pEndpoint>,
+    pub(crate) me: PeerId,
+    pub(crate) addrs: Vec<String>,
+    verifier: TokenVerifier,
+    kinds: Vec<SessionKind>,
+    bind: SocketAddr,
+}
+
+impl Listener {
+    /// Connects (announcing the endpoint) and binds the endpoint.
+    pub(crate) async fn start(
+        ctx: &Ctx,
+        device: &str,
+        bind: SocketAddr,
+        announce: &[String],
+        kinds: Vec<SessionKind>,
+    ) -> anyhow::Result<Self> {
+        let fingerprint = identity(ctx)?.fingerprint().to_owned();
+        let jwks = ctx
+            .api()?
+            .keys()
+            .await
+            .context("fetching the server's signing keys")?;
+        let verifier = TokenVerifier::from_jwks(&jwks).context("the server's signing keys")?;
+        // Reserve the port to announce; the endpoint takes it over below.
+        let port = UdpSocket::bind(bind)
+            .and_then(|s| s.local_addr())
+            .with_context(|| format!("binding UDP {bind}"))?
+            .port();
+        let bind = SocketAddr::new(bind.ip(), port);
+        let addrs = announce_addrs(bind, port, announce);
+        let info = P2pInfo {
+            cert_fingerprint: Some(fingerprint),
+            addrs: addrs.clone(),
+        };
+        let (client, events) = ctx.connect(device, Some(info)).await?;
+        let (me, _) = client
+            .me()
+            .ok_or_else(|| anyhow!("the server did not welcome us"))?;
+        let endpoint = Arc::new(bind_endpoint(ctx, &verifier, me, &kinds, bind)?);
+        Ok(Self {
+            client,
+            events,
+            endpoint,
+            me,
+            addrs,
+            verifier,
+            kinds,
+            bind,
+        })
+    }
+
+    /// After a reconnect the server gave us a new peer id: rebind on the
+    /// announced port so sessions naming it are accepted. Sessions running
+    /// on the old endpoint end.
+    pub(crate) async fn rebind(&mut self, ctx: &Ctx, me: PeerId) -> anyhow::Result<()> {
+        if me == self.me {
+            return Ok(());
+        }
+        // The old endpoint must let go of the port: close it, and drop it
+        // (a connect-only endpoint on a free port stands in meanwhile).
+        // The caller holds no other reference.
+        self.endpoint.close();
+        self.endpoint = Arc::new(
+            P2pEndpoint::builder(identity(ctx)?)
+                .bind(SocketAddr::new(self.bind.ip(), 0))
+                .context("binding a UDP socket for QUIC")?,
+        );
+        let mut last = None;
+        for _ in 0..50 {
+            match bind_endpoint(ctx, &self.verifier, me, &self.kinds, self.bind) {
+                Ok(e) => {
+                    self.endpoint = Arc::new(e);
+                    self.me = me;
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            // Until quinn's driver has let the old socket go.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        match last {
+            Some(e) => Err(e),
+            None => bail!("could not rebind {}", self.bind),
+        }
+    }
+
+    /// Accept `session` (announced by the server) when its initiator comes.
+    pub(crate) fn expect(
+        &self,
+        grant: &mesh_core::client::P2pSessionGrant,
+    ) -> Result<bool, P2pError> {
+        if grant.session.target_peer_id != self.me {
+            return Ok(false);
+        }
+        self.endpoint
+            .expect_session(ExpectedSession::from_announcement(
+                &grant.session,
+                &grant.initiator,
+            )?);
+        Ok(true)
+    }
+}
+
+fn bind_endpoint(
+    ctx: &Ctx,
+    verifier: &TokenVerifier,
+    me: PeerId,
+    kinds: &[SessionKind],
+    bind: SocketAddr,
+) -> anyhow::Result<P2pEndpoint> {
+    P2pEndpoint::builder(identity(ctx)?)
+        .accept_sessions(verifier.clone(), me)
+        .accept_kinds(kinds.to_vec())
+        .connect_timeout(CONNECT_TIMEOUT)
+        .bind(bind)
+        .with_context(|| format!("listening on UDP {bind}"))
+}

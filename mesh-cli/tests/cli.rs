@@ -1,0 +1,554 @@
+//! The `mesh` binary end to end, on loopback, against the real server
+//! (in-process on 127.0.0.1:0): accounts, rooms and messages via the CLI
+//! with `--json` parsed; an agent receiving a file and a nested folder;
+//! a terminal shared with control (a command's output reaches the viewer)
+//! and read-only (input refused).
+//!
+//! Each user has its own `MESH_CONFIG_DIR`. Long-running commands are read
+//! line by line until the event a step waits for; no sleeps. Every wait
+//! has a time-out, only as a hang guard.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// How long any single wait may take before the test fails.
+const WAIT: Duration = Duration::from_secs(20);
+
+/// The server, stopped when dropped; restartable on the same address.
+struct Server {
+    url: String,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    dir: tempfile::TempDir,
+}
+
+async fn start_server() -> Server {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut server = Server {
+        url: String::new(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        stop: None,
+        task: None,
+        dir,
+    };
+    server.start().await;
+    server
+}
+
+impl Server {
+    async fn start(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr)
+            .await
+            .expect("bind");
+        self.addr = listener.local_addr().expect("addr");
+        self.url = format!("http://{}", self.addr);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = mesh_server_bin::Config::new(self.dir.path());
+        self.stop = Some(stop);
+        self.task = Some(tokio::spawn(mesh_server_bin::run(
+            listener, config, stopped,
+        )));
+    }
+
+    /// Stops the server (WebSockets close with 1001) and starts it again
+    /// on the same address and data.
+    async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(WAIT, task)
+                .await
+                .expect("server stops in time (hang guard)")
+                .expect("server task")
+                .expect("server result");
+        }
+        self.start().await;
+    }
+}
+
+/// One user of the CLI: a config folder and a server.
+struct User {
+    dir: tempfile::TempDir,
+    server: String,
+}
+
+impl User {
+    fn new(server: &Server) -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+            server: server.url.clone(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mesh"));
+        cmd.args(args)
+            .env("MESH_CONFIG_DIR", self.dir.path())
+            .env("MESH_SERVER", &self.server)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        cmd
+    }
+
+    /// Runs `mesh ARGS` with `stdin`; returns (success, stdout, stderr).
+    async fn run_with(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        let mut child = self.command(args).spawn().expect("spawn mesh");
+        let mut input = child.stdin.take().expect("stdin");
+        input
+            .write_all(stdin.as_bytes())
+            .await
+            .expect("write stdin");
+        drop(input);
+        let out = tokio::time::timeout(WAIT, child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("mesh {args:?} finished in time (hang guard)"))
+            .expect("mesh output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs `mesh --json ARGS`, which must succeed; its JSON output.
+    async fn json(&self, args: &[&str]) -> Value {
+        self.json_with(args, "").await
+    }
+
+    async fn json_with(&self, args: &[&str], stdin: &str) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let (ok, out, err) = self.run_with(&all, stdin).await;
+        assert!(ok, "mesh {args:?} failed: {err}{out}");
+        serde_json::from_str(out.trim())
+            .unwrap_or_else(|e| panic!("JSON from {args:?}: {e}: {out}"))
+    }
+
+    /// Runs `mesh ARGS`, which must fail; its stderr.
+    async fn fails(&self, args: &[&str]) -> String {
+        let (ok, out, err) = self.run_with(args, "").await;
+        assert!(!ok, "mesh {args:?} should fail, printed {out}");
+        err
+    }
+
+    async fn register(&self, name: &str) -> Value {
+        self.json_with(
+            &["register", name, "--password-stdin"],
+            "a long enough password\n",
+        )
+        .await
+    }
+
+    /// Starts a long-running `mesh --json ARGS`.
+    fn spawn(&self, args: &[&str]) -> Running {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let mut child = self.command(&all).spawn().expect("spawn mesh");
+        let stdout = child.stdout.take().expect("stdout");
+        let stdin = child.stdin.take();
+        Running {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        }
+    }
+}
+
+/// A long-running `mesh` process whose JSON lines are read as needed.
+struct Running {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl Running {
+    /// Reads lines until one whose `event` is `event`; `seen` gets every line.
+    async fn until(&mut self, event: &str, seen: &mut Vec<Value>) -> Value {
+        let read = async {
+            loop {
+                let line = self
+                    .lines
+                    .next_line()
+                    .await
+                    .expect("read stdout")
+                    .unwrap_or_else(|| panic!("mesh exited before {event:?}; saw {seen:?}"));
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("JSON line: {e}: {line}"));
+                seen.push(v.clone());
+                if v["event"] == event {
+                    return v;
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, read)
+            .await
+            .unwrap_or_else(|_| panic!("{event:?} in time (hang guard)"))
+    }
+
+    async fn wait(&mut self, event: &str) -> Value {
+        self.until(event, &mut Vec::new()).await
+    }
+
+    async fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .expect("write stdin");
+        stdin.flush().await.expect("flush");
+    }
+
+    /// Closes stdin and waits for the exit; whether it succeeded.
+    async fn finish(mut self) -> bool {
+        drop(self.stdin.take());
+        tokio::time::timeout(WAIT, self.child.wait())
+            .await
+            .expect("exited in time (hang guard)")
+            .expect("exit status")
+            .success()
+    }
+}
+
+/// alice and bob, both in room `general` (created by alice).
+async fn two_users_in_a_room(server: &Server) -> (User, User) {
+    let alice = User::new(server);
+    let bob = User::new(server);
+    alice.register("alice").await;
+    bob.register("bob").await;
+    alice.json(&["room", "create", "general"]).await;
+    bob.json(&["room", "join", "general"]).await;
+    (alice, bob)
+}
+
+#[cfg(unix)]
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("metadata")
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_rooms_messages_and_history_via_the_cli() {
+    let server = start_server().await;
+    let alice = User::new(&server);
+    let bob = User::new(&server);
+
+    let err = alice.fails(&["rooms"]).await;
+    assert!(err.contains("not logged in"), "{err}");
+
+    let reg = alice.register("alice").await;
+    assert_eq!(reg["user"]["username"], "alice");
+    let config = alice.dir.path().join("config.json");
+    #[cfg(unix)]
+    assert_eq!(mode_of(&config), 0o600, "the token file is private");
+    let saved: Value =
+        serde_json::from_slice(&std::fs::read(&config).expect("config")).expect("config JSON");
+    assert!(saved["token"].as_str().is_some_and(|t| !t.is_empty()));
+
+    // A wrong password is refused; the right one logs in again.
+    let (ok, _, err) = alice
+        .run_with(&["login", "alice", "--password-stdin"], "wrong password\n")
+        .await;
+    assert!(!ok && err.contains("unauthorized"), "{err}");
+    let login = alice
+        .json_with(
+            &["login", "alice", "--password-stdin"],
+            "a long enough password\n",
+        )
+        .await;
+    assert_eq!(login["user"]["username"], "alice");
+    assert_eq!(alice.json(&["whoami"]).await["user"]["username"], "alice");
+
+    let room = alice
+        .json(&["room", "create", "general", "--topic", "all things"])
+        .await;
+    let room_id = room["room"]["id"].as_str().expect("room id").to_owned();
+    bob.register("bob").await;
+    let rooms = bob.json(&["rooms"]).await;
+    assert_eq!(rooms["rooms"][0]["name"], "general");
+    // ROOM by id works as well as by name.
+    bob.json(&["room", "join", &room_id]).await;
+
+    let sent = alice.json(&["send", "general", "hello bob"]).await;
+    assert_eq!(sent["message"]["seq"], 1);
+    bob.json(&["send", &room_id, "hi alice"]).await;
+
+    let history = bob.json(&["history", "general"]).await;
+    let messages: Vec<(String, String)> = history["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| {
+            (
+                m["sender"]["username"].as_str().unwrap_or("").to_owned(),
+                m["content"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        messages,
+        vec![
+            ("alice".to_owned(), "hello bob".to_owned()),
+            ("bob".to_owned(), "hi alice".to_owned())
+        ]
+    );
+    let members = alice.json(&["room", "members", "general"]).await;
+    assert_eq!(members["members"].as_array().map(Vec::len), Some(2));
+
+    let err = alice.fails(&["history", "nowhere"]).await;
+    assert!(err.contains("no room named \"nowhere\""), "{err}");
+
+    // `mesh chat`: messages sent elsewhere show up live; lines typed are sent.
+    let mut chat = bob.spawn(&["chat", "general"]);
+    chat.wait("ready").await;
+    alice.json(&["send", "general", "are you there?"]).await;
+    let live = chat.wait("message").await;
+    assert_eq!(live["message"]["content"], "are you there?");
+    chat.type_line("yes, in the terminal").await;
+    let mine = chat.wait("message").await;
+    assert_eq!(mine["message"]["sender"]["username"], "bob");
+    assert!(chat.finish().await, "chat leaves cleanly at end of input");
+    let history = alice.json(&["history", "general", "--limit", "1"]).await;
+    assert_eq!(history["messages"][0]["content"], "yes, in the terminal");
+}
+
+/// Deterministic, incompressible-looking bytes.
+fn bytes(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn write(path: PathBuf, body: &[u8]) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).expect("mkdir");
+    }
+    std::fs::write(path, body).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_receives_files_and_nested_folders() {
+    let server = start_server().await;
+    let (alice, bob) = two_users_in_a_room(&server).await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let inbox = work.path().join("inbox");
+
+    let err = alice
+        .fails(&["send-file", "bob", "Cargo.toml", "--room", "general"])
+        .await;
+    assert!(err.contains("bob is not online"), "{err}");
+
+    let mut agent = bob.spawn(&["agent", "--receive-dir", inbox.to_str().expect("utf-8")]);
+    let ready = agent.wait("ready").await;
+    assert!(ready["fingerprint"].as_str().is_some_and(|f| f.len() == 64));
+    #[cfg(unix)]
+    for f in ["p2p-cert.pem", "p2p-key.pem"] {
+        let kept = bob.dir.path().join("identity").join(f);
+        assert_eq!(mode_of(&kept), 0o600, "{f} is kept private");
+    }
+
+    // A file, a few chunks long, arrives byte-identical.
+    let body = bytes(1_500_000, 7);
+    let source = work.path().join("report.bin");
+    write(source.clone(), &body);
+    let sent = alice
+        .json(&[
+            "send-file",
+            "bob",
+            source.to_str().expect("utf-8"),
+            "--room",
+            "general",
+        ])
+        .await;
+    assert_eq!(sent["size"], 1_500_000);
+    assert_eq!(sent["to"], "bob");
+    let received = agent.wait("received").await;
+    assert_eq!(received["from"], "alice");
+    assert_eq!(received["blake3"], sent["blake3"]);
+    assert_eq!(
+        std::fs::read(inbox.join("report.bin")).expect("received file"),
+        body
+    );
+
+    // Sending it again is refused (no overwrite), with the agent's reason.
+    let err = alice
+        .fails(&["send-file", "bob", source.to_str().expect("utf-8")])
+        .await;
+    assert!(
+        err.contains("bob's agent refused") && err.contains("exists"),
+        "{err}"
+    );
+
+    // A folder with nested paths.
+    let tree = work.path().join("project");
+    let files = [
+        ("README.md", bytes(300, 1)),
+        ("src/main.rs", bytes(70_000, 2)),
+        ("src/deep/er/mod.rs", bytes(10, 3)),
+        ("empty.txt", Vec::new()),
+    ];
+    for (rel, body) in &files {
+        write(tree.join(rel), body);
+    }
+    let sent = alice
+        .json(&["send-folder", "bob", tree.to_str().expect("utf-8")])
+        .await;
+    assert_eq!(sent["files"], 4);
+    let received = agent.wait("received").await;
+    assert_eq!(received["kind"], "folder");
+    for (rel, body) in &files {
+        let got = std::fs::read(inbox.join("project").join(rel)).expect("received file");
+        assert_eq!(&got, body, "{rel}");
+    }
+
+    // A terminal shared with the agent is shown there (view only).
+    let (ok, out, err) = alice
+        .run_with(
+            &[
+                "share-terminal",
+                "bob",
+                "--",
+                "sh",
+                "-c",
+                "echo shared-$((6*7))",
+            ],
+            "",
+        )
+        .await;
+    assert!(ok, "{err}{out}");
+    let mut seen = Vec::new();
+    let exit = agent.until("terminal_exit", &mut seen).await;
+    assert_eq!(exit["code"], 0);
+    let shown: String = seen.iter().filter_map(|e| e["data"].as_str()).collect();
+    assert!(shown.contains("shared-42"), "{seen:?}");
+
+    // A second agent of bob's, announcing an address nobody answers at:
+    // "bob" is now ambiguous, and that agent cannot be reached.
+    let mut lost = bob.spawn(&["agent", "--announce", "127.0.0.1:9"]);
+    let lost_peer = lost.wait("ready").await["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned();
+    let err = alice
+        .fails(&["send-file", "bob", source.to_str().expect("utf-8")])
+        .await;
+    assert!(
+        err.contains("bob is ambiguous") && err.contains(&lost_peer),
+        "{err}"
+    );
+    let err = alice
+        .fails(&[
+            "send-file",
+            &lost_peer,
+            source.to_str().expect("utf-8"),
+            "--connect-timeout",
+            "1",
+        ])
+        .await;
+    assert!(
+        err.contains("could not reach bob's agent at 127.0.0.1:9")
+            && err.contains("cannot reach each other directly"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_listens_again_after_the_server_restarts() {
+    let mut server = start_server().await;
+    let (alice, bob) = two_users_in_a_room(&server).await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let inbox = work.path().join("inbox");
+    let mut agent = bob.spawn(&["agent", "--receive-dir", inbox.to_str().expect("utf-8")]);
+    let before = agent.wait("ready").await["peer_id"].clone();
+
+    // The server restarts: the agent reconnects as a new peer and listens
+    // on its announced port again.
+    server.restart().await;
+    agent.wait("disconnected").await;
+    let after = agent.wait("reconnected").await["peer_id"].clone();
+    assert_ne!(before, after, "a new connection is a new peer");
+
+    let source = work.path().join("after-restart.txt");
+    write(source.clone(), b"still here");
+    let sent = alice
+        .json(&["send-file", "bob", source.to_str().expect("utf-8")])
+        .await;
+    assert_eq!(sent["size"], 10);
+    agent.wait("received").await;
+    assert_eq!(
+        std::fs::read(inbox.join("after-restart.txt")).expect("received file"),
+        b"still here"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shared_terminal_obeys_the_sharer() {
+    let server = start_server().await;
+    let (alice, bob) = two_users_in_a_room(&server).await;
+
+    // With control: bob's command runs in alice's shell, he sees the output.
+    let mut viewer = bob.spawn(&["join-terminal"]);
+    viewer.wait("ready").await;
+    let mut sharer = alice.spawn(&["share-terminal", "bob", "--allow-control", "--", "sh"]);
+    let sharing = sharer.wait("sharing").await;
+    assert_eq!(sharing["allow_control"], true);
+    viewer.wait("terminal_started").await;
+    viewer.type_line("echo mesh-$((40+2))").await;
+    let mut output = String::new();
+    while !output.contains("mesh-42") {
+        let mut seen = Vec::new();
+        let v = viewer.until("terminal_output", &mut seen).await;
+        assert!(
+            seen.iter().all(|e| e["event"] != "input_refused"),
+            "{seen:?}"
+        );
+        output.push_str(v["data"].as_str().unwrap_or(""));
+    }
+    viewer.type_line("exit").await;
+    let exit = viewer.wait("terminal_exit").await;
+    assert_eq!(exit["code"], 0);
+    assert!(viewer.finish().await);
+    assert_eq!(sharer.wait("ended").await["code"], 0);
+    assert!(sharer.finish().await);
+
+    // Read-only (the default): input is refused and never reaches the shell.
+    let mut viewer = bob.spawn(&["join-terminal"]);
+    viewer.wait("ready").await;
+    let mut sharer = alice.spawn(&["share-terminal", "bob", "--", "sh"]);
+    assert_eq!(sharer.wait("sharing").await["allow_control"], false);
+    viewer.wait("terminal_started").await;
+    viewer.type_line("echo mesh-$((40+2))").await;
+    let mut seen = Vec::new();
+    viewer.until("input_refused", &mut seen).await;
+    assert!(
+        seen.iter()
+            .all(|e| !e["data"].as_str().unwrap_or("").contains("mesh-42")),
+        "{seen:?}"
+    );
+    // The viewer leaves (end of input): the share ends, the shell is stopped.
+    assert!(viewer.finish().await);
+    assert!(sharer.wait("ended").await["code"].is_null());
+    assert!(sharer.finish().await);
+}
