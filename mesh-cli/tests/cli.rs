@@ -1,6 +1,7 @@
 //! The `mesh` binary end to end, on loopback, against the real server
 //! (in-process on 127.0.0.1:0): accounts, rooms and messages via the CLI
 //! with `--json` parsed; an agent receiving a file and a nested folder;
+//! a 200 MiB file whose sender is killed halfway, resumed on the next send;
 //! a terminal shared with control (a command's output reaches the viewer)
 //! and read-only (input refused).
 //!
@@ -551,4 +552,101 @@ async fn a_shared_terminal_obeys_the_sharer() {
     assert!(viewer.finish().await);
     assert!(sharer.wait("ended").await["code"].is_null());
     assert!(sharer.finish().await);
+}
+
+/// 200 MiB of deterministic content: a pseudo-random MiB, each copy
+/// stamped with its index so no two blocks are alike.
+fn big_file(path: &Path, mib: usize) {
+    use std::io::Write as _;
+    let block = bytes(1 << 20, 11);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).expect("create"));
+    for i in 0..mib {
+        f.write_all(&(i as u64).to_le_bytes()).expect("write");
+        f.write_all(&block[8..]).expect("write");
+    }
+    f.flush().expect("flush");
+}
+
+fn same_content(a: &Path, b: &Path) -> bool {
+    use std::io::Read as _;
+    let (mut fa, mut fb) = (
+        std::fs::File::open(a).expect("open a"),
+        std::fs::File::open(b).expect("open b"),
+    );
+    let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    loop {
+        let na = fa.read(&mut ba).expect("read a");
+        let mut nb = 0;
+        while nb < na {
+            let n = fb.read(&mut bb[nb..na]).expect("read b");
+            if n == 0 {
+                return false;
+            }
+            nb += n;
+        }
+        if na == 0 {
+            return fb.read(&mut bb).expect("read b") == 0;
+        }
+        if ba[..na] != bb[..na] {
+            return false;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mib_file_arrives_and_a_killed_transfer_resumes() {
+    const MIB: usize = 200;
+    let server = start_server().await;
+    let (alice, bob) = two_users_in_a_room(&server).await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let inbox = work.path().join("inbox");
+    let mut agent = bob.spawn(&["agent", "--receive-dir", inbox.to_str().expect("utf-8")]);
+    agent.wait("ready").await;
+
+    let source = work.path().join("big.bin");
+    big_file(&source, MIB);
+    let src = source.to_str().expect("utf-8");
+
+    // The sender is killed (SIGKILL) once the receiver has recorded a
+    // resumable part (it records one every 16 MiB, and on a clean error).
+    let mut sender = alice.spawn(&["send-file", "bob", src, "--room", "general"]);
+    let part = inbox.join(".big.bin.mesh-part");
+    let grown = async {
+        loop {
+            let len = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+            if len >= 40 << 20 {
+                return len;
+            }
+            // Polling a file the agent writes: the only signal there is.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(WAIT, grown)
+        .await
+        .expect("the part file grows (hang guard)");
+    sender.child.kill().await.expect("kill the sender");
+    assert!(
+        !inbox.join("big.bin").exists(),
+        "no file under its name yet"
+    );
+
+    // Sending again resumes where the verified part ends.
+    let sent = alice
+        .json(&["send-file", "bob", src, "--room", "general"])
+        .await;
+    let size = (MIB as u64) << 20;
+    assert_eq!(sent["size"], size);
+    let resumed = sent["resumed_from"].as_u64().expect("resumed_from");
+    assert!(
+        resumed >= 16 << 20 && resumed < size,
+        "resumed from {resumed}: {sent}"
+    );
+    assert_eq!(sent["transferred"], size - resumed);
+    let received = agent.wait("received").await;
+    assert_eq!(received["blake3"], sent["blake3"]);
+    assert!(
+        same_content(&source, &inbox.join("big.bin")),
+        "byte-identical"
+    );
+    assert!(!part.exists(), "the part file is gone once verified");
 }
