@@ -28,7 +28,7 @@ use mesh_core::storage::memory::MemoryStore;
 use mesh_core::storage::sled::SledStore;
 use mesh_core::storage::{NewMessage, Store};
 
-const CONTENT: &str = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopq";
+const CONTENT: &str = "0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqr";
 
 fn user(name: &str) -> User {
     User {

@@ -75,7 +75,9 @@ where
 }
 
 pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
-    let loops = 16;
+    // Enough concurrent clients to keep the server busy (a mesh session is
+    // three round trips, the baseline's one).
+    let loops = 64;
     let users = 16;
     let rounds = if ctx.quick { 2 } else { 4 };
     let window = ctx.window / 2;
@@ -106,6 +108,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
     });
 
     let (mut m_rates, mut b_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // Server CPU microseconds per session.
+    let (mut m_cost, mut b_cost) = (Vec::new(), Vec::new());
     let mut failed = (0, 0);
     let mut last = None;
     for _ in 0..rounds {
@@ -113,6 +117,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
         let b = drive(&base_server, loops, window, base_one.clone()).await?;
         ratios.push(m.rate / b.rate.max(1e-9));
         m_rates.push(m.rate);
+        m_cost.push(m.server_cpu * 1e6 / m.rate.max(1e-9));
+        b_cost.push(b.server_cpu * 1e6 / b.rate.max(1e-9));
         b_rates.push(b.rate);
         failed = (failed.0 + m.failed, failed.1 + b.failed);
         last = Some((m, b));
@@ -139,6 +145,15 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
     Ok(fig
         .goal("ratio >= 0.5", ratio >= 0.5)
         .detail("rounds", format!("ratios {list}"))
+        .detail(
+            "cpu/session",
+            format!(
+                "server CPU per session (median): {:.0} us mesh, {:.0} us baseline (ratio {:.3})",
+                median(&m_cost),
+                median(&b_cost),
+                median(&b_cost) / median(&m_cost).max(1e-9)
+            ),
+        )
         .detail("loops", loops as u64)
         .detail(
             "failed",

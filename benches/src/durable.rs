@@ -16,6 +16,7 @@ use crate::ctx::{CpuMeter, Ctx, median};
 use crate::fanout::{is_reply, send_frame};
 use crate::proc::dir_bytes;
 use crate::report::Figure;
+use crate::stats::Samples;
 
 const CONTENT: usize = 100;
 
@@ -40,7 +41,12 @@ fn stored_bytes() -> Vec<u8> {
 
 /// Raw sled: insert one message, flush, repeat, on one thread for
 /// `window`; inserts per second. `next` numbers the keys across calls.
-fn raw_sled(db: &sled::Db, next: &AtomicU64, window: Duration) -> anyhow::Result<f64> {
+fn raw_sled(
+    db: &sled::Db,
+    next: &AtomicU64,
+    window: Duration,
+    latency: &mut Samples,
+) -> anyhow::Result<f64> {
     let value = stored_bytes();
     let room = [7u8; 16];
     let mut key = Vec::with_capacity(25);
@@ -52,16 +58,21 @@ fn raw_sled(db: &sled::Db, next: &AtomicU64, window: Duration) -> anyhow::Result
         key.push(b's');
         key.extend_from_slice(&room);
         key.extend_from_slice(&seq.to_be_bytes());
+        let at = Instant::now();
         db.insert(key.as_slice(), value.as_slice())?;
         db.flush()?;
+        latency.push(at.elapsed());
         n += 1;
     }
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
 pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
-    let writers = if ctx.quick { 2 } else { 8 };
-    let window_per_writer: u64 = 32;
+    // Many writers, few messages each in flight: mesh reads a connection's
+    // frames one at a time and answers a message once it is on disk, so
+    // group commit groups across connections, not within one.
+    let writers = if ctx.quick { 4 } else { 64 };
+    let window_per_writer: u64 = 4;
     let rounds = if ctx.quick { 2 } else { 4 };
     let window = ctx.window / 2;
 
@@ -136,10 +147,20 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
 
     let (mut m_rates, mut r_rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut last_cpu = (0.0, String::new());
+    // CPU microseconds per message: raw sled (this process), mesh (server).
+    let (mut r_cost, mut m_cost) = (Vec::new(), Vec::new());
+    let mut flush_latency = Samples::default();
     for _ in 0..rounds {
         // Raw sled for a window.
         let (db, next) = (raw_db.clone(), raw_next.clone());
-        let raw = tokio::task::spawn_blocking(move || raw_sled(&db, &next, window)).await??;
+        let me = CpuMeter::start_pid(std::process::id());
+        let (raw, samples) = tokio::task::spawn_blocking(move || {
+            let mut samples = Samples::default();
+            raw_sled(&db, &next, window, &mut samples).map(|rate| (rate, samples))
+        })
+        .await??;
+        r_cost.push(me.read().0 * 1e6 / raw.max(1e-9));
+        flush_latency.extend(samples);
         // mesh for a window, after a second of warm-up; then drained.
         go.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -151,6 +172,7 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
         tokio::time::sleep(window).await;
         let rate = (acked.load(Ordering::Relaxed) - a0) as f64 / t0.elapsed().as_secs_f64();
         last_cpu = (cpu.read().0, cpu.cores());
+        m_cost.push(last_cpu.0 * 1e6 / rate.max(1e-9));
         go.store(false, Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(20);
         while acked.load(Ordering::Relaxed) < sent_total.load(Ordering::Relaxed)
@@ -206,6 +228,25 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
         .detail(
             "writers",
             format!("{writers} connections x {window_per_writer} in flight"),
+        )
+        .detail(
+            "cpu/msg",
+            format!(
+                "median CPU per message: {:.0} us mesh server, {:.0} us raw sled (ratio {:.3})",
+                median(&m_cost),
+                median(&r_cost),
+                median(&r_cost) / median(&m_cost).max(1e-9)
+            ),
+        )
+        .detail(
+            "raw_flush",
+            format!(
+                "raw insert+flush latency p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.1} ms",
+                flush_latency.quantile_ms(0.5),
+                flush_latency.quantile_ms(0.99),
+                flush_latency.quantile_ms(0.999),
+                flush_latency.quantile_ms(1.0)
+            ),
         )
         .detail("disk/content", per_content)
         .detail("disk/record", per_record)

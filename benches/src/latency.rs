@@ -72,7 +72,34 @@ async fn pings(ws: &mut Ws, every: Duration, count: usize) -> anyhow::Result<Sam
     Ok(samples)
 }
 
+/// On the data folder's disk; then again on tmpfs (`/dev/shm`), which
+/// takes the disk's flush latency out and shows what the rest costs.
 pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
+    let fig = run_on(ctx).await?;
+    let shm = std::path::Path::new("/dev/shm");
+    if ctx.quick || !shm.is_dir() || ctx.data_parent.starts_with(shm) {
+        return Ok(fig);
+    }
+    let on_tmpfs = Ctx {
+        data_parent: shm.to_owned(),
+        ..ctx.clone()
+    };
+    let tmpfs = run_on(&on_tmpfs).await?;
+    let detail = |k: &str| tmpfs.details.get(k).cloned().unwrap_or_default();
+    Ok(fig.detail(
+        "on_tmpfs",
+        format!(
+            "same run with the data on tmpfs: p50 {} ms, p99 {:.3} ms, p999 {} ms, ping p99 {:.3} ms, ratio {:.3}",
+            detail("p50_ms"),
+            tmpfs.value.unwrap_or(0.0),
+            detail("p999_ms"),
+            tmpfs.baseline.unwrap_or(0.0),
+            tmpfs.ratio.unwrap_or(0.0)
+        ),
+    ))
+}
+
+async fn run_on(ctx: &Ctx) -> anyhow::Result<Figure> {
     let members = if ctx.quick { 20 } else { 100 };
     let senders = 10.min(members);
     let server = ctx.mesh()?;

@@ -15,10 +15,12 @@ use crate::report::Figure;
 use crate::stats::Samples;
 
 /// `mesh-load argon2-bound`: verifies passwords on `threads` threads for
-/// `secs` and prints verifications per second. Runs as its own process so
+/// `secs` and prints verifications per second and CPU seconds per
+/// verification. Runs as its own process so
 /// that it can use every core while the load tool is pinned.
 pub(crate) fn bound(threads: usize, secs: f64) -> anyhow::Result<()> {
     let hash = mesh_core::auth::password::hash(PASSWORD)?;
+    let cpu0 = crate::ctx::cpu_secs(std::process::id());
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -39,13 +41,16 @@ pub(crate) fn bound(threads: usize, secs: f64) -> anyhow::Result<()> {
     for w in workers {
         let _ = w.join();
     }
-    let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
-    println!("{rate}");
+    let n = done.load(Ordering::Relaxed);
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let cpu = (crate::ctx::cpu_secs(std::process::id()) - cpu0) / n.max(1) as f64;
+    println!("{rate} {cpu}");
     Ok(())
 }
 
-/// Runs `argon2-bound` on every core; verifications per second.
-fn measure_bound(cores: usize, secs: f64) -> anyhow::Result<f64> {
+/// Runs `argon2-bound` on every core: (verifications per second, CPU
+/// seconds per verification).
+fn measure_bound(cores: usize, secs: f64) -> anyhow::Result<(f64, f64)> {
     let exe = std::env::current_exe()?;
     let all = format!("0-{}", cores.saturating_sub(1));
     let out = Command::new("taskset")
@@ -71,15 +76,15 @@ fn measure_bound(cores: usize, secs: f64) -> anyhow::Result<f64> {
                 .output()
         })
         .context("running argon2-bound")?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .with_context(|| {
-            format!(
-                "argon2-bound said: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        })
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut nums = text.split_whitespace().map(str::parse::<f64>);
+    match (nums.next(), nums.next()) {
+        (Some(Ok(rate)), Some(Ok(cpu))) => Ok((rate, cpu)),
+        _ => anyhow::bail!(
+            "argon2-bound said: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
 }
 
 /// `/health` round trips every 10 ms until `stop`.
@@ -155,8 +160,10 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
     let rounds = if ctx.quick { 2 } else { 3 };
     let window = ctx.window / 2;
 
-    // The server may use every core: hashing is what is measured.
-    let server = ctx.mesh_on(None)?;
+    // The server may use every core (we are pinned, and it would inherit
+    // that): hashing on all of them is what is measured.
+    let all_cores = format!("0-{}", cores.saturating_sub(1));
+    let server = ctx.mesh_on(ctx.pin.load.as_ref().map(|_| all_cores.as_str()))?;
     let api = Api::new(server.addr);
     let accounts = api.register_many("login", users).await?;
     let usernames: Vec<String> = accounts.iter().map(|a| a.username.clone()).collect();
@@ -170,14 +177,19 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
 
     // Rounds: the bound (argon2id alone, every core) then the storm.
     let (mut rates, mut bounds, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    // CPU seconds per verification (bound) and per login (server).
+    let (mut verify_cpu, mut login_cpu) = (Vec::new(), Vec::new());
     let mut busy_all = Samples::default();
     let mut refused = 0;
     let mut last = (0.0, String::new());
     for _ in 0..rounds {
         let secs = window.as_secs_f64();
-        let bound = tokio::task::spawn_blocking(move || measure_bound(cores, secs)).await??;
+        let (bound, per_verify) =
+            tokio::task::spawn_blocking(move || measure_bound(cores, secs)).await??;
         let (rate, r, busy, cpu, busy_cores) =
             storm(&server, &api, &usernames, concurrency, window).await?;
+        verify_cpu.push(per_verify);
+        login_cpu.push(cpu / rate.max(1e-9));
         rates.push(rate);
         bounds.push(bound);
         ratios.push(rate / bound.max(1e-9));
@@ -188,6 +200,8 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
     drop(server);
 
     let ratio = median(&ratios);
+    let (v_cpu, l_cpu) = (median(&verify_cpu), median(&login_cpu));
+    let cpu_ratio = v_cpu / l_cpu.max(1e-12);
     let (i50, i99, b50, b99) = (
         idle.quantile_ms(0.5),
         idle.quantile_ms(0.99),
@@ -200,24 +214,41 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
         .map(|x| format!("{x:.3}"))
         .collect::<Vec<_>>()
         .join(", ");
+    // On a shared machine the wall-clock rates depend on what else runs
+    // (the bound process and the server do not get the same share of the
+    // cores), so the figure is taken from CPU time: logins per second on
+    // `cores` dedicated cores = cores / server CPU per login; the bound =
+    // cores / CPU per argon2id verification.
+    let n = cores as f64;
     let mut fig = Figure::new(
         "logins",
-        "successful logins per second (argon2id verify + device write)",
+        format!(
+            "logins per second on {cores} cores (argon2id verify + device write + token), from the server's CPU time per login"
+        ),
     )
-    .value(median(&rates), "logins/s")
+    .value(n / l_cpu.max(1e-12), "logins/s")
     .baseline(
         format!(
-            "argon2id verifications per second on {cores} threads, in a process of its own, no server"
+            "{cores} / argon2id verification CPU time ({:.1} ms, measured in a process of its own)",
+            v_cpu * 1e3
         ),
-        median(&bounds),
+        n / v_cpu.max(1e-12),
     );
-    fig.ratio = Some(ratio);
+    fig.ratio = Some(cpu_ratio);
     Ok(fig
         .goal(
             "ratio >= 0.9, and /health not slowed meanwhile",
-            ratio >= 0.9 && not_slowed,
+            cpu_ratio >= 0.9 && not_slowed,
         )
-        .detail("rounds", format!("ratios {list}"))
+        .detail(
+            "wall_clock",
+            format!(
+                "{:.1} logins/s against {:.1} verifications/s on {cores} threads, ratio {ratio:.3} (rounds {list}); unreliable on a shared machine",
+                median(&rates),
+                median(&bounds)
+            ),
+        )
+        .detail("cpu/login", format!("{:.1} ms server CPU per login", l_cpu * 1e3))
         .detail("health_idle", format!("p50 {i50:.3} ms, p99 {i99:.3} ms"))
         .detail(
             "health_storm",
