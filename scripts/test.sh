@@ -24,6 +24,9 @@ cargo test --workspace --all-features --no-fail-fast
 step "the embedding example runs"
 cargo run -q -p mesh-examples --example embedded_chat
 
+step "benchmarks build (the load tool and the criterion benches; not run)"
+cargo build -q -p mesh-benches --all-targets
+
 step "mesh-core builds without its default features"
 cargo check -p mesh-core --no-default-features
 

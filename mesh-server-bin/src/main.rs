@@ -3,10 +3,15 @@
 //! ```text
 //! mesh-server --listen 127.0.0.1:8000 --data ./mesh-data
 //! ```
+//!
+//! The rate and queue limits have flags (and `MESH_*` variables) for load
+//! tests and unusual deployments; left out, each keeps the default that
+//! `docs/protocol.md` documents.
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -23,6 +28,70 @@ struct Args {
     /// Folder for the database and the signing keys (created if missing).
     #[arg(long, env = "MESH_DATA", default_value = "./mesh-data")]
     data: PathBuf,
+    /// Frames a WebSocket connection may send in a burst [default: 60].
+    #[arg(long, env = "MESH_FRAME_BURST")]
+    frame_burst: Option<u32>,
+    /// Frames per second a WebSocket connection may send, sustained [default: 25].
+    #[arg(long, env = "MESH_FRAME_RATE")]
+    frame_rate: Option<f64>,
+    /// Login and registration attempts per client address in a burst [default: 30].
+    #[arg(long, env = "MESH_LOGIN_ADDR_BURST")]
+    login_addr_burst: Option<u32>,
+    /// Milliseconds until an address gets one more attempt [default: 2000].
+    #[arg(long, env = "MESH_LOGIN_ADDR_REFILL_MS")]
+    login_addr_refill_ms: Option<u64>,
+    /// Failed logins per username in a burst [default: 10].
+    #[arg(long, env = "MESH_LOGIN_USER_BURST")]
+    login_user_burst: Option<u32>,
+    /// Seconds until a username gets one more failed login [default: 30].
+    #[arg(long, env = "MESH_LOGIN_USER_REFILL_SECS")]
+    login_user_refill_secs: Option<u64>,
+    /// Frames queued for one WebSocket client before it is closed with 1013 [default: 1000].
+    #[arg(long, env = "MESH_WS_QUEUE_FRAMES")]
+    ws_queue_frames: Option<usize>,
+    /// Bytes queued for one WebSocket client before it is closed with 1013 [default: 1048576].
+    #[arg(long, env = "MESH_WS_QUEUE_BYTES")]
+    ws_queue_bytes: Option<usize>,
+}
+
+impl Args {
+    /// The server's settings: the defaults, overridden by the flags given.
+    fn config(&self) -> anyhow::Result<mesh_server_bin::Config> {
+        let mut config = mesh_server_bin::Config::new(self.data.clone());
+        let frame = &mut config.service.frame_rate;
+        if let Some(burst) = self.frame_burst {
+            anyhow::ensure!(burst >= 1, "--frame-burst must be at least 1");
+            frame.burst = burst;
+        }
+        if let Some(rate) = self.frame_rate {
+            anyhow::ensure!(
+                rate.is_finite() && rate > 0.0,
+                "--frame-rate must be a positive number"
+            );
+            frame.per_second = rate;
+        }
+        let login = &mut config.service.login_rate;
+        if let Some(burst) = self.login_addr_burst {
+            login.per_addr_burst = burst;
+        }
+        if let Some(ms) = self.login_addr_refill_ms {
+            login.per_addr_refill = Duration::from_millis(ms.max(1));
+        }
+        if let Some(burst) = self.login_user_burst {
+            login.per_user_burst = burst;
+        }
+        if let Some(secs) = self.login_user_refill_secs {
+            login.per_user_refill = Duration::from_secs(secs.max(1));
+        }
+        if let Some(frames) = self.ws_queue_frames {
+            anyhow::ensure!(frames >= 1, "--ws-queue-frames must be at least 1");
+            config.ws.queue_frames = frames;
+        }
+        if let Some(bytes) = self.ws_queue_bytes {
+            config.ws.queue_bytes = bytes;
+        }
+        Ok(config)
+    }
 }
 
 #[tokio::main]
@@ -35,12 +104,12 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
+    let config = args.config()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!("listening on {addr}");
-    let config = mesh_server_bin::Config::new(args.data);
     mesh_server_bin::run(listener, config, shutdown_signal()).await
 }
 

@@ -122,6 +122,9 @@ impl ServiceBuilder {
                 auth,
                 hub: Mutex::new(Hub::new(engine)),
                 logins: Mutex::new(LoginLimiter::new(self.config.login_rate)),
+                hashing: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(1, |n| n.get()),
+                ),
                 timers: tokio::sync::Notify::new(),
                 next_timer: AtomicI64::new(i64::MAX),
                 config: self.config,
@@ -142,6 +145,8 @@ struct Inner {
     auth: Arc<dyn Authenticator>,
     hub: Mutex<Hub>,
     logins: Mutex<LoginLimiter>,
+    /// One permit per core: password hashes running at once.
+    hashing: tokio::sync::Semaphore,
     /// Wakes [`Service::run_timers`] when an earlier deadline appears.
     timers: tokio::sync::Notify,
     /// The deadline `run_timers` sleeps until, in Unix ms.
@@ -255,11 +260,21 @@ impl Service {
         }
     }
 
-    /// Runs CPU-heavy work (password hashing) off the async threads.
+    /// Runs CPU-heavy work (password hashing) off the async threads, at
+    /// most one job per core at a time: more would only make each hash
+    /// slower (argon2id's 19 MiB per hash thrash the caches), crowd the
+    /// async threads off the cores, and leave a malloc arena of hash
+    /// buffers behind per extra thread. The rest wait their turn.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Authenticator) -> T + Send + 'static,
     ) -> Result<T> {
+        let _permit = self
+            .inner
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| Error::Internal(format!("hashing queue closed: {e}")))?;
         let auth = self.inner.auth.clone();
         tokio::task::spawn_blocking(move || f(auth.as_ref()))
             .await
