@@ -250,11 +250,17 @@ pub enum MeshEvent {
         resumed: bool,
     },
     /// The connection was lost; the client reconnects by itself.
-    Disconnected { reason: String },
-    /// The client stopped for good (`error` is `None` after `close()`).
-    Closed { error: Option<String> },
+    Disconnected {
+        reason: String,
+    },
+    /// The client stopped for good (`error` is `None` after `shutdown()`).
+    Closed {
+        error: Option<String>,
+    },
     /// A new message, once per `(room, seq)`, this client's own included.
-    Message { message: MessageInfo },
+    Message {
+        message: MessageInfo,
+    },
     /// A queued send failed for good.
     SendFailed {
         client_id: String,
@@ -262,10 +268,20 @@ pub enum MeshEvent {
         code: String,
         reason: String,
     },
-    RoomJoined { room_id: String, user: UserInfo },
-    RoomLeft { room_id: String, user_id: String },
-    RoomUpdated { room: RoomInfo },
-    RoomDeleted { room_id: String },
+    RoomJoined {
+        room_id: String,
+        user: UserInfo,
+    },
+    RoomLeft {
+        room_id: String,
+        user_id: String,
+    },
+    RoomUpdated {
+        room: RoomInfo,
+    },
+    RoomDeleted {
+        room_id: String,
+    },
     Typing {
         room_id: String,
         user_id: String,
@@ -280,12 +296,20 @@ pub enum MeshEvent {
         session_id: String,
         session_token: String,
     },
-    P2pSessionClosed { session_id: String, reason: String },
+    P2pSessionClosed {
+        session_id: String,
+        reason: String,
+    },
     /// A server `error` that answers no request of this client.
-    ServerError { code: String, reason: String },
+    ServerError {
+        code: String,
+        reason: String,
+    },
     /// An event this binding does not model yet (WebRTC signals, role
     /// changes), described in text.
-    Other { description: String },
+    Other {
+        description: String,
+    },
 }
 
 fn error_parts(e: ClientError) -> (String, String) {
@@ -549,10 +573,8 @@ impl MeshClient {
     /// The rooms this user can see.
     pub async fn rooms(&self) -> Result<Vec<RoomInfo>, MeshError> {
         let client = self.client.clone();
-        on_runtime(async move {
-            Ok(client.rooms().await?.into_iter().map(Into::into).collect())
-        })
-        .await
+        on_runtime(async move { Ok(client.rooms().await?.into_iter().map(Into::into).collect()) })
+            .await
     }
 
     /// A room's members.
@@ -615,8 +637,9 @@ impl MeshClient {
         on_runtime(async move { Ok(client.set_presence(presence, status_message).await?) }).await
     }
 
-    /// Closes the connection for good; the listener hears `Closed`.
-    pub async fn close(&self) -> Result<(), MeshError> {
+    /// Closes the connection for good; the listener hears `Closed`. (Not
+    /// `close`: that name clashes with `AutoCloseable.close` in Kotlin.)
+    pub async fn shutdown(&self) -> Result<(), MeshError> {
         let client = self.client.clone();
         on_runtime(async move {
             client.close().await;
@@ -648,6 +671,8 @@ mod tests {
     #[test]
     fn bad_room_ids_are_invalid_arguments() {
         let e = parse_room("nope").err();
-        assert!(matches!(e, Some(MeshError::Client { ref code, .. }) if code == "invalid_argument"));
+        assert!(
+            matches!(e, Some(MeshError::Client { ref code, .. }) if code == "invalid_argument")
+        );
     }
 }

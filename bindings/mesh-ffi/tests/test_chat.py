@@ -103,7 +103,7 @@ class ChatTest(unittest.IsolatedAsyncioTestCase):
         auth = await api.register(username, PASSWORD, None)
         listener = Listener(asyncio.get_running_loop())
         client = await mesh.connect(self.server.url, auth.token, "python", listener)
-        self.addAsyncCleanup(client.close)
+        self.addAsyncCleanup(client.shutdown)
         return auth, client, listener
 
     async def test_two_users_chat_through_the_listener_and_page_history(self):
@@ -191,7 +191,7 @@ class ChatTest(unittest.IsolatedAsyncioTestCase):
 
     async def test_close_ends_with_a_closed_event(self):
         _, alice, events = await self.connect(name())
-        await alice.close()
+        await alice.shutdown()
         closed = await events.wait_for(lambda e: e if e.is_closed() else None)
         self.assertIsNone(closed.error)
 

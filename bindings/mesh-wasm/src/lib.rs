@@ -184,14 +184,23 @@ impl Http {
             .base
             .strip_prefix("https://")
             .map(|r| format!("wss://{r}"))
-            .or_else(|| self.base.strip_prefix("http://").map(|r| format!("ws://{r}")))
+            .or_else(|| {
+                self.base
+                    .strip_prefix("http://")
+                    .map(|r| format!("ws://{r}"))
+            })
             .unwrap_or_else(|| self.base.clone());
         let token = self.token.as_deref().unwrap_or_default();
         // A browser WebSocket cannot set headers: the token rides in the query.
         format!("{rest}/ws?token={}", js_sys::encode_uri_component(token))
     }
 
-    async fn call(&self, method: &str, path: &str, body: Option<String>) -> Result<JsValue, JsValue> {
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<JsValue, JsValue> {
         let init = RequestInit::new();
         init.set_method(method);
         let headers = web_sys::Headers::new()?;
@@ -274,7 +283,8 @@ impl MeshApi {
         display_name: Option<String>,
     ) -> Promise {
         let http = self.http.clone();
-        let body = json!({ "username": username, "password": password, "display_name": display_name });
+        let body =
+            json!({ "username": username, "password": password, "display_name": display_name });
         future_to_promise(async move {
             http.call("POST", "/api/auth/register", Some(body.to_string()))
                 .await
@@ -382,7 +392,11 @@ fn open_socket(weak: &Weak<RefCell<Driver>>, d: &mut Driver) {
     ws.set_onopen(Some(onopen.into_js_value().unchecked_ref()));
     ws.set_onmessage(Some(onmessage.into_js_value().unchecked_ref()));
     ws.set_onclose(Some(onclose.into_js_value().unchecked_ref()));
-    d.socket = Some(Socket { id, ws, open: false });
+    d.socket = Some(Socket {
+        id,
+        ws,
+        open: false,
+    });
 }
 
 /// Feeds the state machine's outputs to the socket, the timer and the app.
@@ -511,7 +525,9 @@ fn event_to_js(event: Event) -> JsValue {
             room_id,
             user_id,
             role,
-        } => json!({ "type": "member_updated", "room_id": room_id, "user_id": user_id, "role": role }),
+        } => {
+            json!({ "type": "member_updated", "room_id": room_id, "user_id": user_id, "role": role })
+        }
         Event::Typing {
             room_id,
             user_id,
@@ -521,7 +537,9 @@ fn event_to_js(event: Event) -> JsValue {
             user_id,
             status,
             message,
-        } => json!({ "type": "presence", "user_id": user_id, "status": status, "message": message }),
+        } => {
+            json!({ "type": "presence", "user_id": user_id, "status": status, "message": message })
+        }
         Event::P2pSessionClosed { session_id, reason } => {
             json!({ "type": "p2p_session_closed", "session_id": session_id, "reason": reason })
         }
