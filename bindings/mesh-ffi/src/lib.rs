@@ -23,9 +23,12 @@
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
+use mesh_core::client::P2pSessionGrant;
 use mesh_core::client::{Client, ClientError, Event, HistoryPage, HistoryQuery, HttpApi};
 use mesh_core::protocol::http::{CreateRoomRequest, LoginRequest, RegisterRequest};
-use mesh_core::protocol::{Member, Message, Presence, Room, RoomId, User, Visibility};
+use mesh_core::protocol::{
+    Member, Message, PeerId, Presence, Room, RoomId, SessionId, SessionKind, User, Visibility,
+};
 
 uniffi::setup_scaffolding!();
 
@@ -118,6 +121,11 @@ impl From<ClientError> for MeshError {
             reason: e.to_string(),
         }
     }
+}
+
+fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, MeshError> {
+    id.parse()
+        .map_err(|_| MeshError::invalid(format!("not a {what} id: {id:?}")))
 }
 
 fn parse_room(id: &str) -> Result<RoomId, MeshError> {
@@ -240,6 +248,34 @@ pub struct HistoryPageInfo {
     pub has_more: bool,
 }
 
+/// An authorised P2P session: the initiator presents `session_token` to
+/// the target when it connects directly (see `docs/p2p.md`).
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct P2pSessionInfo {
+    pub session_id: String,
+    pub room_id: String,
+    /// `file`, `folder` or `terminal`.
+    pub kind: String,
+    pub initiator_peer_id: String,
+    pub target_peer_id: String,
+    pub session_token: String,
+    pub expires_at_ms: i64,
+}
+
+impl From<P2pSessionGrant> for P2pSessionInfo {
+    fn from(g: P2pSessionGrant) -> Self {
+        Self {
+            session_id: g.session.id.to_string(),
+            room_id: g.session.room_id.to_string(),
+            kind: g.session.kind.as_str().into(),
+            initiator_peer_id: g.session.initiator_peer_id.to_string(),
+            target_peer_id: g.session.target_peer_id.to_string(),
+            session_token: g.session_token,
+            expires_at_ms: g.session.expires_at.unix_millis(),
+        }
+    }
+}
+
 /// What the [`MeshListener`] hears.
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Enum)]
 pub enum MeshEvent {
@@ -292,9 +328,9 @@ pub enum MeshEvent {
         status: String,
         status_message: Option<String>,
     },
+    /// A P2P session this peer is a party to was authorised.
     P2pSessionCreated {
-        session_id: String,
-        session_token: String,
+        session: P2pSessionInfo,
     },
     P2pSessionClosed {
         session_id: String,
@@ -382,8 +418,7 @@ impl From<Event> for MeshEvent {
                 status_message: message,
             },
             Event::P2pSessionCreated(grant) => MeshEvent::P2pSessionCreated {
-                session_id: grant.session.id.to_string(),
-                session_token: grant.session_token,
+                session: (*grant).into(),
             },
             Event::P2pSessionClosed { session_id, reason } => MeshEvent::P2pSessionClosed {
                 session_id: session_id.to_string(),
@@ -515,6 +550,41 @@ impl MeshClient {
     /// The user this client is logged in as.
     pub fn me(&self) -> Option<UserInfo> {
         self.client.me().map(|(_, user)| user.into())
+    }
+
+    /// This connection's peer id (what another user's
+    /// [`request_p2p_session`](Self::request_p2p_session) targets).
+    pub fn peer_id(&self) -> Option<String> {
+        self.client.me().map(|(peer, _)| peer.to_string())
+    }
+
+    /// Asks the server for a P2P session with `target_peer_id` in a room
+    /// both are in; `kind` is `file`, `folder` or `terminal`. Both peers'
+    /// listeners also hear `P2pSessionCreated`.
+    pub async fn request_p2p_session(
+        &self,
+        room_id: String,
+        target_peer_id: String,
+        kind: String,
+    ) -> Result<P2pSessionInfo, MeshError> {
+        let room = parse_room(&room_id)?;
+        let target: PeerId = parse_id("peer", &target_peer_id)?;
+        let kind: SessionKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
+            .map_err(|_| MeshError::invalid(format!("not a session kind: {kind:?}")))?;
+        let client = self.client.clone();
+        on_runtime(async move {
+            let grant = client.request_p2p_session(room, target, kind).await?;
+            Ok(grant.into())
+        })
+        .await
+    }
+
+    /// Closes a P2P session; both parties hear `P2pSessionClosed`. Fire
+    /// and forget.
+    pub fn close_p2p_session(&self, session_id: String) -> Result<(), MeshError> {
+        let session: SessionId = parse_id("session", &session_id)?;
+        self.client.close_p2p_session(session);
+        Ok(())
     }
 
     /// Sends a message and returns it as stored (with its `seq`). Sent

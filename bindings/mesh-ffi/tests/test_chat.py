@@ -151,6 +151,30 @@ class ChatTest(unittest.IsolatedAsyncioTestCase):
         rooms = await bob.rooms()
         self.assertIn(room.id, [r.id for r in rooms])
 
+    async def test_p2p_sessions_are_granted_and_closed(self):
+        _, alice, alice_events = await self.connect(name())
+        _, bob, bob_events = await self.connect(name())
+        room = await alice.create_room("files", None, False)
+        await bob.join_room(room.id)
+        grant = await alice.request_p2p_session(room.id, bob.peer_id(), "file")
+        self.assertEqual(
+            (grant.kind, grant.initiator_peer_id, grant.target_peer_id),
+            ("file", alice.peer_id(), bob.peer_id()),
+        )
+        self.assertEqual(len(grant.session_token.split(".")), 3)
+        heard = await bob_events.wait_for(
+            lambda e: e.session if e.is_p2p_session_created() else None
+        )
+        self.assertEqual(heard.session_id, grant.session_id)
+        alice.close_p2p_session(grant.session_id)
+        closed = await bob_events.wait_for(
+            lambda e: e.session_id if e.is_p2p_session_closed() else None
+        )
+        self.assertEqual(closed, grant.session_id)
+        with self.assertRaises(mesh.MeshError.Client) as caught:
+            await alice.request_p2p_session(room.id, bob.peer_id(), "teleport")
+        self.assertEqual(caught.exception.code, "invalid_argument")
+
     async def test_wrong_password_is_unauthorized(self):
         username = name()
         api = mesh.MeshApi(self.server.url)

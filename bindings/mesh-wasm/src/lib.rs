@@ -27,12 +27,15 @@ use std::collections::HashMap;
 use std::rc::{Rc, Weak};
 
 use js_sys::{Function, JSON, Promise, Reflect};
+use mesh_core::client::P2pSessionGrant;
 use mesh_core::client::{
     ClientConfig, ClientError, ClientState, Completion, Event, HistoryPage, HistoryQuery, Reply,
     RequestId,
 };
 use mesh_core::protocol::http::CreateRoomRequest;
-use mesh_core::protocol::{Presence, RoomId, Timestamp, Visibility};
+use mesh_core::protocol::{
+    PeerId, Presence, RoomId, SessionId, SessionKind, Timestamp, Visibility,
+};
 use serde::Serialize;
 use serde_json::json;
 use wasm_bindgen::JsCast;
@@ -73,6 +76,15 @@ export interface Message {
 export interface AuthResponse { user: User; token: string; expires_at: string; device_id: string }
 /** One page of history, ascending `seq`. */
 export interface HistoryPage { messages: Message[]; has_more: boolean }
+/** An authorised P2P session; the initiator presents `session_token` to the target. */
+export interface P2pGrant {
+  session: {
+    id: string; room_id: string; kind: "file" | "folder" | "terminal";
+    initiator_peer_id: string; target_peer_id: string; initiator_user_id: string;
+    target_user_id: string; state: string; created_at: string; expires_at: string;
+  };
+  session_token: string;
+}
 /** An error with the contract's code (or a client-side one). */
 export interface MeshError extends Error { code: string }
 /** What the `onEvent` callback hears. */
@@ -89,6 +101,7 @@ export type MeshEvent =
   | { type: "member_updated"; room_id: string; user_id: string; role: string }
   | { type: "typing"; room_id: string; user_id: string; typing: boolean }
   | { type: "presence"; user_id: string; status: string; message: string | null }
+  | ({ type: "p2p_session_created" } & P2pGrant)
   | { type: "p2p_session_closed"; session_id: string; reason: string }
   | { type: "server_error"; code: string; message: string }
   | { type: "other"; description: string };
@@ -136,6 +149,15 @@ fn to_js<T: Serialize>(v: &T) -> JsValue {
         .ok()
         .and_then(|s| JSON::parse(&s).ok())
         .unwrap_or(JsValue::UNDEFINED)
+}
+
+fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, JsValue> {
+    id.parse()
+        .map_err(|_| invalid(&format!("not a {what} id: {id:?}")))
+}
+
+fn grant_json(g: &P2pSessionGrant) -> serde_json::Value {
+    json!({ "session": g.session, "session_token": g.session_token })
 }
 
 fn parse_room(id: &str) -> Result<RoomId, JsValue> {
@@ -429,6 +451,7 @@ fn drive(shared: &Shared) {
                     d.requests.remove(&id),
                     result.map(|reply| match reply {
                         Reply::Joined { members, .. } => to_js(&members),
+                        Reply::P2pSession(grant) => to_js(&grant_json(&grant)),
                         _ => JsValue::UNDEFINED,
                     }),
                 ),
@@ -540,6 +563,11 @@ fn event_to_js(event: Event) -> JsValue {
         } => {
             json!({ "type": "presence", "user_id": user_id, "status": status, "message": message })
         }
+        Event::P2pSessionCreated(grant) => {
+            let mut v = grant_json(&grant);
+            v["type"] = json!("p2p_session_created");
+            v
+        }
         Event::P2pSessionClosed { session_id, reason } => {
             json!({ "type": "p2p_session_closed", "session_id": session_id, "reason": reason })
         }
@@ -631,6 +659,40 @@ impl MeshClient {
         d.state
             .me()
             .map_or(JsValue::UNDEFINED, |(_, user)| to_js(user))
+    }
+
+    /// This connection's peer id (what another user's
+    /// `requestP2pSession` targets).
+    #[wasm_bindgen(js_name = peerId)]
+    pub fn peer_id(&self) -> Option<String> {
+        let d = self.shared.borrow();
+        d.state.me().map(|(peer, _)| peer.to_string())
+    }
+
+    /// Asks for a P2P session with `targetPeerId` in a room both are in;
+    /// `kind` is `file`, `folder` or `terminal`. Both peers also hear
+    /// `p2p_session_created`.
+    #[wasm_bindgen(js_name = requestP2pSession, unchecked_return_type = "Promise<P2pGrant>")]
+    pub fn request_p2p_session(
+        &self,
+        room_id: &str,
+        target_peer_id: &str,
+        kind: &str,
+    ) -> Result<Promise, JsValue> {
+        let room = parse_room(room_id)?;
+        let target: PeerId = parse_id("peer", target_peer_id)?;
+        let kind: SessionKind = serde_json::from_value(serde_json::Value::String(kind.to_owned()))
+            .map_err(|_| invalid(&format!("not a session kind: {kind:?}")))?;
+        Ok(self.request(|s| s.request_p2p_session(room, target, kind)))
+    }
+
+    /// Closes a P2P session; both parties hear `p2p_session_closed`.
+    #[wasm_bindgen(js_name = closeP2pSession)]
+    pub fn close_p2p_session(&self, session_id: &str) -> Result<(), JsValue> {
+        let session: SessionId = parse_id("session", session_id)?;
+        self.shared.borrow_mut().state.close_p2p_session(session);
+        drive(&self.shared);
+        Ok(())
     }
 
     /// Sends a message; resolves with it as stored (with its `seq`). Queued

@@ -163,6 +163,31 @@ test('two users chat through the callbacks and page history', async () => {
   assert.ok(rooms.some((r) => r.id === room.id));
 });
 
+test('p2p sessions are granted to both peers and closed', async () => {
+  const alice = await user();
+  const bob = await user();
+  const room = await alice.client.createRoom('files', null, false);
+  await bob.client.joinRoom(room.id);
+  const grant = await alice.client.requestP2pSession(room.id, bob.client.peerId(), 'file');
+  assert.equal(grant.session.kind, 'file');
+  assert.equal(grant.session.initiator_peer_id, alice.client.peerId());
+  assert.equal(grant.session.target_peer_id, bob.client.peerId());
+  assert.equal(grant.session_token.split('.').length, 3);
+  const heard = await bob.events.waitFor((e) =>
+    e.type === 'p2p_session_created' ? e.session.id : undefined,
+  );
+  assert.equal(heard, grant.session.id);
+  alice.client.closeP2pSession(grant.session.id);
+  const closed = await bob.events.waitFor((e) =>
+    e.type === 'p2p_session_closed' ? e.session_id : undefined,
+  );
+  assert.equal(closed, grant.session.id);
+  assert.throws(
+    () => alice.client.requestP2pSession(room.id, bob.client.peerId(), 'teleport'),
+    (e) => e.code === 'invalid_argument',
+  );
+});
+
 test('a wrong password is an Error with code unauthorized', async () => {
   const username = name();
   const api = new MeshApi(server.url);

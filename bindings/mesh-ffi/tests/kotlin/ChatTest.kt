@@ -49,8 +49,12 @@ fun main(args: Array<String>) {
         .start()
     val addr = LinkedBlockingQueue<String>()
     thread(isDaemon = true) {
-        server.errorStream.bufferedReader().forEachLine { line ->
-            Regex("listening on (\\S+)").find(line)?.let { addr.put(it.groupValues[1]) }
+        try {
+            server.errorStream.bufferedReader().forEachLine { line ->
+                Regex("listening on (\\S+)").find(line)?.let { addr.put(it.groupValues[1]) }
+            }
+        } catch (e: java.io.IOException) {
+            // The server was stopped: its log closed under us.
         }
     }
     val url = "http://" + (addr.poll(30, TimeUnit.SECONDS) ?: error("server did not start"))
@@ -92,6 +96,11 @@ suspend fun chat(url: String) {
     check(newest.messages.map { it.seq } == listOf(5UL, 6UL, 7UL) && newest.hasMore) { "$newest" }
     val older = alice.history(room.id, 5UL, null, 10u)
     check(older.messages.map { it.seq } == listOf(1UL, 2UL, 3UL, 4UL) && !older.hasMore) { "$older" }
+
+    val grant = alice.requestP2pSession(room.id, bob.peerId()!!, "file")
+    check(grant.targetPeerId == bob.peerId()) { "$grant" }
+    val heard = bobEvents.waitFor { (it as? MeshEvent.P2pSessionCreated)?.session }
+    check(heard.sessionId == grant.sessionId) { "$heard" }
 
     // Errors arrive as the flat MeshException with the contract's code.
     try {
