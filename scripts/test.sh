@@ -64,7 +64,8 @@ fi
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly.
 wasm_bindgen_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bindgen_version" ]; then
-  cargo install -q wasm-bindgen-cli --version "$wasm_bindgen_version"
+  # Only the `wasm-bindgen` binary is used: no TLS for the test runner's downloads.
+  cargo install -q wasm-bindgen-cli --version "$wasm_bindgen_version" --no-default-features
 fi
 bindings/mesh-wasm/build.sh
 # The wasm build must stay free of tokio's networking, quinn and sled.
