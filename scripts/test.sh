@@ -33,6 +33,55 @@ cargo check -p mesh-core --no-default-features
 step "the sans-IO client builds alone (no tokio, no sled: the wasm binding's subset)"
 cargo check -p mesh-core --no-default-features --features client
 
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+apt_install() {
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+step "Python binding (uniffi, bindings/mesh-ffi): generate, then the chat test against a real server"
+bindings_start=$(date +%s)
+if ! command -v python3 >/dev/null 2>&1; then apt_install python3; fi
+cargo build -q -p mesh-server-bin --bin mesh-server
+bindings/mesh-ffi/generate.sh
+PYTHONPATH=bindings/mesh-ffi/generated/python MESH_SERVER_BIN="$target_dir/debug/mesh-server" \
+  timeout 300 python3 -m unittest discover -s bindings/mesh-ffi/tests -v
+echo "python binding took $(( $(date +%s) - bindings_start )) s"
+
+step "Kotlin binding (uniffi): the chat test from a Kotlin main (kotlinc from npm, JNA from Debian)"
+bindings_start=$(date +%s)
+if ! command -v java >/dev/null 2>&1; then apt_install openjdk-17-jre-headless; fi
+if [ ! -f /usr/share/java/jna.jar ]; then apt_install libjna-java; fi
+if ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
+(cd bindings/mesh-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
+MESH_SERVER_BIN="$target_dir/debug/mesh-server" timeout 300 bindings/mesh-ffi/tests/kotlin/run.sh
+echo "kotlin binding took $(( $(date +%s) - bindings_start )) s"
+
+step "JavaScript binding (wasm-bindgen, bindings/mesh-wasm): wasm32 build, then node --test against a real server"
+bindings_start=$(date +%s)
+if command -v rustup >/dev/null 2>&1; then
+  rustup target add wasm32-unknown-unknown >/dev/null 2>&1
+fi
+# wasm-bindgen-cli must match the wasm-bindgen crate exactly.
+wasm_bindgen_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
+if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bindgen_version" ]; then
+  # Only the `wasm-bindgen` binary is used: no TLS for the test runner's downloads.
+  cargo install -q wasm-bindgen-cli --version "$wasm_bindgen_version" --no-default-features
+fi
+bindings/mesh-wasm/build.sh
+# The wasm build must stay free of tokio's networking, quinn and sled.
+if cargo tree -q -p mesh-wasm --target wasm32-unknown-unknown -e normal --prefix none \
+  | grep -E '^(tokio|mio|quinn|sled|reqwest|tokio-tungstenite) '; then
+  echo "mesh-wasm pulls in a native-only crate (above)" >&2
+  exit 1
+fi
+(cd bindings/mesh-wasm/tests && npm ci --no-audit --no-fund --loglevel=error)
+(cd bindings/mesh-wasm/tests && MESH_SERVER_BIN="$target_dir/debug/mesh-server" \
+  timeout 300 node --test --test-concurrency=1 .)
+echo "javascript binding took $(( $(date +%s) - bindings_start )) s"
+
 step "web client in a real browser (web-tests/, Chromium + playwright-core)"
 if [ "${MESH_SKIP_BROWSER:-}" = 1 ]; then
   echo "skipped (MESH_SKIP_BROWSER=1)"
