@@ -77,7 +77,7 @@ enum Cmd {
     Logins,
     /// 6. Connect + authenticate + join per second vs TCP accept + upgrade.
     Churn,
-    /// 7. P2P transfer (not measured yet: needs mesh-core p2p).
+    /// 7. P2P file bytes/s between two agents vs raw quinn and raw TCP.
     P2p,
     /// Every figure, in this order.
     All,
@@ -251,5 +251,14 @@ fn summary(figures: &[Figure]) {
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.3}")),
             f.goal
         );
+        if let Some(b) = &f.baseline2 {
+            println!(
+                "{:<9} {:>16} {:>16} {:>8}  (second baseline)",
+                "",
+                "",
+                report::fmt_num(b.value),
+                format!("{:.3}", b.ratio)
+            );
+        }
     }
 }

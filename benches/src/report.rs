@@ -22,6 +22,9 @@ pub(crate) struct Figure {
     pub(crate) baseline: Option<f64>,
     /// `value / baseline`.
     pub(crate) ratio: Option<f64>,
+    /// A second baseline, for figures measured against two (p2p).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) baseline2: Option<SecondBaseline>,
     /// The goal, in words.
     pub(crate) goal: String,
     /// Whether every part of the goal was met.
@@ -29,6 +32,14 @@ pub(crate) struct Figure {
     /// Everything else measured on the way (percentiles, sizes, settings).
     pub(crate) details: BTreeMap<String, Value>,
     pub(crate) note: String,
+}
+
+/// A figure's second baseline: what it is, its value, and `value / it`.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct SecondBaseline {
+    pub(crate) what: String,
+    pub(crate) value: f64,
+    pub(crate) ratio: f64,
 }
 
 impl Figure {
@@ -42,6 +53,7 @@ impl Figure {
             baseline_what: String::new(),
             baseline: None,
             ratio: None,
+            baseline2: None,
             goal: String::new(),
             goal_met: None,
             details: BTreeMap::new(),
@@ -71,6 +83,16 @@ impl Figure {
         {
             self.ratio = Some(v / value);
         }
+        self
+    }
+
+    /// A second baseline, with its own (median) ratio.
+    pub(crate) fn baseline2(mut self, what: impl Into<String>, value: f64, ratio: f64) -> Self {
+        self.baseline2 = Some(SecondBaseline {
+            what: what.into(),
+            value,
+            ratio,
+        });
         self
     }
 
@@ -111,6 +133,15 @@ impl Figure {
         }
         if let Some(r) = self.ratio {
             println!("   ratio    : {r:.3}");
+        }
+        if let Some(b) = &self.baseline2 {
+            println!(
+                "   baseline2: {} {} ({})",
+                fmt_num(b.value),
+                self.unit,
+                b.what
+            );
+            println!("   ratio2   : {:.3}", b.ratio);
         }
         if !self.goal.is_empty() {
             let verdict = match self.goal_met {
