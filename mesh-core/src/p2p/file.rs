@@ -576,7 +576,13 @@ where
         let saved = async {
             file.flush().await.map_err(|e| P2pError::io(&part, e))?;
             file.sync_data().await.map_err(|e| P2pError::io(&part, e))?;
-            write_sidecar(&sidecar, &meta, offset).await
+            // Another session may have finished the same file meanwhile (a
+            // resumed send while this one waited out its idle time-out):
+            // then there is no part file left to describe.
+            if tokio::fs::try_exists(&part).await.unwrap_or(false) {
+                write_sidecar(&sidecar, &meta, offset).await?;
+            }
+            Ok::<(), P2pError>(())
         }
         .await;
         if let Err(save) = saved {
