@@ -740,6 +740,9 @@ function forgetPeer(userId, peerId) {
 }
 
 function announce(roomId) {
+  // Announcements are delayed; `room.join` would join again a room the
+  // user has left in the meantime.
+  if (!state.myRooms.has(roomId)) return;
   state.announced.set(roomId, Date.now());
   socket.send('room.join', { room_id: roomId });
 }
