@@ -298,7 +298,8 @@ impl Agents {
         let keys = KeyRing::generate()?;
         let target_peer = PeerId::new();
         let target = P2pEndpoint::builder(Identity::generate()?)
-            .accept_sessions(keys.verifier(), target_peer)
+            .accept_sessions(keys.verifier())
+            .peer_id(target_peer)
             .accept_kinds([SessionKind::File])
             .bind("127.0.0.1:0".parse()?)?;
         let initiator = P2pEndpoint::builder(Identity::generate()?).bind("127.0.0.1:0".parse()?)?;

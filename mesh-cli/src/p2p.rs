@@ -8,23 +8,22 @@
 //! connect straight to the peer's announced addresses, pinning its
 //! certificate. The server never sees the data.
 //!
-//! Listening: the endpoint must know this connection's peer id, which the
-//! server assigns on connect, while the connect must already announce the
-//! endpoint's address. So a UDP port is reserved first, announced, and the
-//! endpoint bound on it once the server has welcomed us.
+//! Listening: the endpoint is bound first, so the connect can announce its
+//! address; it accepts sessions once it knows the peer id the server
+//! assigned in its welcome (and the new one after each reconnect).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, anyhow};
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, EventStream};
 use mesh_core::p2p::{
     ErrorCode, ExpectedSession, Identity, OutgoingSession, P2pEndpoint, P2pError,
 };
 use mesh_core::protocol::http::Peer;
-use mesh_core::protocol::{P2pInfo, PeerId, SessionId, SessionKind};
+use mesh_core::protocol::{PeerId, SessionId, SessionKind};
 
 use crate::config::Ctx;
 use crate::resolve;
@@ -198,13 +197,11 @@ pub(crate) struct Listener {
     pub(crate) endpoint: Arc<P2pEndpoint>,
     pub(crate) me: PeerId,
     pub(crate) addrs: Vec<String>,
-    verifier: TokenVerifier,
-    kinds: Vec<SessionKind>,
-    bind: SocketAddr,
 }
 
 impl Listener {
-    /// Connects (announcing the endpoint) and binds the endpoint.
+    /// Binds the endpoint, then connects announcing it, then tells the
+    /// endpoint the peer id the server assigned.
     pub(crate) async fn start(
         ctx: &Ctx,
         device: &str,
@@ -212,74 +209,40 @@ impl Listener {
         announce: &[String],
         kinds: Vec<SessionKind>,
     ) -> anyhow::Result<Self> {
-        let fingerprint = identity(ctx)?.fingerprint().to_owned();
         let jwks = ctx
             .api()?
             .keys()
             .await
             .context("fetching the server's signing keys")?;
         let verifier = TokenVerifier::from_jwks(&jwks).context("the server's signing keys")?;
-        // Reserve the port to announce; the endpoint takes it over below.
-        let port = UdpSocket::bind(bind)
-            .and_then(|s| s.local_addr())
-            .with_context(|| format!("binding UDP {bind}"))?
-            .port();
-        let bind = SocketAddr::new(bind.ip(), port);
+        let endpoint = P2pEndpoint::builder(identity(ctx)?)
+            .accept_sessions(verifier)
+            .accept_kinds(kinds)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .bind(bind)
+            .with_context(|| format!("listening on UDP {bind}"))?;
+        let port = endpoint.local_addr()?.port();
         let addrs = announce_addrs(bind, port, announce);
-        let info = P2pInfo {
-            cert_fingerprint: Some(fingerprint),
-            addrs: addrs.clone(),
-        };
+        let info = endpoint.p2p_info(addrs.clone());
         let (client, events) = ctx.connect(device, Some(info)).await?;
         let (me, _) = client
             .me()
             .ok_or_else(|| anyhow!("the server did not welcome us"))?;
-        let endpoint = Arc::new(bind_endpoint(ctx, &verifier, me, &kinds, bind)?);
+        endpoint.set_peer_id(me);
         Ok(Self {
             client,
             events,
-            endpoint,
+            endpoint: Arc::new(endpoint),
             me,
             addrs,
-            verifier,
-            kinds,
-            bind,
         })
     }
 
-    /// After a reconnect the server gave us a new peer id: rebind on the
-    /// announced port so sessions naming it are accepted. Sessions running
-    /// on the old endpoint end.
-    pub(crate) async fn rebind(&mut self, ctx: &Ctx, me: PeerId) -> anyhow::Result<()> {
-        if me == self.me {
-            return Ok(());
-        }
-        // The old endpoint must let go of the port: close it, and drop it
-        // (a connect-only endpoint on a free port stands in meanwhile).
-        // The caller holds no other reference.
-        self.endpoint.close();
-        self.endpoint = Arc::new(
-            P2pEndpoint::builder(identity(ctx)?)
-                .bind(SocketAddr::new(self.bind.ip(), 0))
-                .context("binding a UDP socket for QUIC")?,
-        );
-        let mut last = None;
-        for _ in 0..50 {
-            match bind_endpoint(ctx, &self.verifier, me, &self.kinds, self.bind) {
-                Ok(e) => {
-                    self.endpoint = Arc::new(e);
-                    self.me = me;
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            // Until quinn's driver has let the old socket go.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        match last {
-            Some(e) => Err(e),
-            None => bail!("could not rebind {}", self.bind),
-        }
+    /// After a reconnect the server gave us a new peer id: accept sessions
+    /// naming it (the endpoint and its announced address stay).
+    pub(crate) fn reconnected(&mut self, me: PeerId) {
+        self.endpoint.set_peer_id(me);
+        self.me = me;
     }
 
     /// Accept `session` (announced by the server) when its initiator comes.
@@ -297,19 +260,4 @@ impl Listener {
             )?);
         Ok(true)
     }
-}
-
-fn bind_endpoint(
-    ctx: &Ctx,
-    verifier: &TokenVerifier,
-    me: PeerId,
-    kinds: &[SessionKind],
-    bind: SocketAddr,
-) -> anyhow::Result<P2pEndpoint> {
-    P2pEndpoint::builder(identity(ctx)?)
-        .accept_sessions(verifier.clone(), me)
-        .accept_kinds(kinds.to_vec())
-        .connect_timeout(CONNECT_TIMEOUT)
-        .bind(bind)
-        .with_context(|| format!("listening on UDP {bind}"))
 }

@@ -56,7 +56,8 @@ fn net_with(initiator_identity: Identity) -> Net {
     let keys = KeyRing::generate().expect("keys");
     let me = PeerId::new();
     let target = P2pEndpoint::builder(Identity::generate().expect("target identity"))
-        .accept_sessions(keys.verifier(), me)
+        .accept_sessions(keys.verifier())
+        .peer_id(me)
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind target");
     let initiator = P2pEndpoint::builder(initiator_identity)
@@ -327,6 +328,60 @@ async fn a_token_for_another_peer_is_refused() {
         .await;
 }
 
+/// An agent binds before the server assigns its peer id (its address goes
+/// in the connect), and gets a new one on each reconnect: sessions are
+/// refused until it knows one, then only those naming the current one pass.
+#[tokio::test]
+async fn the_peer_id_can_be_set_after_binding_and_replaced() {
+    let keys = KeyRing::generate().expect("keys");
+    let target = P2pEndpoint::builder(Identity::generate().expect("identity"))
+        .accept_sessions(keys.verifier())
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind target");
+    let initiator = P2pEndpoint::builder(Identity::generate().expect("identity"))
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind initiator");
+    let addr = target.local_addr().expect("addr").to_string();
+    let (first, second) = (PeerId::new(), PeerId::new());
+    let try_session = |me: PeerId| {
+        let s = session(SessionKind::File, PeerId::new(), me, 180);
+        target.expect_session(ExpectedSession::new(s.id, s.kind, s.initiator_peer_id));
+        let t = token(&keys, &s);
+        let (initiator, target, addr) = (&initiator, &target, addr.clone());
+        async move {
+            let addrs = [addr];
+            let (out, inc) = tokio::join!(
+                initiator.connect(&addrs, target.fingerprint(), s.id, &t),
+                target.accept()
+            );
+            (out.map(|_| ()), inc.expect("endpoint open").map(|_| ()))
+        }
+    };
+    let refused = |r: Result<(), P2pError>| {
+        matches!(
+            r,
+            Err(P2pError::Remote {
+                code: ErrorCode::WrongPeer,
+                ..
+            })
+        )
+    };
+
+    let (out, inc) = try_session(first).await;
+    assert!(refused(out), "no peer id yet: refused");
+    assert!(inc.is_err());
+
+    target.set_peer_id(first);
+    let (out, inc) = try_session(first).await;
+    assert!(out.is_ok() && inc.is_ok(), "{out:?} {inc:?}");
+
+    target.set_peer_id(second);
+    let (out, _) = try_session(first).await;
+    assert!(refused(out), "the old peer id no longer passes");
+    let (out, inc) = try_session(second).await;
+    assert!(out.is_ok() && inc.is_ok(), "{out:?} {inc:?}");
+}
+
 #[tokio::test]
 async fn a_token_signed_by_another_key_is_refused() {
     let net = net();
@@ -386,7 +441,8 @@ async fn a_kind_the_agent_does_not_accept_is_refused() {
     let keys = KeyRing::generate().expect("keys");
     let me = PeerId::new();
     let target = P2pEndpoint::builder(Identity::generate().expect("id"))
-        .accept_sessions(keys.verifier(), me)
+        .accept_sessions(keys.verifier())
+        .peer_id(me)
         .accept_kinds([SessionKind::File])
         .allow_unexpected_sessions(true)
         .bind("127.0.0.1:0".parse().expect("addr"))

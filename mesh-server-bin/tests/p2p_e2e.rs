@@ -105,7 +105,8 @@ impl Agent {
         let (me, _) = client.me().expect("welcomed");
         let ahead = tweaks.clock_ahead_ms;
         let endpoint = P2pEndpoint::builder(identity)
-            .accept_sessions(verifier, me)
+            .accept_sessions(verifier)
+            .peer_id(me)
             .clock(move || Timestamp::from_unix_millis(Timestamp::now().unix_millis() + ahead))
             .connect_timeout(Duration::from_secs(5))
             .bind(addr)
@@ -412,7 +413,8 @@ async fn a_target_with_another_certificate_than_announced_is_refused_by_the_init
         .await
         .expect("keys");
     let impostor = P2pEndpoint::builder(Identity::generate().expect("identity"))
-        .accept_sessions(TokenVerifier::from_jwks(&jwks).expect("jwks"), bob.me)
+        .accept_sessions(TokenVerifier::from_jwks(&jwks).expect("jwks"))
+        .peer_id(bob.me)
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
     let redirected = P2pInfo {

@@ -95,20 +95,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
     let ctx = Arc::new(ctx.clone());
     let names: Names = Arc::default();
     let opts = ReceiveOptions::default().overwrite(args.overwrite);
-    let mut rebind = None;
     let result = loop {
-        // After a reconnect: listen as the new peer id (with no other
-        // reference to the old endpoint alive, so its port is free).
-        if let Some(peer_id) = rebind.take() {
-            if let Err(e) = listener.rebind(&ctx, peer_id).await {
-                break Err(e.context("listening again after reconnecting"));
-            }
-            emit(
-                &ctx,
-                json!({"event": "reconnected", "peer_id": peer_id}),
-                || "reconnected".to_owned(),
-            );
-        }
         let endpoint = listener.endpoint.clone();
         tokio::select! {
             event = listener.events.next() => match event {
@@ -146,7 +133,12 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
                 Some(Event::P2pSessionClosed { session_id, .. }) => {
                     listener.endpoint.forget_session(session_id);
                 }
-                Some(Event::Connected { peer_id, resumed: true, .. }) => rebind = Some(peer_id),
+                // Listen as the new peer id the server assigned.
+                Some(Event::Connected { peer_id, resumed: true, .. }) => {
+                    listener.reconnected(peer_id);
+                    emit(&ctx, json!({"event": "reconnected", "peer_id": peer_id}),
+                        || "reconnected".to_owned());
+                }
                 Some(Event::Disconnected { reason, .. }) => {
                     emit(&ctx, json!({"event": "disconnected", "reason": reason}),
                         || format!("connection to the server lost ({reason}); reconnecting..."));

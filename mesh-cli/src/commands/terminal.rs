@@ -139,11 +139,7 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
             )
         },
     );
-    let mut rebind = None;
     let incoming = loop {
-        if let Some(peer_id) = rebind.take() {
-            listener.rebind(ctx, peer_id).await?;
-        }
         let endpoint = listener.endpoint.clone();
         tokio::select! {
             event = listener.events.next() => match event {
@@ -151,7 +147,7 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
                 Some(Event::P2pSessionCreated(grant)) => {
                     listener.expect(&grant).context("the announced session")?;
                 }
-                Some(Event::Connected { peer_id, resumed: true, .. }) => rebind = Some(peer_id),
+                Some(Event::Connected { peer_id, resumed: true, .. }) => listener.reconnected(peer_id),
                 Some(Event::Closed { error }) => {
                     return Err(match error {
                         Some(e) => anyhow::Error::new(e).context("the server closed the connection"),

@@ -85,7 +85,8 @@ impl ExpectedSession {
 /// Configures a [`P2pEndpoint`]: `P2pEndpoint::builder(identity)…bind(addr)`.
 pub struct P2pEndpointBuilder {
     identity: Identity,
-    acceptor: Option<(TokenVerifier, PeerId)>,
+    acceptor: Option<TokenVerifier>,
+    peer_id: Option<PeerId>,
     kinds: Vec<SessionKind>,
     allow_unexpected: bool,
     connect_timeout: Duration,
@@ -98,7 +99,8 @@ impl fmt::Debug for P2pEndpointBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("P2pEndpointBuilder")
             .field("identity", &self.identity)
-            .field("accepts_as", &self.acceptor.as_ref().map(|(_, p)| p))
+            .field("accepts", &self.acceptor.is_some())
+            .field("peer_id", &self.peer_id)
             .field("kinds", &self.kinds)
             .field("allow_unexpected", &self.allow_unexpected)
             .field("connect_timeout", &self.connect_timeout)
@@ -110,10 +112,22 @@ impl fmt::Debug for P2pEndpointBuilder {
 
 impl P2pEndpointBuilder {
     /// Accept incoming sessions whose token `verifier` checks (built from
-    /// the server's JWK Set) and that name `me` (this agent's peer id) as
-    /// their target. Without this, the endpoint only connects out.
-    pub fn accept_sessions(mut self, verifier: TokenVerifier, me: PeerId) -> Self {
-        self.acceptor = Some((verifier, me));
+    /// the server's JWK Set) and that name this agent's peer id as their
+    /// target. Without this, the endpoint only connects out.
+    ///
+    /// The peer id is the server's to assign, on connect, while the connect
+    /// already announces this endpoint's address: give it with
+    /// [`Self::peer_id`] if known, or later with
+    /// [`P2pEndpoint::set_peer_id`]. Until then every session is refused.
+    pub fn accept_sessions(mut self, verifier: TokenVerifier) -> Self {
+        self.acceptor = Some(verifier);
+        self
+    }
+
+    /// This agent's peer id, the target accepted sessions must name (see
+    /// [`Self::accept_sessions`]).
+    pub fn peer_id(mut self, me: PeerId) -> Self {
+        self.peer_id = Some(me);
         self
     }
 
@@ -169,9 +183,9 @@ impl P2pEndpointBuilder {
         let shared = Arc::new(Shared {
             endpoint,
             identity: self.identity,
-            acceptor: self.acceptor.map(|(verifier, me)| Acceptor {
+            acceptor: self.acceptor.map(|verifier| Acceptor {
                 verifier,
-                me,
+                me: Mutex::new(self.peer_id),
                 kinds: self.kinds,
                 allow_unexpected: self.allow_unexpected,
             }),
@@ -193,7 +207,8 @@ impl P2pEndpointBuilder {
 
 struct Acceptor {
     verifier: TokenVerifier,
-    me: PeerId,
+    /// This agent's peer id (none until the server assigned one).
+    me: Mutex<Option<PeerId>>,
     kinds: Vec<SessionKind>,
     allow_unexpected: bool,
 }
@@ -256,6 +271,7 @@ impl P2pEndpoint {
         P2pEndpointBuilder {
             identity,
             acceptor: None,
+            peer_id: None,
             kinds: vec![
                 SessionKind::File,
                 SessionKind::Folder,
@@ -296,6 +312,19 @@ impl P2pEndpoint {
         P2pInfo {
             cert_fingerprint: Some(self.fingerprint().to_owned()),
             addrs,
+        }
+    }
+
+    /// Sets this agent's peer id, the target accepted sessions must name:
+    /// after connecting to the server, and again after each reconnect (the
+    /// server assigns a new peer id per connection; sessions naming the old
+    /// one are refused from then on). The endpoint keeps its socket, so the
+    /// announced address stays valid.
+    pub fn set_peer_id(&self, me: PeerId) {
+        if let Some(acceptor) = &self.shared.acceptor
+            && let Ok(mut slot) = acceptor.me.lock()
+        {
+            *slot = Some(me);
         }
     }
 
@@ -606,7 +635,14 @@ fn check_hello(
             "the token is for another session",
         ));
     }
-    if claims.target_peer_id != acceptor.me {
+    let me = acceptor.me.lock().ok().and_then(|m| *m);
+    if me.is_none() {
+        return Err(P2pError::refused(
+            C::WrongPeer,
+            "this agent is not connected to its server yet",
+        ));
+    }
+    if Some(claims.target_peer_id) != me {
         return Err(P2pError::refused(
             C::WrongPeer,
             "the token names another target peer",

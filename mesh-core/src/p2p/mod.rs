@@ -38,7 +38,8 @@
 //!
 //! // The target: listen, expect the session the server announced, receive.
 //! let endpoint = P2pEndpoint::builder(Identity::generate()?)
-//!     .accept_sessions(verifier, me)
+//!     .accept_sessions(verifier)
+//!     .peer_id(me)
 //!     .bind("0.0.0.0:0".parse().expect("addr"))?;
 //! endpoint.expect_session(ExpectedSession::from_announcement(&session, &initiator)?);
 //! if let Some(incoming) = endpoint.accept().await {
