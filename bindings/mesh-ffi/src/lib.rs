@@ -25,12 +25,23 @@ use std::sync::{Arc, OnceLock};
 
 use mesh_core::client::P2pSessionGrant;
 use mesh_core::client::{Client, ClientError, Event, HistoryPage, HistoryQuery, HttpApi};
+use mesh_core::engine::RtcKind;
 use mesh_core::protocol::http::{CreateRoomRequest, LoginRequest, RegisterRequest};
 use mesh_core::protocol::{
-    Member, Message, PeerId, Presence, Room, RoomId, SessionId, SessionKind, User, Visibility,
+    Member, Message, PeerId, Presence, Role, Room, RoomId, RtcSignal, SessionId, SessionKind, User,
+    UserId, Visibility,
 };
 
 uniffi::setup_scaffolding!();
+
+/// P2P file and folder transfer: desktop targets only (phones do not run
+/// agents).
+#[cfg(not(any(target_os = "android", target_os = "ios")))]
+mod agent;
+#[cfg(not(any(target_os = "android", target_os = "ios")))]
+pub use agent::{
+    AgentConfig, MeshAgent, TransferListener, TransferProgress, TransferReport, start_agent,
+};
 
 /// The library's tokio runtime: the native client's socket task, its event
 /// pump and every async call run here.
@@ -83,6 +94,12 @@ pub enum MeshError {
     /// The call failed on this side (no connection, bad argument, …).
     #[error("{code}: {reason}")]
     Client { code: String, reason: String },
+    /// A P2P session failed: the other agent refused it (`code` is the
+    /// `P2P_ERROR` code's name: `kind_not_accepted`, `already_exists`,
+    /// `hash_mismatch`, …) or could not be reached (`unreachable`,
+    /// `timeout`, `wrong_certificate`), or a local file failed (`io`).
+    #[error("{code}: {reason}")]
+    P2p { code: String, reason: String },
 }
 
 impl MeshError {
@@ -318,6 +335,12 @@ pub enum MeshEvent {
     RoomDeleted {
         room_id: String,
     },
+    /// A member's role changed (`member`, `admin` or `owner`).
+    MemberUpdated {
+        room_id: String,
+        user_id: String,
+        role: String,
+    },
     Typing {
         room_id: String,
         user_id: String,
@@ -327,6 +350,16 @@ pub enum MeshEvent {
         user_id: String,
         status: String,
         status_message: Option<String>,
+    },
+    /// A WebRTC signal from another peer (see [`MeshClient::send_rtc`]):
+    /// `kind` is `offer`, `answer`, `ice` or `hangup`; `body_json` is the
+    /// signal's own fields (`sdp`, `candidate`, …) as a JSON object.
+    Rtc {
+        kind: String,
+        room_id: String,
+        from_peer_id: String,
+        from_user_id: String,
+        body_json: String,
     },
     /// A P2P session this peer is a party to was authorised.
     P2pSessionCreated {
@@ -341,8 +374,7 @@ pub enum MeshEvent {
         code: String,
         reason: String,
     },
-    /// An event this binding does not model yet (WebRTC signals, role
-    /// changes), described in text.
+    /// An event this binding does not model yet, described in text.
     Other {
         description: String,
     },
@@ -350,9 +382,9 @@ pub enum MeshEvent {
 
 fn error_parts(e: ClientError) -> (String, String) {
     match MeshError::from(e) {
-        MeshError::Server { code, reason, .. } | MeshError::Client { code, reason } => {
-            (code, reason)
-        }
+        MeshError::Server { code, reason, .. }
+        | MeshError::Client { code, reason }
+        | MeshError::P2p { code, reason } => (code, reason),
     }
 }
 
@@ -399,6 +431,28 @@ impl From<Event> for MeshEvent {
             Event::RoomDeleted { room_id } => MeshEvent::RoomDeleted {
                 room_id: room_id.to_string(),
             },
+            Event::MemberUpdated {
+                room_id,
+                user_id,
+                role,
+            } => MeshEvent::MemberUpdated {
+                room_id: room_id.to_string(),
+                user_id: user_id.to_string(),
+                role: wire_name(&role),
+            },
+            Event::Rtc { kind, signal } => MeshEvent::Rtc {
+                kind: rtc_kind_name(kind).into(),
+                room_id: signal.room_id.to_string(),
+                from_peer_id: signal
+                    .from_peer_id
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
+                from_user_id: signal
+                    .from_user_id
+                    .map(|u| u.to_string())
+                    .unwrap_or_default(),
+                body_json: serde_json::Value::Object(signal.body).to_string(),
+            },
             Event::Typing {
                 room_id,
                 user_id,
@@ -433,6 +487,29 @@ impl From<Event> for MeshEvent {
             },
         }
     }
+}
+
+fn rtc_kind_name(kind: RtcKind) -> &'static str {
+    match kind {
+        RtcKind::Offer => "offer",
+        RtcKind::Answer => "answer",
+        RtcKind::Ice => "ice",
+        RtcKind::Hangup => "hangup",
+    }
+}
+
+fn parse_rtc_kind(kind: &str) -> Result<RtcKind, MeshError> {
+    Ok(match kind {
+        "offer" => RtcKind::Offer,
+        "answer" => RtcKind::Answer,
+        "ice" => RtcKind::Ice,
+        "hangup" => RtcKind::Hangup,
+        other => {
+            return Err(MeshError::invalid(format!(
+                "not an rtc kind (offer, answer, ice, hangup): {other:?}"
+            )));
+        }
+    })
 }
 
 // ----- the listener -----
@@ -686,6 +763,54 @@ impl MeshClient {
             })
         })
         .await
+    }
+
+    /// Sends a WebRTC signal (`kind`: `offer`, `answer`, `ice` or
+    /// `hangup`) to `target_peer_id`, whose user shares `room_id`;
+    /// `body_json` is a JSON object with the signal's own fields (`sdp`,
+    /// `candidate`, …). The server relays it with `from_peer_id` and
+    /// `from_user_id` added. Fire and forget; dropped while offline.
+    pub fn send_rtc(
+        &self,
+        kind: String,
+        room_id: String,
+        target_peer_id: String,
+        body_json: String,
+    ) -> Result<(), MeshError> {
+        let kind = parse_rtc_kind(&kind)?;
+        let room_id = parse_room(&room_id)?;
+        let target_peer_id: PeerId = parse_id("peer", &target_peer_id)?;
+        let body = match serde_json::from_str(&body_json) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => return Err(MeshError::invalid("body_json must be a JSON object")),
+        };
+        self.client.send_rtc(
+            kind,
+            RtcSignal {
+                target_peer_id,
+                room_id,
+                from_peer_id: None,
+                from_user_id: None,
+                body,
+            },
+        );
+        Ok(())
+    }
+
+    /// Makes `user_id` an `admin` or a plain `member` of `room_id` (the
+    /// owner only); everyone in the room hears `MemberUpdated`.
+    pub async fn set_role(
+        &self,
+        room_id: String,
+        user_id: String,
+        role: String,
+    ) -> Result<MemberInfo, MeshError> {
+        let room = parse_room(&room_id)?;
+        let user: UserId = parse_id("user", &user_id)?;
+        let role: Role = serde_json::from_value(serde_json::Value::String(role.clone()))
+            .map_err(|_| MeshError::invalid(format!("not a role (admin, member): {role:?}")))?;
+        let client = self.client.clone();
+        on_runtime(async move { Ok(client.set_role(room, user, role).await?.into()) }).await
     }
 
     /// Tells a room this user is (or stopped) typing. Fire and forget.

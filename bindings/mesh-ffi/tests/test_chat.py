@@ -9,84 +9,12 @@ Run by scripts/test.sh after bindings/mesh-ffi/generate.sh:
 """
 
 import asyncio
-import os
-import re
-import shutil
-import subprocess
-import tempfile
-import threading
+import json
 import unittest
-import uuid
 
 import mesh_ffi as mesh
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-SERVER_BIN = os.environ.get("MESH_SERVER_BIN") or os.path.join(
-    os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "debug", "mesh-server"
-)
-TIMEOUT = 10
-
-
-class Server:
-    """`mesh-server --listen 127.0.0.1:0 --data <tmp>`, up once it logs its address."""
-
-    def __init__(self):
-        self.data = tempfile.mkdtemp(prefix="mesh-py-")
-        self.proc = subprocess.Popen(
-            [SERVER_BIN, "--listen", "127.0.0.1:0", "--data", self.data],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.log = []
-        found = threading.Event()
-
-        def read():
-            for line in self.proc.stderr:
-                self.log.append(line)
-                m = re.search(r"listening on (\S+)", line)
-                if m and not found.is_set():
-                    self.url = "http://" + m.group(1)
-                    found.set()
-
-        threading.Thread(target=read, daemon=True).start()
-        if not found.wait(30):
-            self.stop()
-            raise RuntimeError("server did not start:\n" + "".join(self.log))
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
-        shutil.rmtree(self.data, ignore_errors=True)
-
-
-class Listener(mesh.MeshListener):
-    """Hands events from the library's thread to the test's asyncio loop."""
-
-    def __init__(self, loop):
-        self.loop = loop
-        self.queue = asyncio.Queue()
-
-    def on_event(self, event):
-        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-
-    async def wait_for(self, pick):
-        """The first event for which `pick` returns something other than None."""
-
-        async def scan():
-            while True:
-                found = pick(await self.queue.get())
-                if found is not None:
-                    return found
-
-        return await asyncio.wait_for(scan(), TIMEOUT)
-
-
-def name():
-    return "u" + uuid.uuid4().hex[:10]
-
-
-PASSWORD = "correct horse battery"
+from support import PASSWORD, Listener, Server, name
 
 
 class ChatTest(unittest.IsolatedAsyncioTestCase):
@@ -174,6 +102,39 @@ class ChatTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(mesh.MeshError.Client) as caught:
             await alice.request_p2p_session(room.id, bob.peer_id(), "teleport")
         self.assertEqual(caught.exception.code, "invalid_argument")
+
+    async def test_rtc_signals_and_role_changes_reach_the_listener(self):
+        _, alice, alice_events = await self.connect(name())
+        bob_auth, bob, bob_events = await self.connect(name())
+        room = await alice.create_room("calls", None, False)
+        await bob.join_room(room.id)
+
+        offer = {"sdp": "v=0 (an offer)", "media": ["audio", "video"]}
+        alice.send_rtc("offer", room.id, bob.peer_id(), json.dumps(offer))
+        got = await bob_events.wait_for(lambda e: e if e.is_rtc() else None)
+        self.assertEqual((got.kind, got.room_id), ("offer", room.id))
+        self.assertEqual(got.from_peer_id, alice.peer_id())
+        self.assertEqual(got.from_user_id, alice.me().id)
+        self.assertEqual(json.loads(got.body_json), offer)
+        bob.send_rtc("hangup", room.id, alice.peer_id(), "{}")
+        got = await alice_events.wait_for(lambda e: e if e.is_rtc() else None)
+        self.assertEqual((got.kind, got.from_peer_id), ("hangup", bob.peer_id()))
+        with self.assertRaises(mesh.MeshError.Client) as caught:
+            alice.send_rtc("offer", room.id, bob.peer_id(), "[1, 2]")
+        self.assertEqual(caught.exception.code, "invalid_argument")
+
+        member = await alice.set_role(room.id, bob_auth.user.id, "admin")
+        self.assertEqual((member.user.id, member.role), (bob_auth.user.id, "admin"))
+        updated = await bob_events.wait_for(
+            lambda e: e if e.is_member_updated() else None
+        )
+        self.assertEqual(
+            (updated.room_id, updated.user_id, updated.role),
+            (room.id, bob_auth.user.id, "admin"),
+        )
+        with self.assertRaises(mesh.MeshError.Server) as caught:
+            await bob.set_role(room.id, alice.me().id, "member")
+        self.assertEqual(caught.exception.code, "forbidden")
 
     async def test_wrong_password_is_unauthorized(self):
         username = name()

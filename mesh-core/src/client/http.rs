@@ -11,11 +11,11 @@ use serde::de::DeserializeOwned;
 use super::{ClientError, HistoryQuery};
 use crate::error::ErrorCode;
 use crate::protocol::http::{
-    AuthResponse, CreateRoomRequest, ErrorResponse, LoginRequest, MembersResponse,
+    AuthResponse, CreateRoomRequest, ErrorResponse, LoginRequest, MemberResponse, MembersResponse,
     MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, Peer,
-    PeersResponse, RegisterRequest, RoomResponse, RoomsResponse, UserResponse,
+    PeersResponse, RegisterRequest, RoleRequest, RoomResponse, RoomsResponse, UserResponse,
 };
-use crate::protocol::{Member, P2pSession, Room, RoomId, SessionId, User};
+use crate::protocol::{Member, P2pSession, Role, Room, RoomId, SessionId, User, UserId};
 
 /// A handle on a server's HTTP API, with or without a token. Cheap to
 /// clone (the connection pool is shared).
@@ -155,6 +155,25 @@ impl HttpApi {
             )
             .await?;
         Ok(r.room)
+    }
+
+    /// Makes `user` an `admin` or a plain `member` of `room`
+    /// (`PATCH /api/rooms/{id}/members/{user_id}`; the owner only). The
+    /// room hears `room.member.updated`.
+    pub async fn set_role(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Member, ClientError> {
+        let r: MemberResponse = self
+            .call(
+                reqwest::Method::PATCH,
+                &format!("/api/rooms/{room}/members/{user}"),
+                Some(&RoleRequest { role }),
+            )
+            .await?;
+        Ok(r.member)
     }
 
     /// The connections online in `room` (`GET /api/rooms/{id}/peers`), with

@@ -28,8 +28,8 @@ use crate::protocol::http::{
     CreateRoomRequest, ErrorResponse, MessagesResponse, P2pSessionRequest, P2pSessionResponse,
 };
 use crate::protocol::{
-    Member, Message, P2pInfo, PeerId, Presence, Room, RoomId, RtcSignal, SessionId, SessionKind,
-    Timestamp, User,
+    Member, Message, P2pInfo, PeerId, Presence, Role, Room, RoomId, RtcSignal, SessionId,
+    SessionKind, Timestamp, User, UserId,
 };
 
 /// Configures and connects a [`Client`] (see [`Client::builder`]).
@@ -633,6 +633,17 @@ impl Client {
             initiator_peer_id: self.me().map(|(peer, _)| peer),
         };
         self.inner.http.create_p2p_session(&req).await
+    }
+
+    /// Makes `user` an `admin` or a plain `member` of `room` (the owner
+    /// only); see [`HttpApi::set_role`].
+    pub async fn set_role(
+        &self,
+        room: RoomId,
+        user: UserId,
+        role: Role,
+    ) -> Result<Member, ClientError> {
+        self.inner.http.set_role(room, user, role).await
     }
 
     /// Closes a P2P session (`p2p.session.close`); fire and forget.

@@ -1,0 +1,474 @@
+//! The P2P agent for desktop targets: a connection that announces a QUIC
+//! endpoint, sends files and folders to other agents, and receives the ones
+//! sent to it into a chosen folder, with progress callbacks.
+//!
+//! The data goes straight between the agents over QUIC, pinned to the
+//! certificates the server announced and authorised by the session token it
+//! signed (see `docs/p2p.md`); the server never sees it.
+//!
+//! ```python
+//! agent = await mesh.start_agent(server, token, mesh.AgentConfig(
+//!     identity_dir="~/.mesh/identity", receive_dir="~/Downloads",
+//!     overwrite=False, bind=None, announce=[], device_name="laptop"),
+//!     listener, transfers)
+//! report = await agent.send_file(room_id, bob_peer_id, "/tmp/report.pdf", transfers)
+//! ```
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mesh_core::auth::TokenVerifier;
+use mesh_core::client::{Client, Event};
+use mesh_core::p2p::{
+    ErrorCode, ExpectedSession, FileReport, FolderReport, Identity, IncomingSession,
+    OutgoingSession, P2pEndpoint, P2pError, Progress, ReceiveOptions, SendOptions,
+};
+use mesh_core::protocol::{PeerId, SessionId, SessionKind};
+
+use crate::{MeshClient, MeshError, MeshListener, on_runtime, parse_id, parse_room};
+
+/// Progress callbacks are at most this frequent (the last one always comes).
+const PROGRESS_EVERY: Duration = Duration::from_millis(50);
+
+/// How long connecting to a peer may take before it counts as unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl From<P2pError> for MeshError {
+    fn from(e: P2pError) -> Self {
+        let code = match &e {
+            P2pError::Refused { code, .. } | P2pError::Remote { code, .. } => code.to_string(),
+            P2pError::FingerprintMismatch { .. } => "wrong_certificate".into(),
+            P2pError::Timeout(_) => "timeout".into(),
+            P2pError::Unreachable(_) => "unreachable".into(),
+            P2pError::Connection(_) => "connection".into(),
+            P2pError::Frame(_) | P2pError::Unexpected { .. } | P2pError::WrongKind(_) => {
+                "protocol".into()
+            }
+            P2pError::Io { .. } => "io".into(),
+            P2pError::BadLocalPath(_) => "invalid_argument".into(),
+            P2pError::Tls(_) => "tls".into(),
+            P2pError::Closed => "closed".into(),
+            _ => "internal".into(),
+        };
+        MeshError::P2p {
+            code,
+            reason: e.to_string(),
+        }
+    }
+}
+
+// ----- records and the listener -----
+
+/// How to run the agent.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct AgentConfig {
+    /// Where this machine's P2P certificate and key live (created on first
+    /// use). Keep it: peers pin the certificate.
+    pub identity_dir: String,
+    /// The only folder received files and folders go into (created if
+    /// missing). `None`: file and folder sessions are refused.
+    pub receive_dir: Option<String>,
+    /// Replace files that already exist in `receive_dir` (default: refuse).
+    pub overwrite: bool,
+    /// The UDP address to listen on (default `0.0.0.0:0`).
+    pub bind: Option<String>,
+    /// Addresses (`host:port`) peers can reach this agent at; empty: the
+    /// bound address, or loopback for a wildcard bind.
+    pub announce: Vec<String>,
+    /// Shown to the user in their device list.
+    pub device_name: Option<String>,
+}
+
+/// How far a transfer is.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct TransferProgress {
+    pub session_id: String,
+    /// `send` or `receive`.
+    pub direction: String,
+    /// The file being transferred (its path inside a folder).
+    pub name: String,
+    /// Bytes done so far (resumed bytes included), of `total`.
+    pub done: u64,
+    pub total: u64,
+}
+
+/// A finished transfer.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct TransferReport {
+    pub session_id: String,
+    /// `file` or `folder`.
+    pub kind: String,
+    /// Receiver: where the file or folder now is. Sender: what was sent.
+    pub path: String,
+    /// Bytes of content (all files of a folder).
+    pub size: u64,
+    pub files: u64,
+    /// The file's BLAKE3 hash (hex), checked by the receiver; empty for a
+    /// folder (each file is checked).
+    pub blake3: String,
+    /// Where a file transfer resumed from (0: from the start).
+    pub resumed_from: u64,
+}
+
+impl TransferReport {
+    fn file(session: SessionId, r: &FileReport) -> Self {
+        Self {
+            session_id: session.to_string(),
+            kind: "file".into(),
+            path: r.path.display().to_string(),
+            size: r.size,
+            files: 1,
+            blake3: r.blake3.to_hex().to_string(),
+            resumed_from: r.resumed_from,
+        }
+    }
+
+    fn folder(session: SessionId, r: &FolderReport) -> Self {
+        Self {
+            session_id: session.to_string(),
+            kind: "folder".into(),
+            path: r.root.display().to_string(),
+            size: r.files.iter().map(|f| f.size).sum(),
+            files: r.files.len() as u64,
+            blake3: String::new(),
+            resumed_from: 0,
+        }
+    }
+}
+
+/// Implemented by the app: hears how transfers go, on a thread of the
+/// library's runtime (do not block for long).
+#[uniffi::export(with_foreign)]
+pub trait TransferListener: Send + Sync {
+    /// A transfer moved on (at most every 50 ms, and once at the end).
+    fn on_progress(&self, progress: TransferProgress);
+    /// A file or folder sent to this agent arrived, verified, in place.
+    fn on_received(&self, report: TransferReport);
+    /// A transfer to this agent failed; nothing partial is visible (a
+    /// resumable part file may stay hidden next to the destination).
+    fn on_failed(&self, session_id: String, error: MeshError);
+}
+
+/// Calls `listener.on_progress` at most every [`PROGRESS_EVERY`].
+fn throttled(
+    listener: Arc<dyn TransferListener>,
+    session: SessionId,
+    direction: &'static str,
+) -> impl FnMut(Progress) + Send {
+    let mut last: Option<Instant> = None;
+    move |p: Progress| {
+        let now = Instant::now();
+        let due = last.is_none_or(|t| now.duration_since(t) >= PROGRESS_EVERY);
+        if due || p.done == p.total {
+            last = Some(now);
+            listener.on_progress(TransferProgress {
+                session_id: session.to_string(),
+                direction: direction.into(),
+                name: p.name,
+                done: p.done,
+                total: p.total,
+            });
+        }
+    }
+}
+
+// ----- the agent -----
+
+/// A connected P2P agent (see [`start_agent`]).
+#[derive(Debug, uniffi::Object)]
+pub struct MeshAgent {
+    client: Client,
+    endpoint: Arc<P2pEndpoint>,
+    addrs: Vec<String>,
+}
+
+/// Binds a QUIC endpoint, connects to `server` with `token` announcing it,
+/// and starts accepting the sessions the server announces for this
+/// connection: files and folders go into `config.receive_dir`, and
+/// `transfers` hears how they go. `listener` hears every chat event, as
+/// with [`connect`](crate::connect).
+#[uniffi::export]
+pub async fn start_agent(
+    server: String,
+    token: String,
+    config: AgentConfig,
+    listener: Arc<dyn MeshListener>,
+    transfers: Arc<dyn TransferListener>,
+) -> Result<Arc<MeshAgent>, MeshError> {
+    on_runtime(async move {
+        let bind: SocketAddr = config
+            .bind
+            .as_deref()
+            .unwrap_or("0.0.0.0:0")
+            .parse()
+            .map_err(|_| MeshError::invalid(format!("not a UDP address: {:?}", config.bind)))?;
+        let receive_dir = match &config.receive_dir {
+            Some(dir) => Some(prepare_dir(Path::new(dir))?),
+            None => None,
+        };
+        let identity = Identity::load_or_generate(Path::new(&config.identity_dir))?;
+        let http = mesh_core::client::HttpApi::new(&server)?;
+        let verifier =
+            TokenVerifier::from_jwks(&http.keys().await?).map_err(|e| MeshError::P2p {
+                code: "tls".into(),
+                reason: format!("the server's signing keys: {e}"),
+            })?;
+        let kinds = if receive_dir.is_some() {
+            vec![SessionKind::File, SessionKind::Folder]
+        } else {
+            Vec::new()
+        };
+        let endpoint = P2pEndpoint::builder(identity)
+            .accept_sessions(verifier)
+            .accept_kinds(kinds)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .bind(bind)?;
+        let port = endpoint.local_addr()?.port();
+        let addrs = if !config.announce.is_empty() {
+            config.announce.clone()
+        } else if bind.ip().is_unspecified() {
+            vec![SocketAddr::new([127, 0, 0, 1].into(), port).to_string()]
+        } else {
+            vec![SocketAddr::new(bind.ip(), port).to_string()]
+        };
+        let mut builder = Client::builder()
+            .server(server)
+            .token(token)
+            .p2p(endpoint.p2p_info(addrs.clone()));
+        if let Some(name) = config.device_name {
+            builder = builder.device_name(name);
+        }
+        let client = builder.connect().await?;
+        let (me, _) = client.me().ok_or_else(|| MeshError::Client {
+            code: "protocol".into(),
+            reason: "the server did not welcome the agent".into(),
+        })?;
+        endpoint.set_peer_id(me);
+        let endpoint = Arc::new(endpoint);
+        let state = Arc::new(Receiving {
+            dir: receive_dir,
+            opts: ReceiveOptions::default().overwrite(config.overwrite),
+            transfers,
+            me: Mutex::new(me),
+        });
+        if let Some(events) = client.events() {
+            tokio::spawn(pump(events, endpoint.clone(), state.clone(), listener));
+        }
+        tokio::spawn(accept(endpoint.clone(), state));
+        Ok(Arc::new(MeshAgent {
+            client,
+            endpoint,
+            addrs,
+        }))
+    })
+    .await
+}
+
+fn prepare_dir(dir: &Path) -> Result<PathBuf, MeshError> {
+    let io = |e: std::io::Error| MeshError::P2p {
+        code: "io".into(),
+        reason: format!("{}: {e}", dir.display()),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    dir.canonicalize().map_err(io)
+}
+
+/// What the receiving side shares.
+struct Receiving {
+    dir: Option<PathBuf>,
+    opts: ReceiveOptions,
+    transfers: Arc<dyn TransferListener>,
+    /// This connection's peer id (a new one after each reconnect).
+    me: Mutex<PeerId>,
+}
+
+/// Hands chat events to the app, and tells the endpoint which sessions to
+/// accept and which peer id it is.
+async fn pump(
+    mut events: mesh_core::client::EventStream,
+    endpoint: Arc<P2pEndpoint>,
+    state: Arc<Receiving>,
+    listener: Arc<dyn MeshListener>,
+) {
+    while let Some(event) = events.next().await {
+        match &event {
+            Event::Connected { peer_id, .. } => {
+                endpoint.set_peer_id(*peer_id);
+                if let Ok(mut me) = state.me.lock() {
+                    *me = *peer_id;
+                }
+            }
+            Event::P2pSessionCreated(grant) => {
+                let me = state.me.lock().map(|m| *m).ok();
+                if Some(grant.session.target_peer_id) == me
+                    && let Ok(expected) =
+                        ExpectedSession::from_announcement(&grant.session, &grant.initiator)
+                {
+                    endpoint.expect_session(expected);
+                }
+            }
+            Event::P2pSessionClosed { session_id, .. } => endpoint.forget_session(*session_id),
+            _ => {}
+        }
+        listener.on_event(event.into());
+    }
+}
+
+/// Accepts sessions until the endpoint closes; each runs on its own task.
+async fn accept(endpoint: Arc<P2pEndpoint>, state: Arc<Receiving>) {
+    while let Some(incoming) = endpoint.accept().await {
+        // A refused connection was told why; keep accepting.
+        if let Ok(session) = incoming {
+            tokio::spawn(receive(session, state.clone()));
+        }
+    }
+}
+
+async fn receive(session: IncomingSession, state: Arc<Receiving>) {
+    let id = session.session_id();
+    let Some(dir) = &state.dir else {
+        // Refused by the endpoint already (no kinds accepted).
+        return;
+    };
+    let progress = throttled(state.transfers.clone(), id, "receive");
+    let result = match session.kind() {
+        SessionKind::File => session
+            .receive_file(dir, &state.opts, progress)
+            .await
+            .map(|r| TransferReport::file(id, &r)),
+        SessionKind::Folder => session
+            .receive_folder(dir, &state.opts, progress)
+            .await
+            .map(|r| TransferReport::folder(id, &r)),
+        _ => return,
+    };
+    match result {
+        Ok(report) => state.transfers.on_received(report),
+        Err(e) => state.transfers.on_failed(id.to_string(), e.into()),
+    }
+}
+
+#[uniffi::export]
+impl MeshAgent {
+    /// The chat client on the agent's connection.
+    pub fn client(&self) -> Arc<MeshClient> {
+        Arc::new(MeshClient {
+            client: self.client.clone(),
+        })
+    }
+
+    /// This agent's peer id (what another agent's `send_file` targets).
+    pub fn peer_id(&self) -> Option<String> {
+        self.client.me().map(|(peer, _)| peer.to_string())
+    }
+
+    /// The addresses this agent announced.
+    pub fn addresses(&self) -> Vec<String> {
+        self.addrs.clone()
+    }
+
+    /// This agent's certificate fingerprint (what peers pin).
+    pub fn fingerprint(&self) -> String {
+        self.endpoint.fingerprint().to_owned()
+    }
+
+    /// Sends the file at `path` to the agent `target_peer_id` in a room
+    /// both users are in, resuming where an earlier broken transfer to it
+    /// ended; `progress` hears how it goes. Returns once the receiver has
+    /// checked the file's hash and put it in place.
+    pub async fn send_file(
+        &self,
+        room_id: String,
+        target_peer_id: String,
+        path: String,
+        progress: Arc<dyn TransferListener>,
+    ) -> Result<TransferReport, MeshError> {
+        let (room, target) = (parse_room(&room_id)?, parse_id("peer", &target_peer_id)?);
+        let (client, endpoint) = (self.client.clone(), self.endpoint.clone());
+        on_runtime(async move {
+            let (session, id) = open(&client, &endpoint, room, target, SessionKind::File).await?;
+            let report = session
+                .send_file(
+                    Path::new(&path),
+                    &SendOptions::default(),
+                    throttled(progress, id, "send"),
+                )
+                .await;
+            client.close_p2p_session(id);
+            Ok(TransferReport::file(id, &report?))
+        })
+        .await
+    }
+
+    /// Sends the folder at `path` (and everything under it) to the agent
+    /// `target_peer_id`; it arrives as `<receive_dir>/<folder name>/`.
+    pub async fn send_folder(
+        &self,
+        room_id: String,
+        target_peer_id: String,
+        path: String,
+        progress: Arc<dyn TransferListener>,
+    ) -> Result<TransferReport, MeshError> {
+        let (room, target) = (parse_room(&room_id)?, parse_id("peer", &target_peer_id)?);
+        let (client, endpoint) = (self.client.clone(), self.endpoint.clone());
+        on_runtime(async move {
+            let (session, id) = open(&client, &endpoint, room, target, SessionKind::Folder).await?;
+            let report = session
+                .send_folder(
+                    Path::new(&path),
+                    &SendOptions::default(),
+                    throttled(progress, id, "send"),
+                )
+                .await;
+            client.close_p2p_session(id);
+            Ok(TransferReport::folder(id, &report?))
+        })
+        .await
+    }
+
+    /// Disconnects from the server and closes the endpoint (transfers in
+    /// flight end).
+    pub async fn shutdown(&self) -> Result<(), MeshError> {
+        let (client, endpoint) = (self.client.clone(), self.endpoint.clone());
+        on_runtime(async move {
+            client.close().await;
+            endpoint.close();
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Asks the server for a session and connects to the peer it announced.
+async fn open(
+    client: &Client,
+    endpoint: &P2pEndpoint,
+    room: mesh_core::protocol::RoomId,
+    target: PeerId,
+    kind: SessionKind,
+) -> Result<(OutgoingSession, SessionId), MeshError> {
+    let grant = client.request_p2p_session(room, target, kind).await?;
+    let id = grant.session.id;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match endpoint
+            .connect_to(&grant.target, id, &grant.session_token)
+            .await
+        {
+            Ok(session) => return Ok((session, id)),
+            // The target hears of the session over its own WebSocket,
+            // maybe a moment after we do: give it a moment.
+            Err(P2pError::Remote {
+                code: ErrorCode::UnknownSession,
+                ..
+            }) if attempt < 5 => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
+            Err(e) => {
+                client.close_p2p_session(id);
+                return Err(e.into());
+            }
+        }
+    }
+}
