@@ -59,7 +59,7 @@ if ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
 MESH_SERVER_BIN="$target_dir/debug/mesh-server" timeout 300 bindings/mesh-ffi/tests/kotlin/run.sh
 echo "kotlin binding took $(( $(date +%s) - bindings_start )) s"
 
-step "JavaScript binding (wasm-bindgen, bindings/mesh-wasm): wasm32 build, then node --test against a real server"
+step "JavaScript binding (wasm-bindgen, bindings/mesh-wasm): wasm32 build; node --test and wasm-bindgen-test (Node, headless Chromium) against a real server"
 bindings_start=$(date +%s)
 if command -v rustup >/dev/null 2>&1; then
   rustup target add wasm32-unknown-unknown >/dev/null 2>&1
@@ -67,10 +67,11 @@ fi
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly.
 wasm_bindgen_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bindgen_version" ]; then
-  # Only the `wasm-bindgen` binary is used: no TLS for the test runner's downloads.
+  # No default features: no TLS; the test runner is given chromedriver, never downloads it.
   cargo install -q wasm-bindgen-cli --version "$wasm_bindgen_version" --no-default-features
 fi
 bindings/mesh-wasm/build.sh
+cargo clippy -q -p mesh-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
 # The wasm build must stay free of tokio's networking, quinn and sled.
 if cargo tree -q -p mesh-wasm --target wasm32-unknown-unknown -e normal --prefix none \
   | grep -E '^(tokio|mio|quinn|sled|reqwest|tokio-tungstenite) '; then
@@ -80,6 +81,13 @@ fi
 (cd bindings/mesh-wasm/tests && npm ci --no-audit --no-fund --loglevel=error)
 (cd bindings/mesh-wasm/tests && MESH_SERVER_BIN="$target_dir/debug/mesh-server" \
   timeout 300 node --test --test-concurrency=1 .)
+# wasm-bindgen-test: the pure parts in Node, the chat scenario in headless
+# Chromium through Debian's chromedriver.
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  apt_install chromium chromium-driver
+fi
+MESH_SERVER_BIN="$target_dir/debug/mesh-server" CHROMEDRIVER=/usr/bin/chromedriver \
+  timeout 600 bindings/mesh-wasm/test.sh
 echo "javascript binding took $(( $(date +%s) - bindings_start )) s"
 
 step "web client in a real browser (web-tests/, Chromium + playwright-core)"

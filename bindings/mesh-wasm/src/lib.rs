@@ -32,9 +32,10 @@ use mesh_core::client::{
     ClientConfig, ClientError, ClientState, Completion, Event, HistoryPage, HistoryQuery, Reply,
     RequestId,
 };
+use mesh_core::engine::RtcKind;
 use mesh_core::protocol::http::CreateRoomRequest;
 use mesh_core::protocol::{
-    PeerId, Presence, RoomId, SessionId, SessionKind, Timestamp, Visibility,
+    PeerId, Presence, RoomId, RtcSignal, SessionId, SessionKind, Timestamp, UserId, Visibility,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -103,6 +104,8 @@ export type MeshEvent =
   | { type: "presence"; user_id: string; status: string; message: string | null }
   | ({ type: "p2p_session_created" } & P2pGrant)
   | { type: "p2p_session_closed"; session_id: string; reason: string }
+  | { type: "rtc"; kind: "offer" | "answer" | "ice" | "hangup"; room_id: string;
+      from_peer_id: string; from_user_id: string; body: Record<string, unknown> }
   | { type: "server_error"; code: string; message: string }
   | { type: "other"; description: string };
 "#;
@@ -510,6 +513,29 @@ fn drive(shared: &Shared) {
     }
 }
 
+fn rtc_kind_name(kind: RtcKind) -> &'static str {
+    match kind {
+        RtcKind::Offer => "offer",
+        RtcKind::Answer => "answer",
+        RtcKind::Ice => "ice",
+        RtcKind::Hangup => "hangup",
+    }
+}
+
+fn parse_rtc_kind(kind: &str) -> Result<RtcKind, JsValue> {
+    Ok(match kind {
+        "offer" => RtcKind::Offer,
+        "answer" => RtcKind::Answer,
+        "ice" => RtcKind::Ice,
+        "hangup" => RtcKind::Hangup,
+        other => {
+            return Err(invalid(&format!(
+                "not an rtc kind (offer, answer, ice, hangup): {other:?}"
+            )));
+        }
+    })
+}
+
 fn event_to_js(event: Event) -> JsValue {
     let v = match event {
         Event::Connected {
@@ -562,6 +588,11 @@ fn event_to_js(event: Event) -> JsValue {
             message,
         } => {
             json!({ "type": "presence", "user_id": user_id, "status": status, "message": message })
+        }
+        Event::Rtc { kind, signal } => {
+            json!({ "type": "rtc", "kind": rtc_kind_name(kind), "room_id": signal.room_id,
+                    "from_peer_id": signal.from_peer_id, "from_user_id": signal.from_user_id,
+                    "body": signal.body })
         }
         Event::P2pSessionCreated(grant) => {
             let mut v = grant_json(&grant);
@@ -724,6 +755,63 @@ impl MeshClient {
         Ok(self.request(|s| s.leave_room(room)))
     }
 
+    /// Sends a WebRTC signal (`offer`, `answer`, `ice` or `hangup`) to
+    /// `targetPeerId`, whose user shares the room; `body` is an object with
+    /// the signal's own fields (`sdp`, `candidate`, …). The server relays it
+    /// with `from_peer_id` and `from_user_id` added. Fire and forget.
+    #[wasm_bindgen(js_name = sendRtc)]
+    pub fn send_rtc(
+        &self,
+        kind: &str,
+        room_id: &str,
+        target_peer_id: &str,
+        #[wasm_bindgen(unchecked_param_type = "Record<string, unknown>")] body: JsValue,
+    ) -> Result<(), JsValue> {
+        let kind = parse_rtc_kind(kind)?;
+        let room_id = parse_room(room_id)?;
+        let target_peer_id: PeerId = parse_id("peer", target_peer_id)?;
+        let body = JSON::stringify(&body)
+            .ok()
+            .and_then(|s| s.as_string())
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok());
+        let Some(serde_json::Value::Object(body)) = body else {
+            return Err(invalid("the rtc body must be a plain object"));
+        };
+        let signal = RtcSignal {
+            target_peer_id,
+            room_id,
+            from_peer_id: None,
+            from_user_id: None,
+            body,
+        };
+        self.shared.borrow_mut().state.send_rtc(kind, signal);
+        drive(&self.shared);
+        Ok(())
+    }
+
+    /// Makes `userId` an `admin` or a plain `member` of the room (the
+    /// owner only); everyone in it hears `member_updated`.
+    #[wasm_bindgen(js_name = setRole, unchecked_return_type = "Promise<Member>")]
+    pub fn set_role(&self, room_id: &str, user_id: &str, role: &str) -> Result<Promise, JsValue> {
+        let room = parse_room(room_id)?;
+        let user: UserId = parse_id("user", user_id)?;
+        if !matches!(role, "admin" | "member") {
+            return Err(invalid(&format!("not a role (admin, member): {role:?}")));
+        }
+        let body = json!({ "role": role }).to_string();
+        let http = self.http.clone();
+        Ok(future_to_promise(async move {
+            let answer = http
+                .call(
+                    "PATCH",
+                    &format!("/api/rooms/{room}/members/{user}"),
+                    Some(body),
+                )
+                .await?;
+            Ok(field(&answer, "member"))
+        }))
+    }
+
     /// Tells a room this user is (or stopped) typing. Fire and forget.
     #[wasm_bindgen(js_name = setTyping)]
     pub fn set_typing(&self, room_id: &str, typing: bool) -> Result<(), JsValue> {
@@ -842,5 +930,174 @@ impl MeshClient {
 impl MeshClient {
     fn observe_weak(shared: &Shared, room: RoomId, seq: u64) {
         shared.borrow_mut().state.observe_seq(room, seq);
+    }
+}
+
+/// The pure parts, run in Node by `wasm-bindgen-test-runner`
+/// (`cargo test -p mesh-wasm --target wasm32-unknown-unknown --lib`, as
+/// `scripts/test.sh` does): errors, the JSON shapes events cross as, URLs,
+/// and the sans-IO client state machine itself running as wasm.
+#[cfg(all(test, target_arch = "wasm32"))]
+mod tests {
+    use super::*;
+    use mesh_core::protocol::{Message, MessageId, User, UserId};
+    use wasm_bindgen_test::wasm_bindgen_test;
+
+    fn get(v: &JsValue, path: &str) -> JsValue {
+        path.split('.').fold(v.clone(), |v, name| field(&v, name))
+    }
+
+    fn code_of(e: &JsValue) -> Option<String> {
+        field(e, "code").as_string()
+    }
+
+    fn user() -> User {
+        User {
+            id: UserId::new(),
+            username: "alice".into(),
+            display_name: "Alice".into(),
+            created_at: Timestamp::from_unix_millis(1_700_000_000_000),
+        }
+    }
+
+    #[wasm_bindgen_test]
+    fn errors_are_js_errors_with_the_contract_code() {
+        let e = client_error(&ClientError::server(
+            mesh_core::ErrorCode::Forbidden,
+            "not a member",
+        ));
+        assert!(e.is_instance_of::<js_sys::Error>());
+        assert_eq!(code_of(&e).as_deref(), Some("forbidden"));
+        assert_eq!(
+            field(&e, "message").as_string().as_deref(),
+            Some("not a member")
+        );
+        let e = client_error(&ClientError::NotConnected);
+        assert_eq!(code_of(&e).as_deref(), Some("not_connected"));
+        assert_eq!(status_code(429), "rate_limited");
+        assert_eq!(status_code(404), "not_found");
+        assert_eq!(status_code(502), "internal");
+    }
+
+    #[wasm_bindgen_test]
+    fn bad_arguments_are_refused_before_anything_is_sent() {
+        let e = MeshApi::new("ftp://example.com").expect_err("not http");
+        assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
+        let e = parse_room("general").expect_err("not a room id");
+        assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
+        let e = parse_rtc_kind("ring").expect_err("not a kind");
+        assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
+        assert_eq!(parse_rtc_kind("ice").ok(), Some(RtcKind::Ice));
+    }
+
+    #[wasm_bindgen_test]
+    fn websocket_urls_follow_the_server_scheme_and_escape_the_token() {
+        let mut http = Http::new("https://chat.example.com/").expect("url");
+        http.token = Some("a+b/c=".into());
+        assert_eq!(
+            http.ws_url(),
+            "wss://chat.example.com/ws?token=a%2Bb%2Fc%3D"
+        );
+        let http = Http::new("http://127.0.0.1:8000").expect("url");
+        assert_eq!(http.ws_url(), "ws://127.0.0.1:8000/ws?token=");
+    }
+
+    #[wasm_bindgen_test]
+    fn events_cross_in_the_contract_shape() {
+        let alice = user();
+        let room = RoomId::new();
+        let message = Message {
+            id: MessageId::new(),
+            room_id: room,
+            seq: 7,
+            sender: alice.clone(),
+            content: "<b>hi</b>".into(),
+            created_at: Timestamp::from_unix_millis(1_700_000_000_000),
+            client_id: Some("c1".into()),
+        };
+        let v = event_to_js(Event::Message(message));
+        assert_eq!(get(&v, "type").as_string().as_deref(), Some("message"));
+        assert_eq!(get(&v, "message.seq").as_f64(), Some(7.0));
+        assert_eq!(
+            get(&v, "message.room_id").as_string(),
+            Some(room.to_string())
+        );
+        assert_eq!(
+            get(&v, "message.sender.username").as_string().as_deref(),
+            Some("alice")
+        );
+        // Times are RFC 3339 strings, as on the wire.
+        let at = get(&v, "message.created_at").as_string().expect("a string");
+        assert!(at.starts_with("2023-11-14T22:13:20"), "{at}");
+
+        let from = PeerId::new();
+        let mut body = serde_json::Map::new();
+        body.insert("sdp".into(), json!("v=0"));
+        let v = event_to_js(Event::Rtc {
+            kind: RtcKind::Offer,
+            signal: RtcSignal {
+                target_peer_id: PeerId::new(),
+                room_id: room,
+                from_peer_id: Some(from),
+                from_user_id: Some(alice.id),
+                body,
+            },
+        });
+        assert_eq!(get(&v, "type").as_string().as_deref(), Some("rtc"));
+        assert_eq!(get(&v, "kind").as_string().as_deref(), Some("offer"));
+        assert_eq!(get(&v, "from_peer_id").as_string(), Some(from.to_string()));
+        assert_eq!(get(&v, "body.sdp").as_string().as_deref(), Some("v=0"));
+
+        let v = event_to_js(Event::Closed {
+            error: Some(ClientError::server(
+                mesh_core::ErrorCode::Unauthorized,
+                "token revoked",
+            )),
+        });
+        assert_eq!(get(&v, "type").as_string().as_deref(), Some("closed"));
+        assert_eq!(
+            get(&v, "error.code").as_string().as_deref(),
+            Some("unauthorized")
+        );
+        let v = event_to_js(Event::Closed { error: None });
+        assert!(get(&v, "error").is_null());
+    }
+
+    /// The same state machine as the native client, compiled to wasm: a
+    /// message sent offline waits in the queue, goes out after the hello
+    /// once connected, and its echo resolves it exactly once.
+    #[wasm_bindgen_test]
+    fn the_client_state_machine_runs_as_wasm() {
+        let t = now();
+        let mut state = ClientState::new(ClientConfig::default(), t, 42);
+        let room = RoomId::new();
+        let client_id = state.send_message(room, "queued while offline", t);
+        assert_eq!(state.queued().collect::<Vec<_>>(), vec![client_id.as_str()]);
+        assert!(state.poll_transmit().is_none(), "nothing goes out offline");
+
+        assert!(state.poll_connect(t), "it wants a connection");
+        state.connected(t);
+        let hello: serde_json::Value =
+            serde_json::from_str(&state.poll_transmit().expect("a hello")).expect("json");
+        assert_eq!(hello["type"], "system.hello");
+        let peer = PeerId::new();
+        let welcome = json!({"type": "system.welcome", "payload": {
+            "peer_id": peer, "user": user(), "server_time": t, "heartbeat_ms": 30000,
+        }});
+        state.frame_received(&welcome.to_string(), t);
+        let mut sent = Vec::new();
+        while let Some(frame) = state.poll_transmit() {
+            sent.push(serde_json::from_str::<serde_json::Value>(&frame).expect("json"));
+        }
+        let send = sent
+            .iter()
+            .find(|f| f["type"] == "chat.message.send")
+            .expect("the queued message went out");
+        assert_eq!(send["payload"]["client_id"], client_id.as_str());
+        assert_eq!(send["payload"]["content"], "queued while offline");
+        assert!(matches!(
+            state.poll_event(),
+            Some(Event::Connected { peer_id, .. }) if peer_id == peer
+        ));
     }
 }

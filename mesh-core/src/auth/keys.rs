@@ -263,10 +263,12 @@ fn save(dir: &Path, key: &SigningKey) -> Result<PathBuf, AuthError> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&tmp).map_err(write_err)?;
-    file.write_all(pem.as_bytes()).map_err(write_err)?;
-    file.sync_all().map_err(write_err)?;
-    drop(file);
+    {
+        // Closed at the end of this block, before the rename.
+        let mut file = options.open(&tmp).map_err(write_err)?;
+        file.write_all(pem.as_bytes()).map_err(write_err)?;
+        file.sync_all().map_err(write_err)?;
+    }
     fs::rename(&tmp, &path).map_err(write_err)?;
     #[cfg(unix)]
     {
