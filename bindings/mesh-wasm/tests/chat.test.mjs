@@ -188,6 +188,46 @@ test('p2p sessions are granted to both peers and closed', async () => {
   );
 });
 
+test('rtc signals and role changes reach the other side', async () => {
+  const alice = await user();
+  const bob = await user();
+  const room = await alice.client.createRoom('calls', null, false);
+  await bob.client.joinRoom(room.id);
+
+  const offer = { sdp: 'v=0 (an offer)', media: ['audio', 'video'] };
+  alice.client.sendRtc('offer', room.id, bob.client.peerId(), offer);
+  const got = await bob.events.waitFor((e) => (e.type === 'rtc' ? e : undefined));
+  assert.equal(got.kind, 'offer');
+  assert.equal(got.room_id, room.id);
+  assert.equal(got.from_peer_id, alice.client.peerId());
+  assert.equal(got.from_user_id, alice.auth.user.id);
+  assert.deepEqual(got.body, offer);
+  assert.throws(
+    () => alice.client.sendRtc('ring', room.id, bob.client.peerId(), {}),
+    (e) => e.code === 'invalid_argument',
+  );
+  assert.throws(
+    () => alice.client.sendRtc('offer', room.id, bob.client.peerId(), [1, 2]),
+    (e) => e.code === 'invalid_argument',
+  );
+
+  const member = await alice.client.setRole(room.id, bob.auth.user.id, 'admin');
+  assert.equal(member.role, 'admin');
+  const updated = await bob.events.waitFor((e) => (e.type === 'member_updated' ? e : undefined));
+  assert.deepEqual(
+    [updated.room_id, updated.user_id, updated.role],
+    [room.id, bob.auth.user.id, 'admin'],
+  );
+  assert.throws(
+    () => alice.client.setRole(room.id, bob.auth.user.id, 'owner'),
+    (e) => e.code === 'invalid_argument',
+  );
+  await assert.rejects(bob.client.setRole(room.id, alice.auth.user.id, 'member'), (e) => {
+    assert.equal(e.code, 'forbidden');
+    return true;
+  });
+});
+
 test('a wrong password is an Error with code unauthorized', async () => {
   const username = name();
   const api = new MeshApi(server.url);
