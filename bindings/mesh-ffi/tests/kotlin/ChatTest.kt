@@ -1,4 +1,5 @@
-// The chat scenario through the generated Kotlin binding (JNA + coroutines),
+// The chat scenario and a P2P file transfer through the generated Kotlin
+// binding (JNA + coroutines),
 // against a real mesh-server on a free port. Run by
 // bindings/mesh-ffi/tests/kotlin/run.sh (scripts/test.sh calls it).
 
@@ -9,11 +10,16 @@ import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
 import kotlin.concurrent.thread
 import kotlinx.coroutines.runBlocking
+import uniffi.mesh_ffi.AgentConfig
 import uniffi.mesh_ffi.MeshApi
 import uniffi.mesh_ffi.MeshEvent
 import uniffi.mesh_ffi.MeshException
 import uniffi.mesh_ffi.MeshListener
+import uniffi.mesh_ffi.TransferListener
+import uniffi.mesh_ffi.TransferProgress
+import uniffi.mesh_ffi.TransferReport
 import uniffi.mesh_ffi.connect
+import uniffi.mesh_ffi.startAgent
 
 const val PASSWORD = "correct horse battery"
 
@@ -40,6 +46,26 @@ class Events : MeshListener {
     }
 }
 
+/** Collects progress; hands finished transfers to the test. */
+class Transfers : TransferListener {
+    val progress = java.util.Collections.synchronizedList(mutableListOf<TransferProgress>())
+    val done = LinkedBlockingQueue<Any>()
+
+    override fun onProgress(progress: TransferProgress) {
+        this.progress.add(progress)
+    }
+
+    override fun onReceived(report: TransferReport) {
+        done.put(report)
+    }
+
+    override fun onFailed(sessionId: String, error: MeshException) {
+        done.put(error)
+    }
+
+    fun next(): Any = done.poll(10, TimeUnit.SECONDS) ?: throw AssertionError("no transfer ended")
+}
+
 fun name() = "u" + UUID.randomUUID().toString().replace("-", "").take(10)
 
 fun main(args: Array<String>) {
@@ -61,6 +87,8 @@ fun main(args: Array<String>) {
     try {
         runBlocking { chat(url) }
         println("kotlin chat test: ok")
+        runBlocking { transfer(url) }
+        println("kotlin file transfer test: ok")
     } finally {
         server.destroy()
         server.waitFor(10, TimeUnit.SECONDS)
@@ -121,4 +149,41 @@ suspend fun chat(url: String) {
     bob.shutdown()
     val closed = aliceEvents.waitFor { it as? MeshEvent.Closed }
     check(closed.error == null) { "$closed" }
+}
+
+/** Two P2P agents: a file goes from one to the other over QUIC. */
+suspend fun transfer(url: String) {
+    val api = MeshApi(url)
+    val tmp = Files.createTempDirectory("mesh-kt-p2p-").toFile()
+    try {
+        val inbox = File(tmp, "inbox")
+        fun config(who: String, receive: File?) = AgentConfig(
+            File(tmp, "$who-identity").path, receive?.path, false, "127.0.0.1:0", listOf(), "kotlin"
+        )
+        val aliceTransfers = Transfers()
+        val bobTransfers = Transfers()
+        val alice = startAgent(url, api.register(name(), PASSWORD, null).token,
+            config("alice", null), Events(), aliceTransfers)
+        val bob = startAgent(url, api.register(name(), PASSWORD, null).token,
+            config("bob", inbox), Events(), bobTransfers)
+        val room = alice.client().createRoom("files", null, false)
+        bob.client().joinRoom(room.id)
+
+        val src = File(tmp, "notes.bin")
+        val content = ByteArray(2 * 1024 * 1024 + 7) { (it * 31 % 251).toByte() }
+        src.writeBytes(content)
+        val sent = alice.sendFile(room.id, bob.peerId()!!, src.path, aliceTransfers)
+        check(sent.size == content.size.toULong()) { "$sent" }
+        val received = bobTransfers.next() as? TransferReport ?: throw AssertionError("receive failed")
+        check(received.blake3 == sent.blake3) { "$received vs $sent" }
+        check(File(received.path).readBytes().contentEquals(content)) { "content differs" }
+        val last = aliceTransfers.progress.last()
+        check(last.done == last.total && last.total == content.size.toULong()) { "$last" }
+        check(bobTransfers.progress.isNotEmpty()) { "no receive progress" }
+
+        alice.shutdown()
+        bob.shutdown()
+    } finally {
+        tmp.deleteRecursively()
+    }
 }
