@@ -50,10 +50,12 @@ use crate::storage::{
 use crate::validate;
 
 mod connection;
+mod hashing;
 mod hub;
 pub mod limits;
 
 pub use connection::{Flow, PeerConnection};
+use hashing::HashPool;
 use hub::Hub;
 use limits::{FrameRate, LoginLimiter, LoginRate};
 
@@ -122,9 +124,7 @@ impl ServiceBuilder {
                 auth,
                 hub: Mutex::new(Hub::new(engine)),
                 logins: Mutex::new(LoginLimiter::new(self.config.login_rate)),
-                hashing: tokio::sync::Semaphore::new(
-                    std::thread::available_parallelism().map_or(1, |n| n.get()),
-                ),
+                hashing: HashPool::per_core(),
                 timers: tokio::sync::Notify::new(),
                 next_timer: AtomicI64::new(i64::MAX),
                 config: self.config,
@@ -145,8 +145,8 @@ struct Inner {
     auth: Arc<dyn Authenticator>,
     hub: Mutex<Hub>,
     logins: Mutex<LoginLimiter>,
-    /// One permit per core: password hashes running at once.
-    hashing: tokio::sync::Semaphore,
+    /// Password hashing: one low-priority thread per core.
+    hashing: HashPool,
     /// Wakes [`Service::run_timers`] when an earlier deadline appears.
     timers: tokio::sync::Notify,
     /// The deadline `run_timers` sleeps until, in Unix ms.
@@ -260,25 +260,15 @@ impl Service {
         }
     }
 
-    /// Runs CPU-heavy work (password hashing) off the async threads, at
-    /// most one job per core at a time: more would only make each hash
-    /// slower (argon2id's 19 MiB per hash thrash the caches), crowd the
-    /// async threads off the cores, and leave a malloc arena of hash
-    /// buffers behind per extra thread. The rest wait their turn.
+    /// Runs CPU-heavy work (password hashing) off the async threads, on
+    /// the [`HashPool`]: one job per core at a time, at a lower OS priority
+    /// than the runtime's threads. The rest wait their turn.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&dyn Authenticator) -> T + Send + 'static,
     ) -> Result<T> {
-        let _permit = self
-            .inner
-            .hashing
-            .acquire()
-            .await
-            .map_err(|e| Error::Internal(format!("hashing queue closed: {e}")))?;
         let auth = self.inner.auth.clone();
-        tokio::task::spawn_blocking(move || f(auth.as_ref()))
-            .await
-            .map_err(|e| Error::Internal(format!("blocking task failed: {e}")))
+        self.inner.hashing.run(move || f(auth.as_ref())).await
     }
 
     fn check_login_rate(&self, username: Option<&str>, addr: Option<IpAddr>) -> Result<()> {
