@@ -385,21 +385,8 @@ impl MeshAgent {
         path: String,
         progress: Arc<dyn TransferListener>,
     ) -> Result<TransferReport, MeshError> {
-        let (room, target) = (parse_room(&room_id)?, parse_id("peer", &target_peer_id)?);
-        let (client, endpoint) = (self.client.clone(), self.endpoint.clone());
-        on_runtime(async move {
-            let (session, id) = open(&client, &endpoint, room, target, SessionKind::File).await?;
-            let report = session
-                .send_file(
-                    Path::new(&path),
-                    &SendOptions::default(),
-                    throttled(progress, id, "send"),
-                )
-                .await;
-            client.close_p2p_session(id);
-            Ok(TransferReport::file(id, &report?))
-        })
-        .await
+        self.send(SessionKind::File, room_id, target_peer_id, path, progress)
+            .await
     }
 
     /// Sends the folder at `path` (and everything under it) to the agent
@@ -411,21 +398,8 @@ impl MeshAgent {
         path: String,
         progress: Arc<dyn TransferListener>,
     ) -> Result<TransferReport, MeshError> {
-        let (room, target) = (parse_room(&room_id)?, parse_id("peer", &target_peer_id)?);
-        let (client, endpoint) = (self.client.clone(), self.endpoint.clone());
-        on_runtime(async move {
-            let (session, id) = open(&client, &endpoint, room, target, SessionKind::Folder).await?;
-            let report = session
-                .send_folder(
-                    Path::new(&path),
-                    &SendOptions::default(),
-                    throttled(progress, id, "send"),
-                )
-                .await;
-            client.close_p2p_session(id);
-            Ok(TransferReport::folder(id, &report?))
-        })
-        .await
+        self.send(SessionKind::Folder, room_id, target_peer_id, path, progress)
+            .await
     }
 
     /// Disconnects from the server and closes the endpoint (transfers in
@@ -436,6 +410,39 @@ impl MeshAgent {
             client.close().await;
             endpoint.close();
             Ok(())
+        })
+        .await
+    }
+}
+
+impl MeshAgent {
+    /// A `file` or `folder` session to `target_peer_id`, sending `path`.
+    async fn send(
+        &self,
+        kind: SessionKind,
+        room_id: String,
+        target_peer_id: String,
+        path: String,
+        progress: Arc<dyn TransferListener>,
+    ) -> Result<TransferReport, MeshError> {
+        let (room, target) = (parse_room(&room_id)?, parse_id("peer", &target_peer_id)?);
+        let (client, endpoint) = (self.client.clone(), self.endpoint.clone());
+        on_runtime(async move {
+            let (session, id) = open(&client, &endpoint, room, target, kind).await?;
+            let (path, opts) = (Path::new(&path), SendOptions::default());
+            let progress = throttled(progress, id, "send");
+            let report = match kind {
+                SessionKind::Folder => session
+                    .send_folder(path, &opts, progress)
+                    .await
+                    .map(|r| TransferReport::folder(id, &r)),
+                _ => session
+                    .send_file(path, &opts, progress)
+                    .await
+                    .map(|r| TransferReport::file(id, &r)),
+            };
+            client.close_p2p_session(id);
+            Ok(report?)
         })
         .await
     }

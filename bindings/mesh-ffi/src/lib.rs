@@ -441,7 +441,7 @@ impl From<Event> for MeshEvent {
                 role: wire_name(&role),
             },
             Event::Rtc { kind, signal } => MeshEvent::Rtc {
-                kind: rtc_kind_name(kind).into(),
+                kind: kind.as_str().into(),
                 room_id: signal.room_id.to_string(),
                 from_peer_id: signal
                     .from_peer_id
@@ -487,29 +487,6 @@ impl From<Event> for MeshEvent {
             },
         }
     }
-}
-
-fn rtc_kind_name(kind: RtcKind) -> &'static str {
-    match kind {
-        RtcKind::Offer => "offer",
-        RtcKind::Answer => "answer",
-        RtcKind::Ice => "ice",
-        RtcKind::Hangup => "hangup",
-    }
-}
-
-fn parse_rtc_kind(kind: &str) -> Result<RtcKind, MeshError> {
-    Ok(match kind {
-        "offer" => RtcKind::Offer,
-        "answer" => RtcKind::Answer,
-        "ice" => RtcKind::Ice,
-        "hangup" => RtcKind::Hangup,
-        other => {
-            return Err(MeshError::invalid(format!(
-                "not an rtc kind (offer, answer, ice, hangup): {other:?}"
-            )));
-        }
-    })
 }
 
 // ----- the listener -----
@@ -777,7 +754,9 @@ impl MeshClient {
         target_peer_id: String,
         body_json: String,
     ) -> Result<(), MeshError> {
-        let kind = parse_rtc_kind(&kind)?;
+        let kind: RtcKind = kind
+            .parse()
+            .map_err(|e: mesh_core::Error| MeshError::invalid(e.to_string()))?;
         let room_id = parse_room(&room_id)?;
         let target_peer_id: PeerId = parse_id("peer", &target_peer_id)?;
         let body = match serde_json::from_str(&body_json) {

@@ -513,29 +513,6 @@ fn drive(shared: &Shared) {
     }
 }
 
-fn rtc_kind_name(kind: RtcKind) -> &'static str {
-    match kind {
-        RtcKind::Offer => "offer",
-        RtcKind::Answer => "answer",
-        RtcKind::Ice => "ice",
-        RtcKind::Hangup => "hangup",
-    }
-}
-
-fn parse_rtc_kind(kind: &str) -> Result<RtcKind, JsValue> {
-    Ok(match kind {
-        "offer" => RtcKind::Offer,
-        "answer" => RtcKind::Answer,
-        "ice" => RtcKind::Ice,
-        "hangup" => RtcKind::Hangup,
-        other => {
-            return Err(invalid(&format!(
-                "not an rtc kind (offer, answer, ice, hangup): {other:?}"
-            )));
-        }
-    })
-}
-
 fn event_to_js(event: Event) -> JsValue {
     let v = match event {
         Event::Connected {
@@ -590,7 +567,7 @@ fn event_to_js(event: Event) -> JsValue {
             json!({ "type": "presence", "user_id": user_id, "status": status, "message": message })
         }
         Event::Rtc { kind, signal } => {
-            json!({ "type": "rtc", "kind": rtc_kind_name(kind), "room_id": signal.room_id,
+            json!({ "type": "rtc", "kind": kind.as_str(), "room_id": signal.room_id,
                     "from_peer_id": signal.from_peer_id, "from_user_id": signal.from_user_id,
                     "body": signal.body })
         }
@@ -767,7 +744,9 @@ impl MeshClient {
         target_peer_id: &str,
         #[wasm_bindgen(unchecked_param_type = "Record<string, unknown>")] body: JsValue,
     ) -> Result<(), JsValue> {
-        let kind = parse_rtc_kind(kind)?;
+        let kind: RtcKind = kind
+            .parse()
+            .map_err(|e: mesh_core::Error| invalid(&e.to_string()))?;
         let room_id = parse_room(room_id)?;
         let target_peer_id: PeerId = parse_id("peer", target_peer_id)?;
         let body = JSON::stringify(&body)
@@ -985,9 +964,6 @@ mod tests {
         assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
         let e = parse_room("general").expect_err("not a room id");
         assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
-        let e = parse_rtc_kind("ring").expect_err("not a kind");
-        assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
-        assert_eq!(parse_rtc_kind("ice").ok(), Some(RtcKind::Ice));
     }
 
     #[wasm_bindgen_test]

@@ -117,6 +117,39 @@ pub enum RtcKind {
     Hangup,
 }
 
+impl RtcKind {
+    /// The kind as the event types name it: `offer` for `rtc.offer`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RtcKind::Offer => "offer",
+            RtcKind::Answer => "answer",
+            RtcKind::Ice => "ice",
+            RtcKind::Hangup => "hangup",
+        }
+    }
+}
+
+impl std::str::FromStr for RtcKind {
+    type Err = crate::Error;
+
+    /// `offer`, `answer`, `ice` or `hangup`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            RtcKind::Offer,
+            RtcKind::Answer,
+            RtcKind::Ice,
+            RtcKind::Hangup,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| {
+            crate::Error::InvalidRequest(format!(
+                "not an rtc kind (offer, answer, ice, hangup): {s:?}"
+            ))
+        })
+    }
+}
+
 /// The engine. See the [module docs](self).
 #[derive(Debug)]
 pub struct Engine {

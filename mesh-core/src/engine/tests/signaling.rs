@@ -277,3 +277,20 @@ fn opening_for_a_peer_that_left_meanwhile_closes_at_once() {
     );
     assert_eq!(h.ended, vec![session.id]);
 }
+
+#[test]
+fn rtc_kinds_read_and_print_as_the_event_types_name_them() {
+    for kind in [
+        RtcKind::Offer,
+        RtcKind::Answer,
+        RtcKind::Ice,
+        RtcKind::Hangup,
+    ] {
+        assert_eq!(kind.as_str().parse::<RtcKind>().ok(), Some(kind));
+    }
+    assert_eq!(RtcKind::Ice.as_str(), "ice");
+    assert!(matches!(
+        "ring".parse::<RtcKind>(),
+        Err(Error::InvalidRequest(_))
+    ));
+}
