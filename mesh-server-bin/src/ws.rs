@@ -279,6 +279,9 @@ async fn run_connection(
     }
 }
 
+/// Frames taken off the queue per wake-up of the writer at most.
+const WRITE_BATCH: usize = 64;
+
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
     mut rx: mpsc::Receiver<EncodedFrame>,
@@ -292,18 +295,23 @@ async fn write_loop(
         queued_bytes.fetch_sub(frame.len(), Ordering::Relaxed);
         Utf8Bytes::try_from(frame).ok().map(Message::Text)
     };
+    // Registered once for the whole loop, not re-created (and re-queued on
+    // the `Notify`) at every wake-up; `notify_one` before the first poll
+    // leaves a permit, so no close is missed.
+    let closed = close.notify.notified();
+    tokio::pin!(closed);
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
             biased;
-            _ = close.notify.notified() => break,
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break };
-                let Some(first) = text(frame) else { continue };
-                if sink.feed(first).await.is_err() {
-                    return;
+            _ = &mut closed => break,
+            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
+                if n == 0 {
+                    break;
                 }
-                // Write out whatever else is queued in one flush.
-                while let Ok(frame) = rx.try_recv() {
+                // Everything queued goes out in one flush: one wake-up and
+                // one queue lock for up to WRITE_BATCH frames.
+                for frame in batch.drain(..) {
                     if let Some(m) = text(frame)
                         && sink.feed(m).await.is_err()
                     {
@@ -314,6 +322,9 @@ async fn write_loop(
                     return;
                 }
             }
+            // Pings go out on time even to a connection written to
+            // constantly: its pongs are how the engine hears from a client
+            // that only listens.
             _ = ping.tick() => {
                 if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                     return;

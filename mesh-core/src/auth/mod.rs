@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use crate::protocol::{DeviceId, Timestamp, UserId};
 
+mod cache;
 pub mod keys;
 pub mod password;
 pub mod tokens;

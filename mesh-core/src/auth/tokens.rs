@@ -32,6 +32,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::cache::TokenCache;
 use super::{AuthError, Authenticator, Identity, KeyRing};
 use crate::protocol::{
     DeviceId, P2pSession, PeerId, RoomId, SessionId, SessionKind, Timestamp, UserId,
@@ -466,6 +467,8 @@ fn ed25519_key(x: &str) -> Result<DecodingKey, AuthError> {
 pub struct JwtAuthenticator {
     keys: Arc<KeyRing>,
     access_ttl: Duration,
+    /// Tokens whose signature was checked (see `auth::cache`).
+    verified: TokenCache,
 }
 
 impl JwtAuthenticator {
@@ -478,12 +481,22 @@ impl JwtAuthenticator {
         Self {
             keys,
             access_ttl: Self::DEFAULT_ACCESS_TTL,
+            verified: TokenCache::new(TokenCache::DEFAULT_CAPACITY),
         }
     }
 
     /// Sets how long access tokens live.
     pub fn with_access_ttl(mut self, ttl: Duration) -> Self {
         self.access_ttl = ttl;
+        self
+    }
+
+    /// How many accepted tokens to remember so that their signature is not
+    /// checked again on the next connection (default 4096; 0 turns it off).
+    /// A remembered token is still refused from its `exp` on, and device
+    /// revocation is checked by the service on every use either way.
+    pub fn with_token_cache(mut self, tokens: usize) -> Self {
+        self.verified = TokenCache::new(tokens);
         self
     }
 }
@@ -522,30 +535,39 @@ impl Authenticator for JwtAuthenticator {
     /// scope); refuses P2P session tokens. [`AuthError::Expired`] once
     /// `exp` has passed, [`AuthError::InvalidToken`] for anything else wrong.
     fn authenticate(&self, token: &str, now: Timestamp) -> Result<Identity, AuthError> {
+        if let Some(identity) = self.verified.get(token, now) {
+            return Ok(identity);
+        }
         let raw: serde_json::Value = self.keys.verify(token)?;
-        match read_typ(&raw)? {
+        let (identity, exp) = match read_typ(&raw)? {
             TokenKind::Access => {
                 let claims: AccessClaims = serde_json::from_value(raw).map_err(invalid)?;
                 claims.check(TokenKind::Access, now)?;
-                Ok(Identity {
+                let identity = Identity {
                     user_id: claims.sub,
                     device_id: claims.did,
                     scope: None,
-                })
+                };
+                (identity, claims.exp)
             }
             TokenKind::Capability => {
                 let claims: CapabilityClaims = serde_json::from_value(raw).map_err(invalid)?;
                 claims.check(TokenKind::Capability, now)?;
-                Ok(Identity {
+                let identity = Identity {
                     user_id: claims.sub,
                     device_id: claims.did,
                     scope: Some(claims.scope),
-                })
+                };
+                (identity, claims.exp)
             }
-            TokenKind::P2pSession => Err(AuthError::InvalidToken(
-                "a P2P session token is not a bearer token".into(),
-            )),
-        }
+            TokenKind::P2pSession => {
+                return Err(AuthError::InvalidToken(
+                    "a P2P session token is not a bearer token".into(),
+                ));
+            }
+        };
+        self.verified.insert(token, &identity, exp, now);
+        Ok(identity)
     }
 
     fn keys(&self) -> &Arc<KeyRing> {
@@ -654,6 +676,46 @@ mod tests {
             (claims.iss.as_str(), claims.typ, claims.iat),
             (ISSUER, TokenKind::Access, now().unix_seconds())
         );
+    }
+
+    #[test]
+    fn remembered_tokens_keep_every_check_but_the_signature() {
+        for auth in [setup().1, setup().1.with_token_cache(0)] {
+            let (user, device) = (UserId::new(), DeviceId::new());
+            let issued = auth.issue_access_token(user, device, now()).expect("issue");
+            let first = auth.authenticate(&issued.token, now()).expect("first");
+            // The second time comes from the cache (when there is one):
+            // the same identity.
+            let second = auth.authenticate(&issued.token, now()).expect("second");
+            assert_eq!(second, first);
+            // A tampered copy of a remembered token is checked in full.
+            let p = parts(&issued.token);
+            let forged = format!("{}.{}.{}", p[0], b64url(br#"{"sub":"x"}"#), p[2]);
+            assert_invalid(auth.authenticate(&forged, now()), "forged payload");
+            let mut sig = p[2].to_owned();
+            sig.replace_range(..1, if sig.starts_with('A') { "B" } else { "A" });
+            let bad_sig = format!("{}.{}.{sig}", p[0], p[1]);
+            assert_invalid(auth.authenticate(&bad_sig, now()), "bad signature");
+            // Remembered or not, it expires at `exp`.
+            assert!(matches!(
+                auth.authenticate(&issued.token, issued.expires_at),
+                Err(AuthError::Expired)
+            ));
+        }
+        // Capability tokens keep their scope.
+        let (keys, auth) = setup();
+        let cap = issue_capability(
+            &keys,
+            &full_identity(),
+            vec![Scope::MessagesRead],
+            Duration::from_secs(60),
+            now(),
+        )
+        .expect("capability");
+        for _ in 0..2 {
+            let id = auth.authenticate(&cap.token, now()).expect("cap");
+            assert_eq!(id.scope, Some(vec![Scope::MessagesRead]));
+        }
     }
 
     #[test]

@@ -18,9 +18,10 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::BytesMut;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite};
+use tokio::sync::mpsc;
 
 use super::frame::{self, CHUNK_SIZE, FileMeta, Frame};
 use super::{ErrorCode, P2pError, path};
@@ -131,10 +132,45 @@ pub(crate) struct Wire<R, W> {
     pub(crate) w: W,
 }
 
+/// A byte stream that can take whole [`Bytes`] buffers.
+///
+/// quinn's `SendStream` keeps the buffers it is given until the peer has
+/// acknowledged them, so a file chunk goes from the buffer it was read into
+/// to the packets without being copied into a frame or into quinn's own
+/// buffer first. Other streams (the in-memory pipes of the tests) copy.
+pub(crate) trait WriteBytes: AsyncWrite + Unpin + Send {
+    /// Writes every buffer of `bufs`, in order.
+    fn write_all_bytes(
+        &mut self,
+        bufs: &mut [Bytes],
+    ) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+impl WriteBytes for quinn::SendStream {
+    async fn write_all_bytes(&mut self, bufs: &mut [Bytes]) -> std::io::Result<()> {
+        self.write_all_chunks(bufs)
+            .await
+            .map_err(std::io::Error::from)
+    }
+}
+
+/// [`WriteBytes`] for any stream, by copying.
+#[cfg(test)]
+pub(crate) async fn write_all_copying<W: AsyncWrite + Unpin + Send>(
+    w: &mut W,
+    bufs: &mut [Bytes],
+) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    for b in bufs.iter() {
+        w.write_all(b).await?;
+    }
+    Ok(())
+}
+
 impl<R, W> Wire<R, W>
 where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    W: WriteBytes,
 {
     /// The next frame; a `P2P_ERROR` is [`P2pError::Remote`], the end of
     /// the stream an error (every state expects more).
@@ -151,6 +187,16 @@ where
 
     pub(crate) async fn send(&mut self, f: &Frame) -> Result<(), P2pError> {
         Ok(frame::write_frame(&mut self.w, f).await?)
+    }
+
+    /// Sends a `FILE_CHUNK` without copying `data`: the same bytes as
+    /// `send(&Frame::FileChunk { offset, data })`.
+    pub(crate) async fn send_chunk(&mut self, offset: u64, data: Bytes) -> Result<(), P2pError> {
+        let header = frame::file_chunk_header(offset, data.len()).map_err(P2pError::Frame)?;
+        self.w
+            .write_all_bytes(&mut [Bytes::copy_from_slice(&header), data])
+            .await
+            .map_err(|e| P2pError::from(frame::ReadError::Io(e)))
     }
 
     /// Tells the peer why we give up, if `err` is ours to tell, and
@@ -178,22 +224,134 @@ pub(crate) fn unexpected(got: &Frame, wanted: &'static str) -> P2pError {
     }
 }
 
-/// BLAKE3 of the first `len` bytes of `path` (all of it for `None`).
+/// BLAKE3 of the first `len` bytes of `path` (all of it for `None`), on
+/// every core for large files (see [`hash_prefix`]).
 pub(crate) async fn hash_file(path: &Path, len: Option<u64>) -> Result<blake3::Hash, P2pError> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
-        use std::io::Read;
-        let file = std::fs::File::open(&path).map_err(|e| P2pError::io(&path, e))?;
-        let mut hasher = blake3::Hasher::new();
-        match len {
-            Some(len) => hasher.update_reader(file.take(len)),
-            None => hasher.update_reader(file),
-        }
-        .map_err(|e| P2pError::io(&path, e))?;
-        Ok(hasher.finalize())
+        let len = match len {
+            Some(len) => len,
+            None => std::fs::metadata(&path)
+                .map_err(|e| P2pError::io(&path, e))?
+                .len(),
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+        hash_prefix(&path, len, threads, PARALLEL_HASH_MIN).map_err(|e| P2pError::io(&path, e))
     })
     .await
     .map_err(|e| P2pError::Connection(format!("hashing task: {e}")))?
+}
+
+/// Files (or prefixes) shorter than twice this are hashed on one thread.
+const PARALLEL_HASH_MIN: u64 = 4 * 1024 * 1024;
+
+/// BLAKE3 of the first `len` bytes of `path`, on up to `threads` threads.
+///
+/// The sender must hash the whole file before its first chunk (`FILE_META`
+/// carries the hash), so this pass is pure latency: spreading it over the
+/// cores shortens it. BLAKE3 is a tree, so the file is cut along the tree's
+/// own subtree boundaries (`left_subtree_len`, as the reference
+/// implementation splits), each piece is hashed to its chaining value on a
+/// worker thread, and the pieces are merged back up to the root. The result
+/// is the ordinary `blake3::hash` of the bytes (tested against it below).
+/// Fails if the file holds fewer than `len` bytes.
+fn hash_prefix(
+    path: &Path,
+    len: u64,
+    threads: usize,
+    min_piece: u64,
+) -> std::io::Result<blake3::Hash> {
+    use blake3::hazmat::{HasherExt, Mode, merge_subtrees_non_root, merge_subtrees_root};
+    use std::io::{Read, Seek};
+
+    /// A hasher fed the `len` bytes at `offset`, placed at that offset in
+    /// the tree.
+    fn piece(path: &Path, offset: u64, len: u64) -> std::io::Result<blake3::Hasher> {
+        let mut file = std::fs::File::open(path)?;
+        file.seek(std::io::SeekFrom::Start(offset))?;
+        let mut hasher = blake3::Hasher::new();
+        if offset > 0 {
+            hasher.set_input_offset(offset);
+        }
+        hasher.update_reader(file.take(len))?;
+        if hasher.count() != len {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while being hashed",
+            ));
+        }
+        Ok(hasher)
+    }
+
+    if threads <= 1 || len < 2 * min_piece {
+        return Ok(piece(path, 0, len)?.finalize());
+    }
+
+    enum Tree {
+        Leaf(usize),
+        Node(Box<Tree>, Box<Tree>),
+    }
+    fn split(offset: u64, len: u64, target: u64, leaves: &mut Vec<(u64, u64)>) -> Tree {
+        if len <= target || len <= blake3::CHUNK_LEN as u64 {
+            leaves.push((offset, len));
+            return Tree::Leaf(leaves.len() - 1);
+        }
+        let left = blake3::hazmat::left_subtree_len(len);
+        Tree::Node(
+            Box::new(split(offset, left, target, leaves)),
+            Box::new(split(offset + left, len - left, target, leaves)),
+        )
+    }
+    fn cv(tree: &Tree, cvs: &[[u8; 32]]) -> [u8; 32] {
+        match tree {
+            Tree::Leaf(i) => cvs[*i],
+            Tree::Node(l, r) => merge_subtrees_non_root(&cv(l, cvs), &cv(r, cvs), Mode::Hash),
+        }
+    }
+
+    // About four pieces per thread, so that uneven pieces (the tree's right
+    // edge is short) still keep every thread busy to the end.
+    let target = min_piece.max(len / (threads as u64 * 4));
+    let mut leaves = Vec::new();
+    let tree = split(0, len, target, &mut leaves);
+    let Tree::Node(left, right) = &tree else {
+        // len >= 2 * min_piece > target: the root always splits.
+        return Ok(piece(path, 0, len)?.finalize());
+    };
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut cvs = vec![[0u8; 32]; leaves.len()];
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads.min(leaves.len()))
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(&(offset, len)) = leaves.get(i) else {
+                            return Ok(done);
+                        };
+                        done.push((i, piece(path, offset, len)?.finalize_non_root()));
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            let done: std::io::Result<Vec<(usize, [u8; 32])>> = w
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("a hashing thread panicked")));
+            for (i, h) in done? {
+                if let Some(slot) = cvs.get_mut(i) {
+                    *slot = h;
+                }
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    })?;
+    Ok(merge_subtrees_root(
+        &cv(left, &cvs),
+        &cv(right, &cvs),
+        Mode::Hash,
+    ))
 }
 
 /// Sends one file. `known_hash` skips hashing when the caller already did
@@ -211,10 +369,10 @@ pub(crate) async fn send_one<R, W, F>(
 ) -> Result<FileReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    W: WriteBytes,
     F: FnMut(Progress) + Send,
 {
-    let mut file = tokio::fs::File::open(path)
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| P2pError::io(path, e))?;
     let meta = file.metadata().await.map_err(|e| P2pError::io(path, e))?;
@@ -254,54 +412,44 @@ where
         other => return Err(wire.fail(unexpected(&other, "FILE_RESUME_FROM")).await),
     };
 
-    file.seek(std::io::SeekFrom::Start(start))
-        .await
-        .map_err(|e| P2pError::io(path, e))?;
     let mut offset = start;
     progress(Progress {
         name: name.clone(),
         done: base + offset,
         total,
     });
+    // A reader on the blocking pool reads ahead in large blocks while this
+    // task sends; each block is cut into chunks that share its buffer.
+    let (mut blocks, reader) = spawn_reader(
+        file.into_std().await,
+        path.to_owned(),
+        start,
+        size,
+        opts.flip_byte_at,
+    );
     while offset < size {
-        let want = (size - offset).min(CHUNK_SIZE as u64) as usize;
-        let mut buf = BytesMut::zeroed(want);
-        let mut filled = 0;
-        while filled < want {
-            let n = file
-                .read(&mut buf[filled..])
-                .await
-                .map_err(|e| P2pError::io(path, e))?;
-            if n == 0 {
-                return Err(P2pError::io(
-                    path,
-                    std::io::Error::new(
-                        std::io::ErrorKind::UnexpectedEof,
-                        "the file shrank while being sent",
-                    ),
-                ));
-            }
-            filled += n;
+        let Some(block) = blocks.recv().await else {
+            // The reader stops early only by sending an error first or
+            // by panicking; let the join tell which.
+            return Err(match reader.await {
+                Err(e) => P2pError::Connection(format!("file reading task: {e}")),
+                Ok(()) => P2pError::Connection("the file reading task stopped early".into()),
+            });
+        };
+        let block = block?;
+        let mut at = 0;
+        while at < block.len() {
+            let end = (at + CHUNK_SIZE).min(block.len());
+            let n = (end - at) as u64;
+            wire.send_chunk(offset, block.slice(at..end)).await?;
+            at = end;
+            offset += n;
+            progress(Progress {
+                name: name.clone(),
+                done: base + offset,
+                total,
+            });
         }
-        if let Some(at) = opts.flip_byte_at
-            && (offset..offset + want as u64).contains(&at)
-        {
-            let i = (at - offset) as usize;
-            if let Some(b) = buf.get_mut(i) {
-                *b ^= 0xff;
-            }
-        }
-        wire.send(&Frame::FileChunk {
-            offset,
-            data: buf.freeze(),
-        })
-        .await?;
-        offset += want as u64;
-        progress(Progress {
-            name: name.clone(),
-            done: base + offset,
-            total,
-        });
     }
     wire.send(&Frame::FileDone).await?;
     match wire.recv().await? {
@@ -319,6 +467,70 @@ where
         }),
         other => Err(wire.fail(unexpected(&other, "FILE_ACK")).await),
     }
+}
+
+/// Bytes the sender's reader reads at once.
+const READ_BLOCK: usize = 1024 * 1024;
+
+/// Blocks read ahead of the sending task.
+const READ_AHEAD: usize = 4;
+
+/// Reads `file` from `start` to `size` in [`READ_BLOCK`]s on the blocking
+/// pool: one blocking task for the whole file instead of one per read.
+fn spawn_reader(
+    mut file: std::fs::File,
+    path: PathBuf,
+    start: u64,
+    size: u64,
+    flip_byte_at: Option<u64>,
+) -> (
+    mpsc::Receiver<Result<Bytes, P2pError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::channel(READ_AHEAD);
+    let task = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Seek};
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(P2pError::io(&path, e)));
+            return;
+        }
+        let mut offset = start;
+        while offset < size {
+            let want = (size - offset).min(READ_BLOCK as u64) as usize;
+            // `read_to_end` reads into the spare capacity: no zero-filling.
+            let mut buf = Vec::with_capacity(want);
+            let read = match (&mut file).take(want as u64).read_to_end(&mut buf) {
+                Ok(n) if n == want => Ok(Bytes::from(flip(buf, offset, flip_byte_at))),
+                Ok(_) => Err(P2pError::io(
+                    &path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while being sent",
+                    ),
+                )),
+                Err(e) => Err(P2pError::io(&path, e)),
+            };
+            let failed = read.is_err();
+            // The sender gone (it failed or was dropped): stop reading.
+            if tx.blocking_send(read).is_err() || failed {
+                return;
+            }
+            offset += want as u64;
+        }
+    });
+    (rx, task)
+}
+
+/// The test hook of [`SendOptions::flip_byte_for_tests`] on a block read at
+/// `offset`.
+fn flip(mut buf: Vec<u8>, offset: u64, at: Option<u64>) -> Vec<u8> {
+    if let Some(at) = at
+        && let Some(i) = at.checked_sub(offset)
+        && let Some(b) = usize::try_from(i).ok().and_then(|i| buf.get_mut(i))
+    {
+        *b ^= 0xff;
+    }
+    buf
 }
 
 /// What the sidecar of a part file records.
@@ -350,18 +562,26 @@ fn part_paths(final_path: &Path) -> Result<(PathBuf, PathBuf), P2pError> {
     ))
 }
 
-async fn write_sidecar(path: &Path, meta: &FileMeta, written: u64) -> Result<(), P2pError> {
+fn sidecar_bytes(path: &Path, meta: &FileMeta, written: u64) -> Result<Vec<u8>, P2pError> {
     let sidecar = Sidecar {
         version: 1,
         size: meta.size,
         blake3: meta.blake3.to_hex().to_string(),
         written,
     };
-    let bytes =
-        serde_json::to_vec(&sidecar).map_err(|e| P2pError::io(path, std::io::Error::other(e)))?;
+    serde_json::to_vec(&sidecar).map_err(|e| P2pError::io(path, std::io::Error::other(e)))
+}
+
+async fn write_sidecar(path: &Path, meta: &FileMeta, written: u64) -> Result<(), P2pError> {
+    let bytes = sidecar_bytes(path, meta, written)?;
     tokio::fs::write(path, bytes)
         .await
         .map_err(|e| P2pError::io(path, e))
+}
+
+fn write_sidecar_blocking(path: &Path, meta: &FileMeta, written: u64) -> Result<(), P2pError> {
+    let bytes = sidecar_bytes(path, meta, written)?;
+    std::fs::write(path, bytes).map_err(|e| P2pError::io(path, e))
 }
 
 /// Whether something (a file, a directory, a symlink, even dangling) is at `p`.
@@ -415,6 +635,86 @@ async fn resumable(
 /// Flush the sidecar's record of written bytes this often.
 const SIDECAR_EVERY: u64 = 16 * 1024 * 1024;
 
+/// Chunks received ahead of the writer.
+const WRITE_AHEAD: usize = 8;
+
+/// What the receiving task asks of the writer.
+#[derive(Debug)]
+enum ToWriter {
+    /// Append these bytes (already checked to be the next ones).
+    Data(Bytes),
+    /// Drop what the part file holds and start from byte 0.
+    Restart,
+}
+
+/// The part file as the writer leaves it.
+#[derive(Debug)]
+struct Written {
+    file: std::fs::File,
+    /// BLAKE3 state over the `written` bytes.
+    hasher: blake3::Hasher,
+    /// Bytes in the part file, all of them hashed.
+    written: u64,
+    /// Why the writer stopped before the channel closed.
+    error: Option<P2pError>,
+}
+
+fn writer_stopped() -> P2pError {
+    P2pError::Connection("the file writing task stopped".into())
+}
+
+/// Writes and hashes received chunks on the blocking pool, one blocking
+/// task for the whole file (std writes: no copy into tokio's file buffer,
+/// no round trip through the pool per chunk), so that this work overlaps
+/// with reading the next frames. Records the written length in the sidecar
+/// every [`SIDECAR_EVERY`] bytes. Stops at the first error (kept in
+/// [`Written::error`]) or when the channel closes, after writing everything
+/// sent before.
+fn spawn_writer(
+    mut w: Written,
+    part: PathBuf,
+    sidecar: PathBuf,
+    meta: &FileMeta,
+) -> (mpsc::Sender<ToWriter>, tokio::task::JoinHandle<Written>) {
+    let (tx, mut rx) = mpsc::channel(WRITE_AHEAD);
+    let meta = meta.clone();
+    let task = tokio::task::spawn_blocking(move || {
+        use std::io::{Seek, Write};
+        let mut since_sidecar = 0u64;
+        while let Some(cmd) = rx.blocking_recv() {
+            let step = match cmd {
+                ToWriter::Data(data) => w.file.write_all(&data).map(|()| {
+                    w.hasher.update(&data);
+                    w.written += data.len() as u64;
+                    since_sidecar += data.len() as u64;
+                }),
+                ToWriter::Restart => w
+                    .file
+                    .set_len(0)
+                    .and_then(|()| w.file.seek(std::io::SeekFrom::Start(0)))
+                    .map(|_| {
+                        w.hasher = blake3::Hasher::new();
+                        w.written = 0;
+                        since_sidecar = 0;
+                    }),
+            };
+            if let Err(e) = step {
+                w.error = Some(P2pError::io(&part, e));
+                break;
+            }
+            if since_sidecar >= SIDECAR_EVERY {
+                since_sidecar = 0;
+                if let Err(e) = write_sidecar_blocking(&sidecar, &meta, w.written) {
+                    w.error = Some(e);
+                    break;
+                }
+            }
+        }
+        w
+    });
+    (tx, task)
+}
+
 /// Receives the file `meta` announces into `final_path` (already checked to
 /// be under the destination).
 #[allow(clippy::too_many_arguments)]
@@ -429,7 +729,7 @@ pub(crate) async fn receive_one<R, W, F>(
 ) -> Result<FileReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    W: WriteBytes,
     F: FnMut(Progress) + Send,
 {
     if let Some(max) = opts.max_size
@@ -467,7 +767,7 @@ where
     } else {
         None
     };
-    let (mut offset, mut hasher, mut file) = match resume {
+    let (mut offset, hasher, mut file) = match resume {
         Some((offset, hasher)) => {
             let file = tokio::fs::OpenOptions::new()
                 .write(true)
@@ -507,21 +807,32 @@ where
         total,
     });
 
+    // This task reads and checks frames; a writer on the blocking pool
+    // writes and hashes what they carry meanwhile (see `spawn_writer`).
+    let (to_writer, writer) = spawn_writer(
+        Written {
+            file: file.into_std().await,
+            hasher,
+            written: offset,
+            error: None,
+        },
+        part.clone(),
+        sidecar.clone(),
+        &meta,
+    );
     let mut first = true;
     let mut transferred = 0u64;
-    let mut since_sidecar = 0u64;
     let outcome: Result<(), P2pError> = async {
         loop {
             match wire.recv().await? {
                 Frame::FileChunk { offset: at, data } => {
                     if first && at == 0 && offset != 0 {
                         // The sender did not trust our prefix: start over.
-                        file.set_len(0).await.map_err(|e| P2pError::io(&part, e))?;
-                        file.seek(std::io::SeekFrom::Start(0))
+                        to_writer
+                            .send(ToWriter::Restart)
                             .await
-                            .map_err(|e| P2pError::io(&part, e))?;
+                            .map_err(|_| writer_stopped())?;
                         offset = 0;
-                        hasher = blake3::Hasher::new();
                     }
                     first = false;
                     if at != offset {
@@ -537,18 +848,13 @@ where
                             "more data than FILE_META announced",
                         ));
                     }
-                    file.write_all(&data)
+                    let n = data.len() as u64;
+                    to_writer
+                        .send(ToWriter::Data(data))
                         .await
-                        .map_err(|e| P2pError::io(&part, e))?;
-                    hasher.update(&data);
+                        .map_err(|_| writer_stopped())?;
                     offset = end;
-                    transferred += data.len() as u64;
-                    since_sidecar += data.len() as u64;
-                    if since_sidecar >= SIDECAR_EVERY {
-                        since_sidecar = 0;
-                        file.flush().await.map_err(|e| P2pError::io(&part, e))?;
-                        write_sidecar(&sidecar, &meta, offset).await?;
-                    }
+                    transferred += n;
                     progress(Progress {
                         name: meta.name.clone(),
                         done: base + offset,
@@ -570,17 +876,33 @@ where
     }
     .await;
 
+    // The writer finishes what it was given, then hands the file back.
+    drop(to_writer);
+    let Written {
+        file,
+        hasher,
+        written,
+        error,
+    } = writer
+        .await
+        .map_err(|e| P2pError::Connection(format!("file writing task: {e}")))?;
+    // A writer that failed is why the channel closed: its error first.
+    let outcome = match error {
+        Some(e) => Err(e),
+        None => outcome,
+    };
+    let file = tokio::fs::File::from_std(file);
+
     if let Err(e) = outcome {
         // Keep what arrived for a later resume: it is re-hashed and checked
         // by the sender before it is trusted.
         let saved = async {
-            file.flush().await.map_err(|e| P2pError::io(&part, e))?;
             file.sync_data().await.map_err(|e| P2pError::io(&part, e))?;
             // Another session may have finished the same file meanwhile (a
             // resumed send while this one waited out its idle time-out):
             // then there is no part file left to describe.
             if tokio::fs::try_exists(&part).await.unwrap_or(false) {
-                write_sidecar(&sidecar, &meta, offset).await?;
+                write_sidecar(&sidecar, &meta, written).await?;
             }
             Ok::<(), P2pError>(())
         }
@@ -591,7 +913,6 @@ where
         return Err(wire.fail(e).await);
     }
 
-    file.flush().await.map_err(|e| P2pError::io(&part, e))?;
     file.sync_all().await.map_err(|e| P2pError::io(&part, e))?;
     drop(file);
     let got = hasher.finalize();
@@ -686,7 +1007,7 @@ pub(crate) async fn receive_file<R, W, F>(
 ) -> Result<FileReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    W: WriteBytes,
     F: FnMut(Progress) + Send,
 {
     let meta = match wire.recv().await? {
@@ -719,7 +1040,7 @@ pub(crate) async fn send_file<R, W, F>(
 ) -> Result<FileReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    W: WriteBytes,
     F: FnMut(Progress) + Send,
 {
     let name = match &opts.name {
@@ -760,6 +1081,12 @@ pub(crate) mod tests {
 
     pub(crate) type Half = Wire<ReadHalf<DuplexStream>, WriteHalf<DuplexStream>>;
 
+    impl WriteBytes for WriteHalf<DuplexStream> {
+        async fn write_all_bytes(&mut self, bufs: &mut [Bytes]) -> std::io::Result<()> {
+            write_all_copying(self, bufs).await
+        }
+    }
+
     pub(crate) fn pipe() -> (Half, Half) {
         let (a, b) = duplex(4 * 1024 * 1024);
         let (ar, aw) = split(a);
@@ -774,6 +1101,47 @@ pub(crate) mod tests {
             blake3: blake3::hash(content),
             resume: true,
         }
+    }
+
+    #[test]
+    fn parallel_hashing_equals_blake3() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("f");
+        let content: Vec<u8> = (0..(3 * 1024 * 1024 + 4321))
+            .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &content).expect("write");
+        let k = 1024u64;
+        // Small pieces force deep, uneven trees; lengths on and around
+        // chunk and power-of-two boundaries, the whole file and prefixes.
+        for len in [
+            0,
+            1,
+            k - 1,
+            k,
+            k + 1,
+            2 * k,
+            2 * k + 1,
+            7 * k + 5,
+            64 * k,
+            64 * k + 1,
+            1024 * k - 1,
+            1024 * k + 3,
+            content.len() as u64,
+        ] {
+            let want = blake3::hash(&content[..len as usize]);
+            for (threads, min_piece) in [(1, 4 * k), (2, k), (2, 4 * k), (3, 8 * k), (8, 1)] {
+                assert_eq!(
+                    hash_prefix(&path, len, threads, min_piece).expect("hash"),
+                    want,
+                    "len {len}, {threads} threads, pieces of {min_piece}"
+                );
+            }
+        }
+        // Past the end of the file: an error, not the hash of fewer bytes.
+        let past = content.len() as u64 + 1;
+        assert!(hash_prefix(&path, past, 2, k).is_err());
+        assert!(hash_prefix(&path, past, 1, k).is_err());
     }
 
     #[tokio::test]

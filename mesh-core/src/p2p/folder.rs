@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncRead;
 
 use super::file::{self, FileReport, Progress, ReceiveOptions, SendOptions, Wire, unexpected};
 use super::frame::{EntryKind, FolderManifest, Frame, MAX_FRAME_LEN, ManifestEntry};
@@ -130,7 +130,7 @@ pub(crate) async fn send_folder<R, W, F>(
 ) -> Result<FolderReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    W: file::WriteBytes,
     F: FnMut(Progress) + Send,
 {
     let name = match &opts.name {
@@ -336,7 +336,7 @@ pub(crate) async fn receive_folder<R, W, F>(
 ) -> Result<FolderReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
-    W: AsyncWrite + Unpin + Send,
+    W: file::WriteBytes,
     F: FnMut(Progress) + Send,
 {
     let manifest = match wire.recv().await? {

@@ -40,6 +40,10 @@ pub const MAX_ERROR_MESSAGE: usize = 1024;
 /// The bytes before a frame's body: the `u32` length and the type byte.
 pub const HEADER_LEN: usize = 5;
 
+/// The bytes before a `FILE_CHUNK`'s data: the frame header and the `u64`
+/// offset.
+pub const CHUNK_HEADER_LEN: usize = HEADER_LEN + 8;
+
 /// Frame type bytes.
 mod ty {
     pub(super) const HELLO: u8 = 0x01;
@@ -291,15 +295,9 @@ pub fn encode(frame: &Frame) -> Result<Bytes, FrameError> {
             (ty::FILE_RESUME_FROM, b)
         }
         Frame::FileChunk { offset, data } => {
-            // The hot path: no intermediate Vec.
-            let len = 1 + 8 + data.len();
-            if len > MAX_FRAME_LEN {
-                return Err(FrameError::TooLarge(len));
-            }
-            let mut out = BytesMut::with_capacity(4 + len);
-            out.put_u32(len as u32);
-            out.put_u8(ty::FILE_CHUNK);
-            out.put_u64(*offset);
+            let header = file_chunk_header(*offset, data.len())?;
+            let mut out = BytesMut::with_capacity(header.len() + data.len());
+            out.extend_from_slice(&header);
             out.extend_from_slice(data);
             return Ok(out.freeze());
         }
@@ -337,6 +335,28 @@ pub fn encode(frame: &Frame) -> Result<Bytes, FrameError> {
     out.put_u8(t);
     out.extend_from_slice(&body);
     Ok(out.freeze())
+}
+
+/// The bytes of a `FILE_CHUNK` frame that come before its `data_len` bytes
+/// of data at `offset`.
+///
+/// The file sender's hot path: it writes this header and then hands the
+/// data to the stream as it was read, instead of copying it into a frame
+/// ([`encode`] gives the same bytes, header and data in one buffer).
+pub fn file_chunk_header(
+    offset: u64,
+    data_len: usize,
+) -> Result<[u8; CHUNK_HEADER_LEN], FrameError> {
+    let len = 1 + 8 + data_len;
+    if len > MAX_FRAME_LEN {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut h = [0u8; CHUNK_HEADER_LEN];
+    let mut w = &mut h[..];
+    w.put_u32(len as u32);
+    w.put_u8(ty::FILE_CHUNK);
+    w.put_u64(offset);
+    Ok(h)
 }
 
 fn json<T: Serialize>(value: &T, frame: &'static str) -> Result<Vec<u8>, FrameError> {
@@ -506,9 +526,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> Result<Option<Frame>
     }
     read_exact(r, &mut header[1..]).await?;
     let len = frame_len(&header)?.ok_or(FrameError::Truncated)?;
-    let mut body = vec![0u8; len - 1];
-    read_exact(r, &mut body).await?;
-    Ok(Some(decode_body(header[4], Bytes::from(body))?))
+    // Read straight into spare capacity: no zero-filling of up to 1 MiB per
+    // frame before the bytes overwrite it.
+    let want = len - 1;
+    let mut body = BytesMut::with_capacity(want);
+    let mut limited = AsyncReadExt::take(&mut *r, want as u64);
+    while body.len() < want {
+        let n = limited.read_buf(&mut body).await.map_err(ReadError::Io)?;
+        if n == 0 {
+            return Err(ReadError::Frame(FrameError::Truncated));
+        }
+    }
+    Ok(Some(decode_body(header[4], body.freeze())?))
 }
 
 async fn read_exact<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> Result<(), ReadError> {

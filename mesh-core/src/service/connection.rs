@@ -240,12 +240,7 @@ impl PeerConnection {
             validate::device_name(Some(name))?;
         }
         let store = &self.service.inner.store;
-        let rooms: Vec<RoomId> = store
-            .rooms_of(self.user.id)
-            .await?
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        let rooms: Vec<RoomId> = store.room_ids_of(self.user.id).await?;
         // Resuming only makes sense for rooms the user is in.
         let since: HashMap<RoomId, u64> = hello
             .since

@@ -53,6 +53,7 @@ mod connection;
 mod hashing;
 mod hub;
 pub mod limits;
+mod users;
 
 pub use connection::{Flow, PeerConnection};
 use hashing::HashPool;
@@ -127,6 +128,7 @@ impl ServiceBuilder {
                 hashing: HashPool::per_core(),
                 timers: tokio::sync::Notify::new(),
                 next_timer: AtomicI64::new(i64::MAX),
+                users: users::UserCache::new(users::UserCache::CAPACITY),
                 config: self.config,
             }),
         })
@@ -151,6 +153,8 @@ struct Inner {
     timers: tokio::sync::Notify,
     /// The deadline `run_timers` sleeps until, in Unix ms.
     next_timer: AtomicI64,
+    /// User records read from the store (they never change).
+    users: users::UserCache,
     config: ServiceConfig,
 }
 
@@ -389,12 +393,21 @@ impl Service {
     }
 
     async fn user(&self, id: UserId) -> Result<User> {
-        self.inner
-            .store
-            .user(id)
+        self.cached_user(id)
             .await?
-            .map(|r| r.user)
             .ok_or_else(|| Error::Unauthorized("no such user".into()))
+    }
+
+    /// A user's public record, from the cache or the store.
+    async fn cached_user(&self, id: UserId) -> Result<Option<User>> {
+        if let Some(user) = self.inner.users.get(id) {
+            return Ok(Some(user));
+        }
+        let user = self.inner.store.user(id).await?.map(|r| r.user);
+        if let Some(u) = &user {
+            self.inner.users.insert(u);
+        }
+        Ok(user)
     }
 
     fn require(identity: &Identity, scope: Scope) -> Result<()> {
@@ -597,11 +610,11 @@ impl Service {
         let memberships = self.inner.store.members(id).await?;
         let mut members = Vec::with_capacity(memberships.len());
         for m in memberships {
-            let Some(record) = self.inner.store.user(m.user_id).await? else {
+            let Some(user) = self.cached_user(m.user_id).await? else {
                 tracing::warn!(user = %m.user_id, room = %id, "membership of an unknown user");
                 continue;
             };
-            members.push((record.user, m.role, m.joined_at));
+            members.push((user, m.role, m.joined_at));
         }
         let hub = lock(&self.inner.hub);
         Ok(members

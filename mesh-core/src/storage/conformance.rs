@@ -412,6 +412,17 @@ pub async fn rooms<S: Store>(s: S) {
         ids(&s.rooms_of(alice).await.expect("rooms_of"), |r| r.id),
         mine
     );
+    let mut mine_ids = s.room_ids_of(alice).await.expect("room_ids_of");
+    mine_ids.sort();
+    let mut want = mine.clone();
+    want.sort();
+    assert_eq!(mine_ids, want);
+    assert!(
+        s.room_ids_of(UserId::new())
+            .await
+            .expect("room_ids_of")
+            .is_empty()
+    );
     assert!(
         s.rooms_of(UserId::new())
             .await
@@ -815,6 +826,10 @@ pub async fn delete_room_cascades<S: Store>(s: S) {
     );
     assert_eq!(
         ids(&s.rooms_of(bob.id).await.expect("rooms_of"), |r| r.id),
+        vec![keep.id]
+    );
+    assert_eq!(
+        s.room_ids_of(bob.id).await.expect("room_ids_of"),
         vec![keep.id]
     );
     assert_eq!(

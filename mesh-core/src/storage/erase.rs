@@ -75,6 +75,10 @@ impl<S: Store> Store for EraseStoreError<S> {
         self.0.rooms_of(user).await.map_err(Into::into)
     }
 
+    async fn room_ids_of(&self, user: UserId) -> Result<Vec<RoomId>, StoreError> {
+        self.0.room_ids_of(user).await.map_err(Into::into)
+    }
+
     async fn add_member(&self, membership: Membership) -> Result<bool, StoreError> {
         self.0.add_member(membership).await.map_err(Into::into)
     }

@@ -199,6 +199,18 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     /// Every room the user is a member of, oldest first (as
     /// [`Store::public_rooms`]).
     async fn rooms_of(&self, user: UserId) -> Result<Vec<Room>, Self::Error>;
+    /// The ids of the rooms the user is a member of, in no particular
+    /// order: what [`Store::rooms_of`] returns, without building the rooms
+    /// (a connection's `system.hello` needs only the ids). The default asks
+    /// `rooms_of`; a backend with an index overrides it.
+    async fn room_ids_of(&self, user: UserId) -> Result<Vec<RoomId>, Self::Error> {
+        Ok(self
+            .rooms_of(user)
+            .await?
+            .into_iter()
+            .map(|r| r.id)
+            .collect())
+    }
 
     // ---- memberships ----
 

@@ -497,6 +497,16 @@ impl Store for SledStore {
         self.sorted_rooms(ids)
     }
 
+    /// The user's index alone: no room records read or decoded, no member
+    /// counts. The index and the rooms change in the same batches.
+    async fn room_ids_of(&self, user: UserId) -> Result<Vec<RoomId>> {
+        Ok(self
+            .ids_under(&key2(b'j', user.as_bytes(), &[]))?
+            .into_iter()
+            .map(RoomId::from_bytes)
+            .collect())
+    }
+
     async fn add_member(&self, membership: Membership) -> Result<bool> {
         let added = {
             let _w = self.lock_writes();
