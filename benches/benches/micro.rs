@@ -5,7 +5,9 @@
 //! - `engine/fanout_1000`: `Engine::message_created` + draining `poll_output`
 //!   with 1,000 subscribed peers, and the hub's part of a delivery (encode
 //!   once, one shared `Bytes` per recipient)
-//! - `auth/verify_token`: `JwtAuthenticator::authenticate` of an access token
+//! - `auth/verify_token`: `JwtAuthenticator::authenticate` of an access token,
+//!   the signature checked every time (token cache off); `auth/verify_token_cached`:
+//!   the same token again with the default cache (what a reconnect costs)
 //! - `store/append_*`: `append_message` on `MemoryStore` and on `SledStore`
 //!   (the latter includes the flush that makes it durable)
 //!
@@ -127,17 +129,23 @@ fn fanout(c: &mut Criterion) {
 
 fn tokens(c: &mut Criterion) {
     let keys = Arc::new(KeyRing::generate().expect("keys"));
-    let auth = JwtAuthenticator::new(keys);
-    let token = auth
+    let uncached = JwtAuthenticator::new(keys.clone()).with_token_cache(0);
+    let cached = JwtAuthenticator::new(keys);
+    let token = cached
         .issue_access_token(UserId::new(), DeviceId::new(), Timestamp::now())
         .expect("token")
         .token;
-    c.bench_function("auth/verify_token", |b| {
-        b.iter(|| {
-            auth.authenticate(black_box(&token), Timestamp::now())
-                .is_ok()
-        })
-    });
+    for (name, auth) in [
+        ("auth/verify_token", &uncached),
+        ("auth/verify_token_cached", &cached),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                auth.authenticate(black_box(&token), Timestamp::now())
+                    .is_ok()
+            })
+        });
+    }
 }
 
 fn stores(c: &mut Criterion) {

@@ -279,9 +279,6 @@ async fn run_connection(
     }
 }
 
-/// Frames taken off the queue per wake-up of the writer at most.
-const WRITE_BATCH: usize = 64;
-
 async fn write_loop(
     mut sink: futures_util::stream::SplitSink<Ws, Message>,
     mut rx: mpsc::Receiver<EncodedFrame>,
@@ -300,18 +297,21 @@ async fn write_loop(
     // leaves a permit, so no close is missed.
     let closed = close.notify.notified();
     tokio::pin!(closed);
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
     loop {
         tokio::select! {
             biased;
             _ = &mut closed => break,
-            n = rx.recv_many(&mut batch, WRITE_BATCH) => {
-                if n == 0 {
-                    break;
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break };
+                let Some(first) = text(frame) else { continue };
+                if sink.feed(first).await.is_err() {
+                    return;
                 }
-                // Everything queued goes out in one flush: one wake-up and
-                // one queue lock for up to WRITE_BATCH frames.
-                for frame in batch.drain(..) {
+                // Write out whatever else is queued in one flush. (Not
+                // `recv_many`: its buffer would stay allocated in every idle
+                // connection, 2 KiB each for 64 frames, for no measurable
+                // gain.)
+                while let Ok(frame) = rx.try_recv() {
                     if let Some(m) = text(frame)
                         && sink.feed(m).await.is_err()
                     {
