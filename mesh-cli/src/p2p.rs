@@ -12,7 +12,7 @@
 //! address; it accepts sessions once it knows the peer id the server
 //! assigned in its welcome (and the new one after each reconnect).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,30 +32,15 @@ use crate::resolve;
 /// (the agent side; the sending side takes `--connect-timeout`).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The addresses to announce for an endpoint bound to `bind` on `port`:
-/// `announce` if given; for a wildcard bind, loopback plus this machine's
-/// outgoing address; else the bound address.
-pub(crate) fn announce_addrs(bind: SocketAddr, port: u16, announce: &[String]) -> Vec<String> {
-    if !announce.is_empty() {
-        return announce.to_vec();
+/// The addresses to announce for `endpoint`: `announce` if given, else
+/// what [`P2pEndpoint::reachable_addrs`] finds (loopback and this machine's
+/// outgoing address for a wildcard bind; the bound address otherwise).
+pub(crate) fn announce_addrs(endpoint: &P2pEndpoint, announce: &[String]) -> Vec<String> {
+    if announce.is_empty() {
+        endpoint.reachable_addrs()
+    } else {
+        announce.to_vec()
     }
-    if !bind.ip().is_unspecified() {
-        return vec![SocketAddr::new(bind.ip(), port).to_string()];
-    }
-    let mut addrs = vec![SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port).to_string()];
-    if let Some(ip) = outgoing_ip() {
-        addrs.push(SocketAddr::new(ip, port).to_string());
-    }
-    addrs
-}
-
-/// The local address the system would use to reach the internet (no
-/// packet is sent: connecting a UDP socket only picks a route).
-fn outgoing_ip() -> Option<IpAddr> {
-    let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-    socket.connect((Ipv4Addr::new(192, 0, 2, 1), 9)).ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
 /// `--connect-timeout SECS` as a duration.
@@ -134,9 +119,7 @@ pub(crate) async fn open(
         .connect_timeout(connect_timeout)
         .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
         .context("binding a UDP socket for QUIC")?;
-    let port = endpoint.local_addr()?.port();
-    let bind = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
-    let info = endpoint.p2p_info(announce_addrs(bind, port, &[]));
+    let info = endpoint.p2p_info(announce_addrs(&endpoint, &[]));
     let (client, _events) = ctx.connect("mesh-cli", Some(info)).await?;
     let result = async {
         let (me, _) = client
@@ -221,8 +204,7 @@ impl Listener {
             .connect_timeout(CONNECT_TIMEOUT)
             .bind(bind)
             .with_context(|| format!("listening on UDP {bind}"))?;
-        let port = endpoint.local_addr()?.port();
-        let addrs = announce_addrs(bind, port, announce);
+        let addrs = announce_addrs(&endpoint, announce);
         let info = endpoint.p2p_info(addrs.clone());
         let (client, events) = ctx.connect(device, Some(info)).await?;
         let (me, _) = client

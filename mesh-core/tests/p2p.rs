@@ -690,3 +690,32 @@ async fn identities_kept_in_a_folder_pin_across_restarts() {
     );
     assert!(out.is_ok() && inc.expect("open").is_ok());
 }
+
+#[tokio::test]
+async fn an_endpoint_announces_addresses_peers_can_use() {
+    let bind = |addr: &str| {
+        P2pEndpoint::builder(Identity::generate().expect("identity"))
+            .bind(addr.parse().expect("addr"))
+            .expect("bind")
+    };
+    let specific = bind("127.0.0.1:0");
+    let bound = specific.local_addr().expect("addr");
+    assert_eq!(specific.reachable_addrs(), vec![bound.to_string()]);
+
+    // A wildcard address is no use to a peer: loopback first, then the
+    // machine's outgoing address when it has a route.
+    let wildcard = bind("0.0.0.0:0");
+    let port = wildcard.local_addr().expect("addr").port();
+    let addrs = wildcard.reachable_addrs();
+    assert_eq!(addrs[0], format!("127.0.0.1:{port}"));
+    assert!(addrs.len() <= 2, "{addrs:?}");
+    for a in &addrs {
+        let a: std::net::SocketAddr = a.parse().expect("host:port");
+        assert!(!a.ip().is_unspecified() && a.port() == port, "{a}");
+    }
+    assert_eq!(wildcard.p2p_info(Vec::new()).addrs, addrs);
+    assert_eq!(
+        wildcard.p2p_info(vec!["example.com:4433".into()]).addrs,
+        vec!["example.com:4433".to_owned()]
+    );
+}

@@ -75,7 +75,8 @@ pub struct AgentConfig {
     /// The UDP address to listen on (default `0.0.0.0:0`).
     pub bind: Option<String>,
     /// Addresses (`host:port`) peers can reach this agent at; empty: the
-    /// bound address, or loopback for a wildcard bind.
+    /// bound address, or for a wildcard bind loopback and this machine's
+    /// outgoing (LAN) address.
     pub announce: Vec<String>,
     /// Shown to the user in their device list.
     pub device_name: Option<String>,
@@ -225,13 +226,10 @@ pub async fn start_agent(
             .accept_kinds(kinds)
             .connect_timeout(CONNECT_TIMEOUT)
             .bind(bind)?;
-        let port = endpoint.local_addr()?.port();
-        let addrs = if !config.announce.is_empty() {
-            config.announce.clone()
-        } else if bind.ip().is_unspecified() {
-            vec![SocketAddr::new([127, 0, 0, 1].into(), port).to_string()]
+        let addrs = if config.announce.is_empty() {
+            endpoint.reachable_addrs()
         } else {
-            vec![SocketAddr::new(bind.ip(), port).to_string()]
+            config.announce.clone()
         };
         let mut builder = Client::builder()
             .server(server)

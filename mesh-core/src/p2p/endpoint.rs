@@ -298,14 +298,36 @@ impl P2pEndpoint {
         self.shared.identity.fingerprint()
     }
 
+    /// The addresses peers can try to reach this endpoint at: for an
+    /// endpoint bound to a wildcard address (`0.0.0.0`, `::`), loopback plus
+    /// the address this machine would use to reach other networks (its LAN
+    /// address behind a router); otherwise the bound address.
+    pub fn reachable_addrs(&self) -> Vec<String> {
+        let Ok(bound) = self.local_addr() else {
+            return Vec::new();
+        };
+        if !bound.ip().is_unspecified() {
+            return vec![bound.to_string()];
+        }
+        let port = bound.port();
+        let loopback: std::net::IpAddr = if bound.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        let mut addrs = vec![SocketAddr::new(loopback, port).to_string()];
+        if let Some(ip) = outgoing_ip(bound.is_ipv4()) {
+            addrs.push(SocketAddr::new(ip, port).to_string());
+        }
+        addrs
+    }
+
     /// What to announce to the server (`system.hello`'s `p2p`): the
-    /// fingerprint and `addrs` (the bound address if empty; a wildcard
-    /// address is not useful to peers, so pass real ones when bound to it).
+    /// fingerprint and `addrs`, or [`Self::reachable_addrs`] if `addrs` is
+    /// empty.
     pub fn p2p_info(&self, addrs: Vec<String>) -> P2pInfo {
         let addrs = if addrs.is_empty() {
-            self.local_addr()
-                .map(|a| vec![a.to_string()])
-                .unwrap_or_default()
+            self.reachable_addrs()
         } else {
             addrs
         };
@@ -498,6 +520,29 @@ impl P2pEndpoint {
         self.accept_task.abort();
         self.shared.endpoint.close(CLOSE_DONE.into(), b"closing");
     }
+}
+
+/// The local address the system would use to reach another network (no
+/// packet is sent: connecting a UDP socket only picks a route). `None` when
+/// there is no route, or only loopback.
+fn outgoing_ip(v4: bool) -> Option<std::net::IpAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, UdpSocket};
+    // Documentation addresses (RFC 5737, RFC 3849): routed, never answered.
+    let (bind, probe): (SocketAddr, SocketAddr) = if v4 {
+        (
+            (Ipv4Addr::UNSPECIFIED, 0).into(),
+            (Ipv4Addr::new(192, 0, 2, 1), 9).into(),
+        )
+    } else {
+        (
+            (Ipv6Addr::UNSPECIFIED, 0).into(),
+            (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1), 9).into(),
+        )
+    };
+    let socket = UdpSocket::bind(bind).ok()?;
+    socket.connect(probe).ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
 }
 
 async fn accept_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<IncomingSession, P2pError>>) {
