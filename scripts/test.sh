@@ -66,7 +66,8 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly.
 wasm_bindgen_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
-if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bindgen_version" ]; then
+if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bindgen_version" ] \
+  || [ "$(wasm-bindgen-test-runner --version 2>/dev/null || true)" != "wasm-bindgen-test-runner $wasm_bindgen_version" ]; then
   # No default features: no TLS; the test runner is given chromedriver, never downloads it.
   cargo install -q wasm-bindgen-cli --version "$wasm_bindgen_version" --no-default-features
 fi
@@ -94,17 +95,12 @@ step "web client in a real browser (web-tests/, Chromium + playwright-core)"
 if [ "${MESH_SKIP_BROWSER:-}" = 1 ]; then
   echo "skipped (MESH_SKIP_BROWSER=1)"
 else
-  if [ ! -x /usr/bin/chromium ]; then
-    # Browsers are never downloaded by npm; Debian's Chromium is the one we drive.
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
-  fi
+  # Browsers are never downloaded by npm; Debian's Chromium is the one we drive.
+  if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
   (cd web-tests && npm ci --no-audit --no-fund --loglevel=error)
   cargo build -q -p mesh-server-bin --bin mesh-server
   browser_start=$(date +%s)
-  (cd web-tests && MESH_SERVER_BIN="$PWD/../target/debug/mesh-server" timeout 300 node --test --test-concurrency=1 tests/)
+  (cd web-tests && MESH_SERVER_BIN="$target_dir/debug/mesh-server" timeout 300 node --test --test-concurrency=1 tests/)
   echo "browser suite took $(( $(date +%s) - browser_start )) s; screenshots in target/screenshots/"
 fi
 

@@ -27,6 +27,7 @@
 //!   room names, message content).
 
 pub mod auth;
+mod bounded_map;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod engine;

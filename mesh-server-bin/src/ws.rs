@@ -31,12 +31,17 @@ use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use crate::AppState;
 use crate::http::{Body, authenticate};
 
+/// Most queued frames the writer sends per flush before it looks at the
+/// close signal and the ping timer again.
+const WRITE_BATCH: usize = 64;
+
 /// Limits of WebSocket connections.
 #[derive(Clone, Debug)]
 pub struct WsLimits {
     /// Largest frame and message accepted; larger closes with 1009.
     pub max_message_bytes: usize,
-    /// Most frames queued for one client before it is closed with 1013.
+    /// Most frames queued for one client before it is closed with 1013
+    /// (at least 1: 0 counts as 1).
     pub queue_frames: usize,
     /// Most bytes queued for one client before it is closed with 1013.
     pub queue_bytes: usize,
@@ -151,7 +156,7 @@ pub(crate) async fn upgrade(
     let identity = authenticate(state, &req, true).await?;
 
     let limits = state.config.ws.clone();
-    let (tx, rx) = mpsc::channel(limits.queue_frames);
+    let (tx, rx) = mpsc::channel(limits.queue_frames.max(1));
     let queued_bytes = Arc::new(AtomicUsize::new(0));
     let close = Arc::new(CloseSignal::default());
     let conn = Arc::new(WsConnection {
@@ -301,17 +306,27 @@ async fn write_loop(
         tokio::select! {
             biased;
             _ = &mut closed => break,
+            // Before the queue (the select is biased), so pings go out on
+            // time even to a connection written to constantly: its pongs
+            // are how the engine hears from a client that only listens.
+            _ = ping.tick() => {
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
             frame = rx.recv() => {
                 let Some(frame) = frame else { break };
                 let Some(first) = text(frame) else { continue };
                 if sink.feed(first).await.is_err() {
                     return;
                 }
-                // Write out whatever else is queued in one flush. (Not
-                // `recv_many`: its buffer would stay allocated in every idle
-                // connection, 2 KiB each for 64 frames, for no measurable
-                // gain.)
-                while let Ok(frame) = rx.try_recv() {
+                // Write out what else is queued, up to a batch, in one
+                // flush; then the loop looks at the close and the ping
+                // again. (Not `recv_many`: its buffer would stay allocated
+                // in every idle connection, 2 KiB each for 64 frames, for
+                // no measurable gain.)
+                for _ in 1..WRITE_BATCH {
+                    let Ok(frame) = rx.try_recv() else { break };
                     if let Some(m) = text(frame)
                         && sink.feed(m).await.is_err()
                     {
@@ -319,14 +334,6 @@ async fn write_loop(
                     }
                 }
                 if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-            // Pings go out on time even to a connection written to
-            // constantly: its pongs are how the engine hears from a client
-            // that only listens.
-            _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
                     return;
                 }
             }

@@ -19,32 +19,29 @@
 //!   cached or not, exactly as before.
 //! - Refusals are never cached: a bad token costs the full check each time.
 //!
-//! The cache holds at most [`TokenCache::capacity`] tokens. When it is full,
-//! expired entries go first, then arbitrary ones (the map's iteration order,
-//! which the std hasher's random keys make unpredictable from outside).
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! The cache holds at most [`TokenCache::DEFAULT_CAPACITY`] tokens (a
+//! [`BoundedMap`]): when it is full, expired entries go first, then
+//! arbitrary ones.
 
 use super::Identity;
+use crate::bounded_map::BoundedMap;
 use crate::protocol::Timestamp;
 
 /// Verified tokens, their identity and expiry. See the [module docs](self).
 pub(crate) struct TokenCache {
-    capacity: usize,
-    map: Mutex<HashMap<Box<str>, Entry>>,
+    map: BoundedMap<Box<str>, Entry>,
 }
 
 impl std::fmt::Debug for TokenCache {
     // Never the tokens themselves: they are bearer credentials.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TokenCache")
-            .field("capacity", &self.capacity)
-            .field("len", &self.lock().len())
+            .field("map", &self.map)
             .finish()
     }
 }
 
+#[derive(Clone)]
 struct Entry {
     identity: Identity,
     /// The token's `exp`, Unix seconds: valid while `now < exp`.
@@ -58,75 +55,40 @@ impl TokenCache {
     /// An empty cache of at most `capacity` tokens (0 disables it).
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            map: Mutex::new(HashMap::new()),
+            map: BoundedMap::new(capacity),
         }
     }
 
     /// The most tokens kept at once.
     #[cfg(test)]
     pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Entry>> {
-        // The map is consistent at every await-free step; a panic elsewhere
-        // while holding the lock leaves nothing half-done.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.map.capacity()
     }
 
     /// The identity of `token` if it was verified and has not expired at
     /// `now`.
     pub(crate) fn get(&self, token: &str, now: Timestamp) -> Option<Identity> {
-        if self.capacity == 0 {
-            return None;
-        }
-        let mut map = self.lock();
-        let entry = map.get(token)?;
-        if now.unix_seconds() < entry.exp {
-            return Some(entry.identity.clone());
-        }
-        map.remove(token);
-        None
+        let now = now.unix_seconds();
+        self.map.get(token, |e| now < e.exp).map(|e| e.identity)
     }
 
     /// Remembers a token that was just verified at `now`, valid until `exp`.
     pub(crate) fn insert(&self, token: &str, identity: &Identity, exp: i64, now: Timestamp) {
-        if self.capacity == 0 || now.unix_seconds() >= exp {
+        let now = now.unix_seconds();
+        if now >= exp {
             return;
         }
-        let mut map = self.lock();
-        if map.len() >= self.capacity && !map.contains_key(token) {
-            let now = now.unix_seconds();
-            map.retain(|_, e| now < e.exp);
-            if map.len() >= self.capacity {
-                // Still full of live tokens: drop an eighth, arbitrary ones,
-                // so that the scan above runs once per many insertions.
-                let drop: Vec<Box<str>> = map
-                    .keys()
-                    .take((self.capacity / 8).max(1))
-                    .cloned()
-                    .collect();
-                for k in drop {
-                    map.remove(&k);
-                }
-            }
-        }
-        map.insert(
-            token.into(),
-            Entry {
-                identity: identity.clone(),
-                exp,
-            },
-        );
+        let entry = Entry {
+            identity: identity.clone(),
+            exp,
+        };
+        self.map.insert(token.into(), entry, |e| now < e.exp);
     }
 
     /// Tokens held now.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.lock().len()
+        self.map.len()
     }
 }
 

@@ -680,10 +680,15 @@ mod tests {
 
     #[test]
     fn remembered_tokens_keep_every_check_but_the_signature() {
-        for auth in [setup().1, setup().1.with_token_cache(0)] {
+        for (auth, cached) in [(setup().1, 1), (setup().1.with_token_cache(0), 0)] {
             let (user, device) = (UserId::new(), DeviceId::new());
             let issued = auth.issue_access_token(user, device, now()).expect("issue");
             let first = auth.authenticate(&issued.token, now()).expect("first");
+            assert_eq!(
+                auth.verified.len(),
+                cached,
+                "remembered after the full check"
+            );
             // The second time comes from the cache (when there is one):
             // the same identity.
             let second = auth.authenticate(&issued.token, now()).expect("second");
@@ -696,6 +701,7 @@ mod tests {
             sig.replace_range(..1, if sig.starts_with('A') { "B" } else { "A" });
             let bad_sig = format!("{}.{}.{sig}", p[0], p[1]);
             assert_invalid(auth.authenticate(&bad_sig, now()), "bad signature");
+            assert_eq!(auth.verified.len(), cached, "refusals are not remembered");
             // Remembered or not, it expires at `exp`.
             assert!(matches!(
                 auth.authenticate(&issued.token, issued.expires_at),

@@ -9,10 +9,11 @@
 //! hash buffers behind per extra thread), each at a lower scheduling
 //! priority (nice 9 on Linux), so the OS runs the async threads first
 //! whenever they have work, and hashing gets every cycle they leave. Jobs
-//! queue in order; the threads end when the pool is dropped.
+//! queue in order; the threads start with the first job and end when the
+//! pool is dropped.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
@@ -20,17 +21,29 @@ use crate::error::{Error, Result};
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// A fixed pool of low-priority threads for CPU-heavy jobs.
+/// A fixed pool of low-priority threads for CPU-heavy jobs, started on
+/// the first job (a service whose authenticator never hashes starts none).
 #[derive(Debug)]
 pub(crate) struct HashPool {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: OnceLock<mpsc::Sender<Job>>,
     threads: usize,
 }
 
 impl HashPool {
-    /// `threads` threads named `mesh-hash-N`, started now.
+    /// `threads` threads named `mesh-hash-N`.
     pub(crate) fn new(threads: usize) -> Self {
-        let threads = threads.max(1);
+        Self {
+            jobs: OnceLock::new(),
+            threads: threads.max(1),
+        }
+    }
+
+    /// One thread per core.
+    pub(crate) fn per_core() -> Self {
+        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+
+    fn start(threads: usize) -> mpsc::Sender<Job> {
         let (tx, rx) = mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         for i in 0..threads {
@@ -44,21 +57,7 @@ impl HashPool {
                 tracing::error!(error = %e, "cannot start a password hashing thread");
             }
         }
-        Self {
-            jobs: Mutex::new(tx),
-            threads,
-        }
-    }
-
-    /// One thread per core.
-    pub(crate) fn per_core() -> Self {
-        Self::new(std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-
-    /// How many threads the pool was asked for.
-    #[cfg(test)]
-    pub(crate) fn threads(&self) -> usize {
-        self.threads
+        tx
     }
 
     /// Runs `f` on the pool and waits for its result without blocking the
@@ -72,16 +71,11 @@ impl HashPool {
             let _ = tx.send(f());
         });
         self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .get_or_init(|| Self::start(self.threads))
             .send(job)
             .map_err(|_| Error::Internal("the password hashing threads are gone".into()))?;
-        rx.await.map_err(|_| {
-            Error::Internal(format!(
-                "a password hashing job failed ({} threads)",
-                self.threads
-            ))
-        })
+        rx.await
+            .map_err(|_| Error::Internal("a password hashing job failed".into()))
     }
 }
 
@@ -125,7 +119,6 @@ mod tests {
     #[tokio::test]
     async fn jobs_run_on_the_pool_threads_and_return_their_results() {
         let pool = HashPool::new(2);
-        assert_eq!(pool.threads(), 2);
         let name = pool
             .run(|| std::thread::current().name().map(str::to_owned))
             .await

@@ -6,18 +6,15 @@
 //! once created (the [`Store`](crate::storage::Store) contract has
 //! `create_user` and no update or delete), so a record read once stays true
 //! and the cache needs no invalidation. It only has to stay small: at most
-//! [`UserCache::CAPACITY`] users, dropping an arbitrary eighth when full.
+//! [`UserCache::CAPACITY`] users (a [`BoundedMap`](crate::bounded_map::BoundedMap)).
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-
+use crate::bounded_map::BoundedMap;
 use crate::protocol::{User, UserId};
 
 /// See the [module docs](self).
 #[derive(Debug)]
 pub(crate) struct UserCache {
-    capacity: usize,
-    map: Mutex<HashMap<UserId, User>>,
+    map: BoundedMap<UserId, User>,
 }
 
 impl UserCache {
@@ -26,43 +23,22 @@ impl UserCache {
 
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            capacity,
-            map: Mutex::new(HashMap::new()),
+            map: BoundedMap::new(capacity),
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserId, User>> {
-        // Every step leaves the map consistent.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn get(&self, id: UserId) -> Option<User> {
-        self.lock().get(&id).cloned()
+        // Never stale: users do not change.
+        self.map.get(&id, |_| true)
     }
 
     pub(crate) fn insert(&self, user: &User) {
-        if self.capacity == 0 {
-            return;
-        }
-        let mut map = self.lock();
-        if map.len() >= self.capacity && !map.contains_key(&user.id) {
-            let drop: Vec<UserId> = map
-                .keys()
-                .take((self.capacity / 8).max(1))
-                .copied()
-                .collect();
-            for k in drop {
-                map.remove(&k);
-            }
-        }
-        map.insert(user.id, user.clone());
+        self.map.insert(user.id, user.clone(), |_| true);
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.lock().len()
+        self.map.len()
     }
 }
 

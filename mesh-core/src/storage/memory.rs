@@ -213,6 +213,16 @@ impl Store for MemoryStore {
         Ok(rooms)
     }
 
+    async fn room_ids_of(&self, user: UserId) -> Result<Vec<RoomId>, MemoryStoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .members
+            .keys()
+            .filter(|(room, u)| *u == user && inner.rooms.contains_key(room))
+            .map(|(room, _)| *room)
+            .collect())
+    }
+
     async fn add_member(&self, membership: Membership) -> Result<bool, MemoryStoreError> {
         let mut inner = self.lock();
         let key = (membership.room_id, membership.user_id);
