@@ -19,9 +19,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, EventStream};
-use mesh_core::p2p::{
-    ErrorCode, ExpectedSession, Identity, OutgoingSession, P2pEndpoint, P2pError,
-};
+use mesh_core::p2p::{Identity, OutgoingSession, P2pEndpoint, P2pError};
 use mesh_core::protocol::http::Peer;
 use mesh_core::protocol::{PeerId, SessionId, SessionKind};
 
@@ -31,17 +29,6 @@ use crate::resolve;
 /// How long connecting to a peer may take before it counts as unreachable
 /// (the agent side; the sending side takes `--connect-timeout`).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The addresses to announce for `endpoint`: `announce` if given, else
-/// what [`P2pEndpoint::reachable_addrs`] finds (loopback and this machine's
-/// outgoing address for a wildcard bind; the bound address otherwise).
-pub(crate) fn announce_addrs(endpoint: &P2pEndpoint, announce: &[String]) -> Vec<String> {
-    if announce.is_empty() {
-        endpoint.reachable_addrs()
-    } else {
-        announce.to_vec()
-    }
-}
 
 /// `--connect-timeout SECS` as a duration.
 pub(crate) fn timeout(secs: f64) -> anyhow::Result<Duration> {
@@ -119,7 +106,7 @@ pub(crate) async fn open(
         .connect_timeout(connect_timeout)
         .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
         .context("binding a UDP socket for QUIC")?;
-    let info = endpoint.p2p_info(announce_addrs(&endpoint, &[]));
+    let info = endpoint.p2p_info(Vec::new());
     let (client, _events) = ctx.connect("mesh-cli", Some(info)).await?;
     let result = async {
         let (me, _) = client
@@ -131,29 +118,13 @@ pub(crate) async fn open(
             .await
             .with_context(|| format!("asking the server for a session with {peer_arg}"))?;
         let target = &grant.target;
-        let name = peer.user.username.clone();
-        let mut attempt = 0;
-        let session = loop {
-            attempt += 1;
-            match endpoint
-                .connect_to(target, grant.session.id, &grant.session_token)
-                .await
-            {
-                Ok(s) => break s,
-                // The agent hears of the session over its own WebSocket,
-                // maybe a moment after we do: give it a moment.
-                Err(P2pError::Remote {
-                    code: ErrorCode::UnknownSession,
-                    ..
-                }) if attempt < 5 => {
-                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
-                }
-                Err(e) => {
-                    client.close_p2p_session(grant.session.id);
-                    return Err(explain(e, &name, &target.addrs));
-                }
-            }
-        };
+        let session = endpoint
+            .connect_announced(target, grant.session.id, &grant.session_token)
+            .await
+            .map_err(|e| {
+                client.close_p2p_session(grant.session.id);
+                explain(e, &peer.user.username, &target.addrs)
+            })?;
         Ok::<_, anyhow::Error>((session, peer))
     }
     .await;
@@ -178,7 +149,6 @@ pub(crate) struct Listener {
     pub(crate) client: Client,
     pub(crate) events: EventStream,
     pub(crate) endpoint: Arc<P2pEndpoint>,
-    pub(crate) me: PeerId,
     pub(crate) addrs: Vec<String>,
 }
 
@@ -204,8 +174,8 @@ impl Listener {
             .connect_timeout(CONNECT_TIMEOUT)
             .bind(bind)
             .with_context(|| format!("listening on UDP {bind}"))?;
-        let addrs = announce_addrs(&endpoint, announce);
-        let info = endpoint.p2p_info(addrs.clone());
+        let info = endpoint.p2p_info(announce.to_vec());
+        let addrs = info.addrs.clone();
         let (client, events) = ctx.connect(device, Some(info)).await?;
         let (me, _) = client
             .me()
@@ -215,31 +185,12 @@ impl Listener {
             client,
             events,
             endpoint: Arc::new(endpoint),
-            me,
             addrs,
         })
     }
 
-    /// After a reconnect the server gave us a new peer id: accept sessions
-    /// naming it (the endpoint and its announced address stay).
-    pub(crate) fn reconnected(&mut self, me: PeerId) {
-        self.endpoint.set_peer_id(me);
-        self.me = me;
-    }
-
-    /// Accept `session` (announced by the server) when its initiator comes.
-    pub(crate) fn expect(
-        &self,
-        grant: &mesh_core::client::P2pSessionGrant,
-    ) -> Result<bool, P2pError> {
-        if grant.session.target_peer_id != self.me {
-            return Ok(false);
-        }
-        self.endpoint
-            .expect_session(ExpectedSession::from_announcement(
-                &grant.session,
-                &grant.initiator,
-            )?);
-        Ok(true)
+    /// This connection's peer id (what senders target).
+    pub(crate) fn me(&self) -> Option<PeerId> {
+        self.endpoint.peer_id()
     }
 }

@@ -357,27 +357,48 @@ async fn the_peer_id_can_be_set_after_binding_and_replaced() {
             (out.map(|_| ()), inc.expect("endpoint open").map(|_| ()))
         }
     };
-    let refused = |r: Result<(), P2pError>| {
+    // Both sides say why: the initiator was told, the target refused.
+    let refused = |(out, inc): (Result<(), P2pError>, Result<(), P2pError>)| {
         matches!(
-            r,
+            out,
             Err(P2pError::Remote {
+                code: ErrorCode::WrongPeer,
+                ..
+            })
+        ) && matches!(
+            inc,
+            Err(P2pError::Refused {
                 code: ErrorCode::WrongPeer,
                 ..
             })
         )
     };
 
-    let (out, inc) = try_session(first).await;
-    assert!(refused(out), "no peer id yet: refused");
-    assert!(inc.is_err());
+    assert!(refused(try_session(first).await), "no peer id yet: refused");
+    assert_eq!(target.peer_id(), None);
 
     target.set_peer_id(first);
+    assert_eq!(target.peer_id(), Some(first));
+    // An announcement for another target is not this agent's to accept,
+    // and one without the initiator's fingerprint cannot be pinned.
+    let pinned = mesh_core::protocol::P2pInfo {
+        cert_fingerprint: Some(initiator.fingerprint().to_owned()),
+        addrs: Vec::new(),
+    };
+    let other = session(SessionKind::File, PeerId::new(), second, 180);
+    assert!(!target.expect_announced(&other, &pinned).expect("checked"));
+    let mine = session(SessionKind::File, PeerId::new(), first, 180);
+    let unpinned = mesh_core::protocol::P2pInfo::default();
+    assert!(target.expect_announced(&mine, &unpinned).is_err());
+    assert!(target.expect_announced(&mine, &pinned).expect("checked"));
     let (out, inc) = try_session(first).await;
     assert!(out.is_ok() && inc.is_ok(), "{out:?} {inc:?}");
 
     target.set_peer_id(second);
-    let (out, _) = try_session(first).await;
-    assert!(refused(out), "the old peer id no longer passes");
+    assert!(
+        refused(try_session(first).await),
+        "the old peer id no longer passes"
+    );
     let (out, inc) = try_session(second).await;
     assert!(out.is_ok() && inc.is_ok(), "{out:?} {inc:?}");
 }

@@ -16,14 +16,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, Event};
 use mesh_core::p2p::{
-    ErrorCode, ExpectedSession, FileReport, FolderReport, Identity, IncomingSession,
-    OutgoingSession, P2pEndpoint, P2pError, Progress, ReceiveOptions, SendOptions,
+    FileReport, FolderReport, Identity, IncomingSession, OutgoingSession, P2pEndpoint, P2pError,
+    Progress, ReceiveOptions, SendOptions,
 };
 use mesh_core::protocol::{PeerId, SessionId, SessionKind};
 
@@ -226,15 +226,9 @@ pub async fn start_agent(
             .accept_kinds(kinds)
             .connect_timeout(CONNECT_TIMEOUT)
             .bind(bind)?;
-        let addrs = if config.announce.is_empty() {
-            endpoint.reachable_addrs()
-        } else {
-            config.announce.clone()
-        };
-        let mut builder = Client::builder()
-            .server(server)
-            .token(token)
-            .p2p(endpoint.p2p_info(addrs.clone()));
+        let info = endpoint.p2p_info(config.announce);
+        let addrs = info.addrs.clone();
+        let mut builder = Client::builder().server(server).token(token).p2p(info);
         if let Some(name) = config.device_name {
             builder = builder.device_name(name);
         }
@@ -249,10 +243,9 @@ pub async fn start_agent(
             dir: receive_dir,
             opts: ReceiveOptions::default().overwrite(config.overwrite),
             transfers,
-            me: Mutex::new(me),
         });
         if let Some(events) = client.events() {
-            tokio::spawn(pump(events, endpoint.clone(), state.clone(), listener));
+            tokio::spawn(pump(events, endpoint.clone(), listener));
         }
         tokio::spawn(accept(endpoint.clone(), state));
         Ok(Arc::new(MeshAgent {
@@ -278,8 +271,6 @@ struct Receiving {
     dir: Option<PathBuf>,
     opts: ReceiveOptions,
     transfers: Arc<dyn TransferListener>,
-    /// This connection's peer id (a new one after each reconnect).
-    me: Mutex<PeerId>,
 }
 
 /// Hands chat events to the app, and tells the endpoint which sessions to
@@ -287,25 +278,16 @@ struct Receiving {
 async fn pump(
     mut events: mesh_core::client::EventStream,
     endpoint: Arc<P2pEndpoint>,
-    state: Arc<Receiving>,
     listener: Arc<dyn MeshListener>,
 ) {
     while let Some(event) = events.next().await {
         match &event {
-            Event::Connected { peer_id, .. } => {
-                endpoint.set_peer_id(*peer_id);
-                if let Ok(mut me) = state.me.lock() {
-                    *me = *peer_id;
-                }
-            }
+            // A new connection is a new peer id.
+            Event::Connected { peer_id, .. } => endpoint.set_peer_id(*peer_id),
             Event::P2pSessionCreated(grant) => {
-                let me = state.me.lock().map(|m| *m).ok();
-                if Some(grant.session.target_peer_id) == me
-                    && let Ok(expected) =
-                        ExpectedSession::from_announcement(&grant.session, &grant.initiator)
-                {
-                    endpoint.expect_session(expected);
-                }
+                // One it cannot pin (no fingerprint announced) is refused
+                // when its initiator comes.
+                let _ = endpoint.expect_announced(&grant.session, &grant.initiator);
             }
             Event::P2pSessionClosed { session_id, .. } => endpoint.forget_session(*session_id),
             _ => {}
@@ -456,24 +438,14 @@ async fn open(
 ) -> Result<(OutgoingSession, SessionId), MeshError> {
     let grant = client.request_p2p_session(room, target, kind).await?;
     let id = grant.session.id;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        match endpoint
-            .connect_to(&grant.target, id, &grant.session_token)
-            .await
-        {
-            Ok(session) => return Ok((session, id)),
-            // The target hears of the session over its own WebSocket,
-            // maybe a moment after we do: give it a moment.
-            Err(P2pError::Remote {
-                code: ErrorCode::UnknownSession,
-                ..
-            }) if attempt < 5 => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
-            Err(e) => {
-                client.close_p2p_session(id);
-                return Err(e.into());
-            }
+    match endpoint
+        .connect_announced(&grant.target, id, &grant.session_token)
+        .await
+    {
+        Ok(session) => Ok((session, id)),
+        Err(e) => {
+            client.close_p2p_session(id);
+            Err(e.into())
         }
     }
 }

@@ -8,17 +8,16 @@
 //! `session_offered`, `progress`-free `received`, `terminal_output`,
 //! `terminal_exit`, `session_failed`, `disconnected`.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use mesh_core::client::Event;
+use mesh_core::client::{Event, HttpApi};
 use mesh_core::p2p::{IncomingSession, P2pError, ReceiveOptions, TerminalEvent};
-use mesh_core::protocol::{SessionId, SessionKind};
+use mesh_core::protocol::{RoomId, SessionKind, UserId};
 use serde_json::json;
 
 use crate::config::Ctx;
@@ -43,9 +42,6 @@ pub(crate) struct AgentArgs {
     #[arg(long)]
     announce: Vec<String>,
 }
-
-/// Who opened each announced session, for messages.
-type Names = Arc<Mutex<HashMap<SessionId, String>>>;
 
 /// Runs until Ctrl-C or until the server closes the connection for good.
 pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
@@ -74,7 +70,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
         ctx,
         json!({
             "event": "ready",
-            "peer_id": listener.me,
+            "peer_id": listener.me(),
             "username": user,
             "fingerprint": listener.endpoint.fingerprint(),
             "addrs": listener.addrs,
@@ -83,7 +79,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
         || {
             format!(
                 "agent online as {user} (peer {}), listening on {}; receiving into {}",
-                listener.me,
+                listener.me().map(|p| p.to_string()).unwrap_or_default(),
                 listener.addrs.join(", "),
                 receive_dir
                     .as_ref()
@@ -93,7 +89,6 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
         },
     );
     let ctx = Arc::new(ctx.clone());
-    let names: Names = Arc::default();
     let opts = ReceiveOptions::default().overwrite(args.overwrite);
     let result = loop {
         let endpoint = listener.endpoint.clone();
@@ -101,29 +96,20 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
             event = listener.events.next() => match event {
                 None => break Ok(()),
                 Some(Event::P2pSessionCreated(grant)) => {
-                    match listener.expect(&grant) {
+                    match listener.endpoint.expect_announced(&grant.session, &grant.initiator) {
                         Ok(true) => {
-                            let who = listener
-                                .client
-                                .http()
-                                .members(grant.session.room_id)
-                                .await
-                                .ok()
-                                .and_then(|ms| {
-                                    ms.into_iter()
-                                        .find(|m| m.user.id == grant.session.initiator_user_id)
-                                })
-                                .map(|m| m.user.username)
-                                .unwrap_or_else(|| grant.session.initiator_user_id.to_string());
-                            emit(&ctx, json!({
-                                "event": "session_offered",
-                                "session_id": grant.session.id,
-                                "kind": grant.session.kind,
-                                "from": who,
-                            }), || format!("{who} is opening a {} session", grant.session.kind.as_str()));
-                            if let Ok(mut n) = names.lock() {
-                                n.insert(grant.session.id, who);
-                            }
+                            // Off the loop: the name takes a request.
+                            let (ctx, http) = (ctx.clone(), listener.client.http().clone());
+                            tokio::spawn(async move {
+                                let s = &grant.session;
+                                let who = name_of(&http, s.room_id, s.initiator_user_id).await;
+                                emit(&ctx, json!({
+                                    "event": "session_offered",
+                                    "session_id": s.id,
+                                    "kind": s.kind,
+                                    "from": who,
+                                }), || format!("{who} is opening a {} session", s.kind.as_str()));
+                            });
                         }
                         Ok(false) => {}
                         Err(e) => emit(&ctx, json!({"event": "session_failed", "error": e.to_string()}),
@@ -135,7 +121,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
                 }
                 // Listen as the new peer id the server assigned.
                 Some(Event::Connected { peer_id, resumed: true, .. }) => {
-                    listener.reconnected(peer_id);
+                    listener.endpoint.set_peer_id(peer_id);
                     emit(&ctx, json!({"event": "reconnected", "peer_id": peer_id}),
                         || "reconnected".to_owned());
                 }
@@ -159,7 +145,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
                     || format!("refused a connection: {e}")),
                 Some(Err(_)) => {}
                 Some(Ok(session)) => {
-                    tokio::spawn(handle(ctx.clone(), names.clone(), session, receive_dir.clone(), opts.clone()));
+                    tokio::spawn(handle(ctx.clone(), listener.client.http().clone(), session, receive_dir.clone(), opts.clone()));
                 }
             },
             _ = tokio::signal::ctrl_c() => break Ok(()),
@@ -170,20 +156,28 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
     result
 }
 
+/// The username of `user` as a member of `room`, or the id if the server
+/// does not say.
+async fn name_of(http: &HttpApi, room: RoomId, user: UserId) -> String {
+    http.members(room)
+        .await
+        .ok()
+        .and_then(|ms| ms.into_iter().find(|m| m.user.id == user))
+        .map(|m| m.user.username)
+        .unwrap_or_else(|| user.to_string())
+}
+
 /// One accepted session, to its end.
 async fn handle(
     ctx: Arc<Ctx>,
-    names: Names,
+    http: HttpApi,
     session: IncomingSession,
     receive_dir: Option<PathBuf>,
     opts: ReceiveOptions,
 ) {
     let id = session.session_id();
-    let who = names
-        .lock()
-        .ok()
-        .and_then(|n| n.get(&id).cloned())
-        .unwrap_or_else(|| session.claims().initiator_user_id.to_string());
+    let claims = session.claims();
+    let who = name_of(&http, claims.room_id, claims.initiator_user_id).await;
     let kind = session.kind();
     let outcome: anyhow::Result<()> = async {
         match (kind, &receive_dir) {
@@ -290,8 +284,5 @@ async fn handle(
             json!({"event": "session_failed", "session_id": id, "from": who, "error": format!("{e:#}")}),
             || format!("session with {who} failed: {e:#}"),
         );
-    }
-    if let Ok(mut n) = names.lock() {
-        n.remove(&id);
     }
 }

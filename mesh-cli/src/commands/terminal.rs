@@ -15,10 +15,10 @@
 use std::io::{BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use clap::Args;
 use mesh_core::client::Event;
-use mesh_core::p2p::{P2pError, TerminalCommand, TerminalEvent, TerminalPolicy};
+use mesh_core::p2p::{IncomingSession, P2pError, TerminalCommand, TerminalEvent, TerminalPolicy};
 use mesh_core::protocol::SessionKind;
 use serde_json::json;
 use tokio::io::AsyncBufReadExt;
@@ -131,25 +131,28 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
     .await?;
     emit(
         ctx,
-        json!({"event": "ready", "peer_id": listener.me, "addrs": listener.addrs}),
+        json!({"event": "ready", "peer_id": listener.me(), "addrs": listener.addrs}),
         || {
             format!(
                 "waiting for someone to share a terminal with you (peer {}); Ctrl-C to stop",
-                listener.me
+                listener.me().map(|p| p.to_string()).unwrap_or_default()
             )
         },
     );
-    let incoming = loop {
+    let waited: anyhow::Result<Option<IncomingSession>> = loop {
         let endpoint = listener.endpoint.clone();
         tokio::select! {
             event = listener.events.next() => match event {
-                None => return Err(anyhow!("the server connection ended")),
+                None => break Err(anyhow!("the server connection ended")),
                 Some(Event::P2pSessionCreated(grant)) => {
-                    listener.expect(&grant).context("the announced session")?;
+                    if let Err(e) = listener.endpoint.expect_announced(&grant.session, &grant.initiator) {
+                        emit(ctx, json!({"event": "session_failed", "error": e.to_string()}),
+                            || format!("ignoring a session: {e}"));
+                    }
                 }
-                Some(Event::Connected { peer_id, resumed: true, .. }) => listener.reconnected(peer_id),
+                Some(Event::Connected { peer_id, resumed: true, .. }) => listener.endpoint.set_peer_id(peer_id),
                 Some(Event::Closed { error }) => {
-                    return Err(match error {
+                    break Err(match error {
                         Some(e) => anyhow::Error::new(e).context("the server closed the connection"),
                         None => anyhow!("the server connection closed"),
                     });
@@ -157,16 +160,21 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
                 Some(_) => {}
             },
             incoming = endpoint.accept() => match incoming {
-                None => return Err(anyhow!("the P2P endpoint closed")),
+                None => break Err(anyhow!("the P2P endpoint closed")),
                 Some(Err(e @ P2pError::Refused { .. })) => emit(ctx, json!({"event": "session_refused", "error": e.to_string()}),
                     || format!("refused a connection: {e}")),
                 Some(Err(_)) => {}
-                Some(Ok(session)) => break session,
+                Some(Ok(session)) => break Ok(Some(session)),
             },
-            _ = tokio::signal::ctrl_c() => {
-                listener.client.close().await;
-                return Ok(());
-            }
+            _ = tokio::signal::ctrl_c() => break Ok(None),
+        }
+    };
+    let incoming = match waited {
+        Ok(Some(session)) => session,
+        other => {
+            listener.client.close().await;
+            listener.endpoint.close();
+            return other.map(drop);
         }
     };
     let id = incoming.session_id();
@@ -175,10 +183,15 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
         json!({"event": "terminal_started", "session_id": id}),
         || "-- connected to the shared terminal; lines you type are sent".to_owned(),
     );
-    let viewer = incoming
-        .view_terminal()
-        .await
-        .context("joining the terminal")?;
+    let viewer = match incoming.view_terminal().await {
+        Ok(viewer) => viewer,
+        Err(e) => {
+            listener.client.close_p2p_session(id);
+            listener.client.close().await;
+            listener.endpoint.close();
+            return Err(anyhow::Error::new(e).context("joining the terminal"));
+        }
+    };
     let (mut reader, mut writer) = viewer.split();
     // Lines typed go to the sharer; end of input (Ctrl-D) leaves.
     let mut typing = tokio::spawn(async move {

@@ -31,6 +31,10 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// At most this many incoming handshakes run at once; more are refused.
 const MAX_HANDSHAKES: usize = 32;
 
+/// How many times [`P2pEndpoint::connect_announced`] tries a target that
+/// does not know the session yet.
+const ANNOUNCE_ATTEMPTS: u32 = 5;
+
 /// QUIC application close codes.
 const CLOSE_DONE: u32 = 0;
 const CLOSE_ERROR: u32 = 1;
@@ -125,7 +129,7 @@ impl P2pEndpointBuilder {
     }
 
     /// This agent's peer id, the target accepted sessions must name (see
-    /// [`Self::accept_sessions`]).
+    /// [`Self::accept_sessions`]; without it, the peer id is ignored).
     pub fn peer_id(mut self, me: PeerId) -> Self {
         self.peer_id = Some(me);
         self
@@ -341,13 +345,38 @@ impl P2pEndpoint {
     /// after connecting to the server, and again after each reconnect (the
     /// server assigns a new peer id per connection; sessions naming the old
     /// one are refused from then on). The endpoint keeps its socket, so the
-    /// announced address stays valid.
+    /// announced address stays valid. Ignored by an endpoint built without
+    /// [`P2pEndpointBuilder::accept_sessions`].
     pub fn set_peer_id(&self, me: PeerId) {
         if let Some(acceptor) = &self.shared.acceptor
             && let Ok(mut slot) = acceptor.me.lock()
         {
             *slot = Some(me);
         }
+    }
+
+    /// This agent's peer id, once known (see [`Self::set_peer_id`]); `None`
+    /// for an endpoint that only connects out.
+    pub fn peer_id(&self) -> Option<PeerId> {
+        let acceptor = self.shared.acceptor.as_ref()?;
+        acceptor.me.lock().ok().and_then(|m| *m)
+    }
+
+    /// Accepts a session the server announced (`p2p.session.created`) if
+    /// this agent is its target: `Ok(true)`; `Ok(false)` when it names
+    /// another peer (this agent is the initiator, or the announcement is
+    /// for an earlier connection). The initiator's announced certificate
+    /// is pinned.
+    pub fn expect_announced(
+        &self,
+        session: &P2pSession,
+        initiator: &P2pInfo,
+    ) -> Result<bool, P2pError> {
+        if self.peer_id() != Some(session.target_peer_id) {
+            return Ok(false);
+        }
+        self.expect_session(ExpectedSession::from_announcement(session, initiator)?);
+        Ok(true)
     }
 
     /// Accept `session` when its initiator connects.
@@ -513,6 +542,31 @@ impl P2pEndpoint {
             .as_deref()
             .ok_or_else(|| P2pError::Tls("the peer announced no certificate fingerprint".into()))?;
         self.connect(&peer.addrs, fp, session_id, token).await
+    }
+
+    /// [`Self::connect_to`] right after the server granted the session: the
+    /// target hears of it over its own connection to the server, maybe a
+    /// moment after the initiator, and refuses it as `unknown_session`
+    /// until then; this tries again a few times over about a second.
+    pub async fn connect_announced(
+        &self,
+        peer: &P2pInfo,
+        session_id: SessionId,
+        token: &str,
+    ) -> Result<OutgoingSession, P2pError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.connect_to(peer, session_id, token).await {
+                Err(P2pError::Remote {
+                    code: ErrorCode::UnknownSession,
+                    ..
+                }) if attempt < ANNOUNCE_ATTEMPTS => {
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Closes the endpoint and every connection on it.

@@ -224,22 +224,19 @@ pub(crate) fn unexpected(got: &Frame, wanted: &'static str) -> P2pError {
     }
 }
 
-/// BLAKE3 of the first `len` bytes of `path` (all of it for `None`), on
-/// every core for large files (see [`hash_prefix`]).
-pub(crate) async fn hash_file(path: &Path, len: Option<u64>) -> Result<blake3::Hash, P2pError> {
+/// BLAKE3 of the first `len` bytes of `path`, on every core for large
+/// files (see [`hash_prefix`]). Blocking: for a blocking task.
+pub(crate) fn hash_len_blocking(path: &Path, len: u64) -> Result<blake3::Hash, P2pError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    hash_prefix(path, len, threads, PARALLEL_HASH_MIN).map_err(|e| P2pError::io(path, e))
+}
+
+/// [`hash_len_blocking`] on a blocking task.
+pub(crate) async fn hash_file(path: &Path, len: u64) -> Result<blake3::Hash, P2pError> {
     let path = path.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let len = match len {
-            Some(len) => len,
-            None => std::fs::metadata(&path)
-                .map_err(|e| P2pError::io(&path, e))?
-                .len(),
-        };
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-        hash_prefix(&path, len, threads, PARALLEL_HASH_MIN).map_err(|e| P2pError::io(&path, e))
-    })
-    .await
-    .map_err(|e| P2pError::Connection(format!("hashing task: {e}")))?
+    tokio::task::spawn_blocking(move || hash_len_blocking(&path, len))
+        .await
+        .map_err(|e| P2pError::Connection(format!("hashing task: {e}")))?
 }
 
 /// Files (or prefixes) shorter than twice this are hashed on one thread.
@@ -385,7 +382,7 @@ where
     let size = meta.len();
     let hash = match known_hash {
         Some(h) => h,
-        None => hash_file(path, None).await?,
+        None => hash_file(path, size).await?,
     };
     wire.send(&Frame::FileMeta(FileMeta {
         name: name.clone(),
@@ -402,7 +399,7 @@ where
         } => {
             if offset == 0 || !opts.resume || offset > size {
                 0
-            } else if hash_file(path, Some(offset)).await? == prefix_blake3 {
+            } else if hash_file(path, offset).await? == prefix_blake3 {
                 offset
             } else {
                 tracing::info!(%name, offset, "the receiver's partial file does not match; sending from the start");

@@ -106,16 +106,13 @@ fn walk(root: &Path) -> Result<Walked, P2pError> {
 }
 
 fn push_file(out: &mut Walked, wire: String, source: &Path, size: u64) -> Result<(), P2pError> {
-    use std::io::Read;
-    let f = std::fs::File::open(source).map_err(|e| P2pError::io(source, e))?;
-    let mut h = blake3::Hasher::new();
-    h.update_reader(f.take(size))
-        .map_err(|e| P2pError::io(source, e))?;
+    // Fails if the file shrank since it was listed.
+    let hash = file::hash_len_blocking(source, size)?;
     out.entries.push(ManifestEntry {
         path: wire,
         kind: EntryKind::File,
         size,
-        blake3: Some(h.finalize()),
+        blake3: Some(hash),
     });
     out.sources.push(source.to_owned());
     Ok(())
