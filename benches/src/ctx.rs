@@ -166,7 +166,8 @@ impl CpuMeter {
             .zip(&self.cores0)
             .enumerate()
             .map(|(i, ((b1, t1), (b0, t0)))| {
-                let share = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+                // Per-CPU counters can step back (iowait): never underflow.
+                let share = b1.saturating_sub(*b0) as f64 / t1.saturating_sub(*t0).max(1) as f64;
                 format!("cpu{i} {:.0}%", share * 100.0)
             })
             .collect::<Vec<_>>()

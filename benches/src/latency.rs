@@ -178,7 +178,8 @@ async fn run_on(ctx: &Ctx) -> anyhow::Result<Figure> {
                         Pace::Peak => None,
                     };
                     while !stop.load(Ordering::Relaxed) {
-                        let in_flight = sent - acked.load(Ordering::Relaxed);
+                        // A late ack from an earlier run may count past `sent`.
+                        let in_flight = sent.saturating_sub(acked.load(Ordering::Relaxed));
                         match &mut tick {
                             Some(t) => {
                                 t.tick().await;

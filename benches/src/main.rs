@@ -221,7 +221,8 @@ async fn run_one(name: &str, ctx: &Ctx) -> anyhow::Result<Figure> {
         "durable" => durable::run(ctx).await,
         "logins" => logins::run(ctx).await,
         "churn" => churn::run(ctx).await,
-        _ => p2p::run(ctx).await,
+        "p2p" => p2p::run(ctx).await,
+        other => anyhow::bail!("no figure named {other:?}"),
     }
 }
 
