@@ -37,23 +37,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl From<P2pError> for MeshError {
     fn from(e: P2pError) -> Self {
-        let code = match &e {
-            P2pError::Refused { code, .. } | P2pError::Remote { code, .. } => code.to_string(),
-            P2pError::FingerprintMismatch { .. } => "wrong_certificate".into(),
-            P2pError::Timeout(_) => "timeout".into(),
-            P2pError::Unreachable(_) => "unreachable".into(),
-            P2pError::Connection(_) => "connection".into(),
-            P2pError::Frame(_) | P2pError::Unexpected { .. } | P2pError::WrongKind(_) => {
-                "protocol".into()
-            }
-            P2pError::Io { .. } => "io".into(),
-            P2pError::BadLocalPath(_) => "invalid_argument".into(),
-            P2pError::Tls(_) => "tls".into(),
-            P2pError::Closed => "closed".into(),
-            _ => "internal".into(),
-        };
         MeshError::P2p {
-            code,
+            code: e.code_name(),
             reason: e.to_string(),
         }
     }
@@ -117,7 +102,7 @@ impl TransferReport {
     fn file(session: SessionId, r: &FileReport) -> Self {
         Self {
             session_id: session.to_string(),
-            kind: "file".into(),
+            kind: SessionKind::File.as_str().into(),
             path: r.path.display().to_string(),
             size: r.size,
             files: 1,
@@ -129,7 +114,7 @@ impl TransferReport {
     fn folder(session: SessionId, r: &FolderReport) -> Self {
         Self {
             session_id: session.to_string(),
-            kind: "folder".into(),
+            kind: SessionKind::Folder.as_str().into(),
             path: r.root.display().to_string(),
             size: r.files.iter().map(|f| f.size).sum(),
             files: r.files.len() as u64,
@@ -212,8 +197,8 @@ pub async fn start_agent(
         let identity = Identity::load_or_generate(Path::new(&config.identity_dir))?;
         let http = mesh_core::client::HttpApi::new(&server)?;
         let verifier =
-            TokenVerifier::from_jwks(&http.keys().await?).map_err(|e| MeshError::P2p {
-                code: "tls".into(),
+            TokenVerifier::from_jwks(&http.keys().await?).map_err(|e| MeshError::Client {
+                code: "protocol".into(),
                 reason: format!("the server's signing keys: {e}"),
             })?;
         let kinds = if receive_dir.is_some() {

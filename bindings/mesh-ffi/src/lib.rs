@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use mesh_core::client::P2pSessionGrant;
 use mesh_core::client::{Client, ClientError, Event, HistoryPage, HistoryQuery, HttpApi};
 use mesh_core::engine::RtcKind;
-use mesh_core::protocol::http::{CreateRoomRequest, LoginRequest, RegisterRequest};
+use mesh_core::protocol::http::{AuthResponse, CreateRoomRequest, LoginRequest, RegisterRequest};
 use mesh_core::protocol::{
     Member, Message, PeerId, Presence, Role, Room, RoomId, RtcSignal, SessionId, SessionKind, User,
     UserId, Visibility,
@@ -113,31 +113,28 @@ impl MeshError {
 
 impl From<ClientError> for MeshError {
     fn from(e: ClientError) -> Self {
-        let code = match &e {
+        match e {
             ClientError::Server {
                 code,
                 message,
                 retry_after_ms,
-            } => {
-                return MeshError::Server {
-                    code: code.as_str().into(),
-                    reason: message.clone(),
-                    retry_after_ms: *retry_after_ms,
-                };
-            }
-            ClientError::NotConnected => "not_connected",
-            ClientError::Disconnected => "disconnected",
-            ClientError::Closed => "closed",
-            ClientError::Protocol(_) => "protocol",
-            ClientError::InvalidArgument(_) => "invalid_argument",
-            ClientError::Transport(_) => "transport",
-            _ => "internal",
-        };
-        MeshError::Client {
-            code: code.into(),
-            reason: e.to_string(),
+            } => MeshError::Server {
+                code: code.as_str().into(),
+                reason: message,
+                retry_after_ms,
+            },
+            other => MeshError::Client {
+                code: other.code_str().into(),
+                reason: other.to_string(),
+            },
         }
     }
+}
+
+/// A contract enum from its wire name (`"file"`, `"away"`, …).
+fn parse_wire<T: serde::de::DeserializeOwned>(what: &str, name: &str) -> Result<T, MeshError> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .map_err(|_| MeshError::invalid(format!("not a {what}: {name:?}")))
 }
 
 fn parse_id<T: std::str::FromStr>(what: &str, id: &str) -> Result<T, MeshError> {
@@ -179,6 +176,16 @@ pub struct AuthInfo {
     /// The bearer token [`connect`] takes.
     pub token: String,
     pub expires_at_ms: i64,
+}
+
+impl From<AuthResponse> for AuthInfo {
+    fn from(auth: AuthResponse) -> Self {
+        Self {
+            user: auth.user.into(),
+            token: auth.token,
+            expires_at_ms: auth.expires_at.unix_millis(),
+        }
+    }
 }
 
 /// A chat room.
@@ -534,11 +541,7 @@ impl MeshApi {
                 device_name: None,
             };
             let auth = http.register(&req).await?;
-            Ok(AuthInfo {
-                user: auth.user.into(),
-                token: auth.token,
-                expires_at_ms: auth.expires_at.unix_millis(),
-            })
+            Ok(auth.into())
         })
         .await
     }
@@ -553,11 +556,7 @@ impl MeshApi {
                 device_name: None,
             };
             let auth = http.login(&req).await?;
-            Ok(AuthInfo {
-                user: auth.user.into(),
-                token: auth.token,
-                expires_at_ms: auth.expires_at.unix_millis(),
-            })
+            Ok(auth.into())
         })
         .await
     }
@@ -623,8 +622,7 @@ impl MeshClient {
     ) -> Result<P2pSessionInfo, MeshError> {
         let room = parse_room(&room_id)?;
         let target: PeerId = parse_id("peer", &target_peer_id)?;
-        let kind: SessionKind = serde_json::from_value(serde_json::Value::String(kind.clone()))
-            .map_err(|_| MeshError::invalid(format!("not a session kind: {kind:?}")))?;
+        let kind: SessionKind = parse_wire("session kind", &kind)?;
         let client = self.client.clone();
         on_runtime(async move {
             let grant = client.request_p2p_session(room, target, kind).await?;
@@ -786,8 +784,14 @@ impl MeshClient {
     ) -> Result<MemberInfo, MeshError> {
         let room = parse_room(&room_id)?;
         let user: UserId = parse_id("user", &user_id)?;
-        let role: Role = serde_json::from_value(serde_json::Value::String(role.clone()))
-            .map_err(|_| MeshError::invalid(format!("not a role (admin, member): {role:?}")))?;
+        let role = match parse_wire::<Role>("role (admin, member)", &role)? {
+            Role::Owner => {
+                return Err(MeshError::invalid(
+                    "the role must be admin or member, not owner",
+                ));
+            }
+            role => role,
+        };
         let client = self.client.clone();
         on_runtime(async move { Ok(client.set_role(room, user, role).await?.into()) }).await
     }
@@ -805,8 +809,7 @@ impl MeshClient {
         status: String,
         status_message: Option<String>,
     ) -> Result<(), MeshError> {
-        let presence: Presence = serde_json::from_value(serde_json::Value::String(status.clone()))
-            .map_err(|_| MeshError::invalid(format!("not a presence status: {status:?}")))?;
+        let presence: Presence = parse_wire("presence status", &status)?;
         let client = self.client.clone();
         on_runtime(async move { Ok(client.set_presence(presence, status_message).await?) }).await
     }

@@ -33,9 +33,10 @@ use mesh_core::client::{
     RequestId,
 };
 use mesh_core::engine::RtcKind;
-use mesh_core::protocol::http::CreateRoomRequest;
+use mesh_core::protocol::http::{CreateRoomRequest, LoginRequest, RegisterRequest, RoleRequest};
 use mesh_core::protocol::{
-    PeerId, Presence, RoomId, RtcSignal, SessionId, SessionKind, Timestamp, UserId, Visibility,
+    PeerId, Presence, Role, RoomId, RtcSignal, SessionId, SessionKind, Timestamp, UserId,
+    Visibility,
 };
 use serde::Serialize;
 use serde_json::json;
@@ -122,20 +123,44 @@ fn js_error(code: &str, message: &str) -> JsValue {
 /// The code and text of a client error, as the contract spells codes.
 fn error_parts(e: &ClientError) -> (&'static str, String) {
     match e {
-        ClientError::Server { code, message, .. } => (code.as_str(), message.clone()),
-        ClientError::NotConnected => ("not_connected", e.to_string()),
-        ClientError::Disconnected => ("disconnected", e.to_string()),
-        ClientError::Closed => ("closed", e.to_string()),
-        ClientError::Protocol(_) => ("protocol", e.to_string()),
-        ClientError::InvalidArgument(_) => ("invalid_argument", e.to_string()),
-        ClientError::Transport(_) => ("transport", e.to_string()),
-        _ => ("internal", e.to_string()),
+        ClientError::Server { message, .. } => (e.code_str(), message.clone()),
+        other => (other.code_str(), other.to_string()),
     }
 }
 
+/// A JS `Error` with the `code`, and `retry_after_ms` when the server gave
+/// one (with `rate_limited`).
 fn client_error(e: &ClientError) -> JsValue {
     let (code, message) = error_parts(e);
-    js_error(code, &message)
+    let error = js_error(code, &message);
+    if let ClientError::Server {
+        retry_after_ms: Some(ms),
+        ..
+    } = e
+    {
+        let _ = Reflect::set(&error, &"retry_after_ms".into(), &(*ms as f64).into());
+    }
+    error
+}
+
+/// A role the owner can give: `admin` or `member` (ownership is not
+/// handed over this way).
+fn parse_role(name: &str) -> Result<Role, JsValue> {
+    match parse_wire::<Role>("role (admin, member)", name)? {
+        Role::Owner => Err(invalid("the role must be admin or member, not owner")),
+        role => Ok(role),
+    }
+}
+
+/// A request body as the contract's JSON.
+fn body_json<T: Serialize>(body: &T) -> Result<String, JsValue> {
+    serde_json::to_string(body).map_err(|e| invalid(&e.to_string()))
+}
+
+/// A contract enum from its wire name (`"file"`, `"away"`, …).
+fn parse_wire<T: serde::de::DeserializeOwned>(what: &str, name: &str) -> Result<T, JsValue> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .map_err(|_| invalid(&format!("not a {what}: {name:?}")))
 }
 
 fn invalid(message: &str) -> JsValue {
@@ -204,6 +229,17 @@ impl Http {
         })
     }
 
+    /// `GET /api/rooms/{id}/messages` with `query`.
+    async fn messages(&self, room: RoomId, query: HistoryQuery) -> Result<JsValue, JsValue> {
+        let query = query.to_query();
+        let path = if query.is_empty() {
+            format!("/api/rooms/{room}/messages")
+        } else {
+            format!("/api/rooms/{room}/messages?{query}")
+        };
+        self.call("GET", &path, None).await
+    }
+
     fn ws_url(&self) -> String {
         let rest = self
             .base
@@ -253,28 +289,18 @@ impl Http {
             return JSON::parse(&text)
                 .map_err(|_| js_error("protocol", &format!("bad answer to {path}")));
         }
-        let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        let error = &body["error"];
-        match (error["code"].as_str(), error["message"].as_str()) {
-            (Some(code), Some(message)) => Err(js_error(code, message)),
-            _ => Err(js_error(
-                status_code(resp.status()),
-                &format!("HTTP {} without an error body", resp.status()),
-            )),
-        }
-    }
-}
-
-/// The contract code for an HTTP status, for answers without a body.
-fn status_code(status: u16) -> &'static str {
-    match status {
-        400 => "invalid_request",
-        401 => "unauthorized",
-        403 => "forbidden",
-        404 => "not_found",
-        409 => "conflict",
-        429 => "rate_limited",
-        _ => "internal",
+        let retry_after_ms = resp
+            .headers()
+            .get("Retry-After")
+            .ok()
+            .flatten()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|secs| secs.saturating_mul(1000));
+        Err(client_error(&ClientError::from_http(
+            resp.status(),
+            &text,
+            retry_after_ms,
+        )))
     }
 }
 
@@ -308,23 +334,25 @@ impl MeshApi {
         display_name: Option<String>,
     ) -> Promise {
         let http = self.http.clone();
-        let body =
-            json!({ "username": username, "password": password, "display_name": display_name });
-        future_to_promise(async move {
-            http.call("POST", "/api/auth/register", Some(body.to_string()))
-                .await
-        })
+        let body = body_json(&RegisterRequest {
+            username,
+            password,
+            display_name,
+            device_name: None,
+        });
+        future_to_promise(async move { http.call("POST", "/api/auth/register", Some(body?)).await })
     }
 
     /// `POST /api/auth/login`.
     #[wasm_bindgen(unchecked_return_type = "Promise<AuthResponse>")]
     pub fn login(&self, username: String, password: String) -> Promise {
         let http = self.http.clone();
-        let body = json!({ "username": username, "password": password });
-        future_to_promise(async move {
-            http.call("POST", "/api/auth/login", Some(body.to_string()))
-                .await
-        })
+        let body = body_json(&LoginRequest {
+            username,
+            password,
+            device_name: None,
+        });
+        future_to_promise(async move { http.call("POST", "/api/auth/login", Some(body?)).await })
     }
 }
 
@@ -689,8 +717,7 @@ impl MeshClient {
     ) -> Result<Promise, JsValue> {
         let room = parse_room(room_id)?;
         let target: PeerId = parse_id("peer", target_peer_id)?;
-        let kind: SessionKind = serde_json::from_value(serde_json::Value::String(kind.to_owned()))
-            .map_err(|_| invalid(&format!("not a session kind: {kind:?}")))?;
+        let kind: SessionKind = parse_wire("session kind", kind)?;
         Ok(self.request(|s| s.request_p2p_session(room, target, kind)))
     }
 
@@ -722,7 +749,23 @@ impl MeshClient {
     #[wasm_bindgen(js_name = joinRoom, unchecked_return_type = "Promise<Member[]>")]
     pub fn join_room(&self, room_id: &str) -> Result<Promise, JsValue> {
         let room = parse_room(room_id)?;
-        Ok(self.request(|s| s.join_room(room)))
+        let joined = self.request(|s| s.join_room(room));
+        let http = self.http.clone();
+        let weak = Rc::downgrade(&self.shared);
+        Ok(future_to_promise(async move {
+            let members = JsFuture::from(joined).await?;
+            // As the native client does: the room's current `seq` becomes
+            // its resume point, so a reconnect replays what is sent to it
+            // while offline even before a message from it was seen. Best
+            // effort.
+            if let Ok(page) = http.messages(room, HistoryQuery::latest(1)).await
+                && let Some(shared) = weak.upgrade()
+            {
+                let seq = newest_seq(&page).unwrap_or(0);
+                shared.borrow_mut().state.observe_seq(room, seq);
+            }
+            Ok(members)
+        }))
     }
 
     /// Leaves a room.
@@ -774,10 +817,8 @@ impl MeshClient {
     pub fn set_role(&self, room_id: &str, user_id: &str, role: &str) -> Result<Promise, JsValue> {
         let room = parse_room(room_id)?;
         let user: UserId = parse_id("user", user_id)?;
-        if !matches!(role, "admin" | "member") {
-            return Err(invalid(&format!("not a role (admin, member): {role:?}")));
-        }
-        let body = json!({ "role": role }).to_string();
+        let role = parse_role(role)?;
+        let body = body_json(&RoleRequest { role })?;
         let http = self.http.clone();
         Ok(future_to_promise(async move {
             let answer = http
@@ -803,9 +844,7 @@ impl MeshClient {
     /// Sets this user's presence: `online`, `away`, `busy` or `offline`.
     #[wasm_bindgen(js_name = setPresence, unchecked_return_type = "Promise<void>")]
     pub fn set_presence(&self, status: &str, message: Option<String>) -> Result<Promise, JsValue> {
-        let presence: Presence =
-            serde_json::from_value(serde_json::Value::String(status.to_owned()))
-                .map_err(|_| invalid(&format!("not a presence status: {status:?}")))?;
+        let presence: Presence = parse_wire("presence status", status)?;
         Ok(self.request(|s| s.set_presence(presence, message)))
     }
 
@@ -874,26 +913,19 @@ impl MeshClient {
         let room = parse_room(room_id)?;
         let page = match (before, after) {
             (None, None) => HistoryPage::Latest,
-            (Some(seq), None) => HistoryPage::Before(seq as u64),
-            (None, Some(seq)) => HistoryPage::After(seq as u64),
+            (Some(seq), None) => HistoryPage::Before(seq_arg("before", seq)?),
+            (None, Some(seq)) => HistoryPage::After(seq_arg("after", seq)?),
             (Some(_), Some(_)) => return Err(invalid("give `before` or `after`, not both")),
         };
-        let query = HistoryQuery { page, limit }.to_query();
         let http = self.http.clone();
         let weak = Rc::downgrade(&self.shared);
         Ok(future_to_promise(async move {
-            let path = if query.is_empty() {
-                format!("/api/rooms/{room}/messages")
-            } else {
-                format!("/api/rooms/{room}/messages?{query}")
-            };
-            let answer = http.call("GET", &path, None).await?;
-            let messages: js_sys::Array = field(&answer, "messages").unchecked_into();
+            let answer = http.messages(room, HistoryQuery { page, limit }).await?;
             // Its newest `seq` becomes the room's resume point.
-            if let Some(seq) = field(&messages.at(-1), "seq").as_f64()
+            if let Some(seq) = newest_seq(&answer)
                 && let Some(shared) = weak.upgrade()
             {
-                MeshClient::observe_weak(&shared, room, seq as u64);
+                shared.borrow_mut().state.observe_seq(room, seq);
             }
             Ok(answer)
         }))
@@ -906,10 +938,21 @@ impl MeshClient {
     }
 }
 
-impl MeshClient {
-    fn observe_weak(shared: &Shared, room: RoomId, seq: u64) {
-        shared.borrow_mut().state.observe_seq(room, seq);
+/// A `seq` argument from JS: a whole number from 0 up.
+fn seq_arg(what: &str, v: f64) -> Result<u64, JsValue> {
+    if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= 9_007_199_254_740_991.0 {
+        Ok(v as u64)
+    } else {
+        Err(invalid(&format!("`{what}` must be a message seq, not {v}")))
     }
+}
+
+/// The newest `seq` of a history page (`{"messages": [...]}`), if it has
+/// messages and is that shape.
+fn newest_seq(page: &JsValue) -> Option<u64> {
+    let messages = field(page, "messages").dyn_into::<js_sys::Array>().ok()?;
+    let seq = field(&messages.at(-1), "seq").as_f64()?;
+    seq_arg("seq", seq).ok()
 }
 
 /// The pure parts, run in Node by `wasm-bindgen-test-runner`
@@ -953,9 +996,10 @@ mod tests {
         );
         let e = client_error(&ClientError::NotConnected);
         assert_eq!(code_of(&e).as_deref(), Some("not_connected"));
-        assert_eq!(status_code(429), "rate_limited");
-        assert_eq!(status_code(404), "not_found");
-        assert_eq!(status_code(502), "internal");
+        let status = |s| ClientError::from_http(s, "", None).code_str();
+        assert_eq!(status(429), "rate_limited");
+        assert_eq!(status(404), "not_found");
+        assert_eq!(status(502), "internal");
     }
 
     #[wasm_bindgen_test]
@@ -964,6 +1008,14 @@ mod tests {
         assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
         let e = parse_room("general").expect_err("not a room id");
         assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
+        for bad in [-1.0, 1.5, f64::NAN, f64::INFINITY] {
+            let e = seq_arg("before", bad).expect_err("not a seq");
+            assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
+        }
+        assert_eq!(seq_arg("before", 5.0).ok(), Some(5));
+        let e = parse_role("owner").expect_err("not given this way");
+        assert_eq!(code_of(&e).as_deref(), Some("invalid_argument"));
+        assert_eq!(parse_role("admin").ok(), Some(Role::Admin));
     }
 
     #[wasm_bindgen_test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use crate::error::ErrorCode;
 use crate::protocol::ErrorPayload;
-use crate::protocol::http::ErrorBody;
+use crate::protocol::http::{ErrorBody, ErrorResponse};
 
 /// What can go wrong in a client call.
 #[derive(Clone, Debug, thiserror::Error)]
@@ -69,6 +69,40 @@ impl ClientError {
         }
     }
 
+    /// The code an app matches on: the contract's for a server refusal
+    /// (`forbidden`, …), else the client side's (`not_connected`,
+    /// `disconnected`, `closed`, `protocol`, `invalid_argument`,
+    /// `transport`). What the bindings hand to other languages.
+    pub fn code_str(&self) -> &'static str {
+        match self {
+            ClientError::Server { code, .. } => code.as_str(),
+            ClientError::NotConnected => "not_connected",
+            ClientError::Disconnected => "disconnected",
+            ClientError::Closed => "closed",
+            ClientError::Protocol(_) => "protocol",
+            ClientError::InvalidArgument(_) => "invalid_argument",
+            ClientError::Transport(_) => "transport",
+        }
+    }
+
+    /// A non-2xx HTTP answer with `body`: the contract error the body
+    /// carries, or, without one (a proxy in the way, say), the code for the
+    /// status.
+    pub fn from_http(status: u16, body: &str, retry_after_ms: Option<u64>) -> Self {
+        match serde_json::from_str::<ErrorResponse>(body) {
+            Ok(body) => ClientError::Server {
+                code: body.error.code,
+                message: body.error.message,
+                retry_after_ms,
+            },
+            Err(_) => ClientError::Server {
+                code: code_for_status(status),
+                message: format!("HTTP {status} without an error body"),
+                retry_after_ms,
+            },
+        }
+    }
+
     /// Whether retrying cannot help: the token is refused or the client is
     /// closed. A client stops reconnecting after a fatal error.
     pub fn is_fatal(&self) -> bool {
@@ -96,6 +130,21 @@ impl From<ErrorBody> for ClientError {
     }
 }
 
+/// The contract code for an HTTP status, for answers without an error body.
+pub(crate) fn code_for_status(status: u16) -> ErrorCode {
+    match status {
+        400 => ErrorCode::InvalidRequest,
+        401 => ErrorCode::Unauthorized,
+        403 => ErrorCode::Forbidden,
+        404 => ErrorCode::NotFound,
+        405 => ErrorCode::MethodNotAllowed,
+        409 => ErrorCode::Conflict,
+        413 => ErrorCode::PayloadTooLarge,
+        429 => ErrorCode::RateLimited,
+        _ => ErrorCode::Internal,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +157,21 @@ mod tests {
         assert!(e.is_fatal());
         assert!(!ClientError::Disconnected.is_fatal());
         assert_eq!(ClientError::NotConnected.code(), None);
+        assert_eq!(e.code_str(), "forbidden");
+        assert_eq!(ClientError::NotConnected.code_str(), "not_connected");
+    }
+
+    #[test]
+    fn http_answers_keep_their_body_code_or_take_the_status_one() {
+        let body = r#"{"error":{"code":"rate_limited","message":"slow down"}}"#;
+        let e = ClientError::from_http(429, body, Some(2000));
+        assert!(matches!(
+            e,
+            ClientError::Server { code: ErrorCode::RateLimited, retry_after_ms: Some(2000), ref message }
+                if message == "slow down"
+        ));
+        let e = ClientError::from_http(413, "<html>too big</html>", None);
+        assert_eq!(e.code(), Some(ErrorCode::PayloadTooLarge));
+        assert_eq!(ClientError::from_http(502, "", None).code_str(), "internal");
     }
 }

@@ -9,9 +9,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{ClientError, HistoryQuery};
-use crate::error::ErrorCode;
 use crate::protocol::http::{
-    AuthResponse, CreateRoomRequest, ErrorResponse, LoginRequest, MemberResponse, MembersResponse,
+    AuthResponse, CreateRoomRequest, LoginRequest, MemberResponse, MembersResponse,
     MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, Peer,
     PeersResponse, RegisterRequest, RoleRequest, RoomResponse, RoomsResponse, UserResponse,
 };
@@ -91,7 +90,7 @@ impl HttpApi {
     }
 
     /// `POST /api/auth/login`. A wrong name or password is
-    /// [`ErrorCode::Unauthorized`].
+    /// [`ErrorCode::Unauthorized`](crate::ErrorCode::Unauthorized).
     pub async fn login(&self, req: &LoginRequest) -> Result<AuthResponse, ClientError> {
         self.call(reqwest::Method::POST, "/api/auth/login", Some(req))
             .await
@@ -263,33 +262,10 @@ impl HttpApi {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|secs| secs.saturating_mul(1000));
         let text = resp.text().await.map_err(ClientError::transport)?;
-        match serde_json::from_str::<ErrorResponse>(&text) {
-            Ok(body) => Err(ClientError::Server {
-                code: body.error.code,
-                message: body.error.message,
-                retry_after_ms,
-            }),
-            Err(_) => Err(ClientError::Server {
-                code: code_for_status(status.as_u16()),
-                message: format!("HTTP {status} without an error body"),
-                retry_after_ms,
-            }),
-        }
-    }
-}
-
-/// The contract code for an HTTP status, for answers without a body (a
-/// proxy in the way, say).
-pub(super) fn code_for_status(status: u16) -> ErrorCode {
-    match status {
-        400 => ErrorCode::InvalidRequest,
-        401 => ErrorCode::Unauthorized,
-        403 => ErrorCode::Forbidden,
-        404 => ErrorCode::NotFound,
-        405 => ErrorCode::MethodNotAllowed,
-        409 => ErrorCode::Conflict,
-        413 => ErrorCode::PayloadTooLarge,
-        429 => ErrorCode::RateLimited,
-        _ => ErrorCode::Internal,
+        Err(ClientError::from_http(
+            status.as_u16(),
+            &text,
+            retry_after_ms,
+        ))
     }
 }

@@ -18,7 +18,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 
-use super::http::code_for_status;
+use super::error::code_for_status;
 use super::state::{ClientConfig, ClientState, Completion, ConnectionStatus, Event, Reply};
 use super::{
     BackoffConfig, ClientError, HistoryQuery, HttpApi, P2pSessionGrant, RequestId, SendRate,

@@ -215,6 +215,30 @@ impl P2pError {
         }
     }
 
+    /// A short name for what went wrong, for apps and bindings to match
+    /// on: the wire code's name (`kind_not_accepted`, `hash_mismatch`, …)
+    /// when the session was refused, else `wrong_certificate`, `timeout`,
+    /// `unreachable`, `connection`, `protocol`, `io`, `invalid_argument`,
+    /// `tls`, `closed` or `terminal`.
+    pub fn code_name(&self) -> String {
+        let name = match self {
+            P2pError::Refused { code, .. } | P2pError::Remote { code, .. } => {
+                return code.to_string();
+            }
+            P2pError::FingerprintMismatch { .. } => "wrong_certificate",
+            P2pError::Timeout(_) => "timeout",
+            P2pError::Unreachable(_) => "unreachable",
+            P2pError::Connection(_) => "connection",
+            P2pError::Frame(_) | P2pError::Unexpected { .. } | P2pError::WrongKind(_) => "protocol",
+            P2pError::Io { .. } => "io",
+            P2pError::BadLocalPath(_) => "invalid_argument",
+            P2pError::Tls(_) => "tls",
+            P2pError::Closed => "closed",
+            P2pError::Terminal(_) => "terminal",
+        };
+        name.to_owned()
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         P2pError::Io {
             path: path.into(),
