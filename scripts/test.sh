@@ -62,7 +62,7 @@ echo "kotlin binding took $(( $(date +%s) - bindings_start )) s"
 step "JavaScript binding (wasm-bindgen, bindings/mesh-wasm): wasm32 build; node --test and wasm-bindgen-test (Node, headless Chromium) against a real server"
 bindings_start=$(date +%s)
 if command -v rustup >/dev/null 2>&1; then
-  rustup target add wasm32-unknown-unknown >/dev/null 2>&1
+  rustup target add wasm32-unknown-unknown
 fi
 # wasm-bindgen-cli must match the wasm-bindgen crate exactly.
 wasm_bindgen_version=$(sed -n '/^name = "wasm-bindgen"$/{n;s/^version = "\(.*\)"$/\1/p;}' Cargo.lock)
