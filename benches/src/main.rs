@@ -24,7 +24,9 @@ mod client;
 mod ctx;
 mod durable;
 mod fanout;
+mod held;
 mod latency;
+mod login_memory;
 mod logins;
 mod memory;
 mod p2p;
@@ -79,6 +81,10 @@ enum Cmd {
     Churn,
     /// 7. P2P file bytes/s between two agents vs raw quinn and raw TCP.
     P2p,
+    /// 8. Server RSS growth after 1,000 registrations and logins.
+    LoginMemory,
+    /// 9. 10,000 joined connections chatting for a minute: drops, errors, memory.
+    Held,
     /// Every figure, in this order.
     All,
     /// The bare tokio-tungstenite broadcast server (started by the tool).
@@ -94,8 +100,16 @@ enum Cmd {
     },
 }
 
-const ALL: [&str; 7] = [
-    "fanout", "latency", "memory", "durable", "logins", "churn", "p2p",
+const ALL: [&str; 9] = [
+    "fanout",
+    "latency",
+    "memory",
+    "durable",
+    "logins",
+    "churn",
+    "p2p",
+    "login-memory",
+    "held",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +132,8 @@ fn main() -> anyhow::Result<()> {
         Cmd::Logins => vec!["logins"],
         Cmd::Churn => vec!["churn"],
         Cmd::P2p => vec!["p2p"],
+        Cmd::LoginMemory => vec!["login-memory"],
+        Cmd::Held => vec!["held"],
         _ => ALL.to_vec(),
     };
 
@@ -222,6 +238,8 @@ async fn run_one(name: &str, ctx: &Ctx) -> anyhow::Result<Figure> {
         "logins" => logins::run(ctx).await,
         "churn" => churn::run(ctx).await,
         "p2p" => p2p::run(ctx).await,
+        "login-memory" => login_memory::run(ctx).await,
+        "held" => held::run(ctx).await,
         other => anyhow::bail!("no figure named {other:?}"),
     }
 }
