@@ -177,12 +177,19 @@ pub(crate) async fn upgrade(
         .service
         .open_connection(identity, conn.clone())
         .await?;
+    // The connection's slot in the connection caps: the WebSocket counts
+    // for as long as it is open, after the HTTP connection task has ended.
+    let slot = req
+        .extensions()
+        .get::<Arc<crate::conn::ConnSlot>>()
+        .cloned();
     let heartbeat = state.service.config().engine.heartbeat_interval;
     let shutdown = state.shutdown.clone();
     let alive = state.alive.clone();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let _alive = alive;
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
