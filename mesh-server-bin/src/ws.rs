@@ -450,3 +450,54 @@ async fn write_frames(
     };
     sink.send(Message::Close(Some(frame))).await
 }
+
+#[cfg(test)]
+mod tests {
+    use tungstenite::error::{CapacityError, ProtocolError as P};
+
+    use super::*;
+
+    fn code(e: tungstenite::Error) -> Option<u16> {
+        close_for(&e).map(|(code, reason)| {
+            assert!(reason.len() <= 123, "{reason}");
+            code.code()
+        })
+    }
+
+    #[test]
+    fn errors_map_to_rfc_6455_close_codes() {
+        for p in [
+            P::UnmaskedFrameFromClient,
+            P::NonZeroReservedBits,
+            P::UnknownDataFrameType(3),
+            P::UnknownControlFrameType(11),
+            P::UnexpectedContinueFrame,
+            P::FragmentedControlFrame,
+            P::ControlFrameTooBig,
+            P::InvalidCloseSequence,
+        ] {
+            assert_eq!(code(tungstenite::Error::Protocol(p)), Some(1002));
+        }
+        assert_eq!(code(tungstenite::Error::Utf8("bad".into())), Some(1007));
+        let big = CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        };
+        assert_eq!(code(tungstenite::Error::Capacity(big)), Some(1009));
+        // Gone: nothing can be sent.
+        let reset = P::ResetWithoutClosingHandshake;
+        assert_eq!(code(tungstenite::Error::Protocol(reset)), None);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(code(tungstenite::Error::Io(io)), None);
+        assert_eq!(code(tungstenite::Error::ConnectionClosed), None);
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let reason = close_reason(&long);
+        assert!(reason.len() <= 123);
+        assert_eq!(reason, "é".repeat(61));
+        assert_eq!(close_reason(&"short"), "short");
+    }
+}
