@@ -11,8 +11,10 @@
 //!   there to save;
 //! - past [`ConnLimits::max_per_addr`] from one address it is served one
 //!   answer, `503` with the contract's error body and `Retry-After`, then
-//!   closed (it still counts towards the total while it is answered, so
-//!   refusals are bounded too).
+//!   closed. It counts towards the total while it is answered, and an
+//!   address has at most [`REFUSALS_PER_ADDR`] refusals under way; past
+//!   that its connections are closed at once too, so one address holds at
+//!   most `max_per_addr` plus a few.
 //!
 //! hyper's header read timeout ([`ConnLimits::header_timeout`]) bounds how
 //! long a request's header may take, counted from when the server starts
@@ -66,6 +68,10 @@ impl Default for ConnLimits {
     }
 }
 
+/// Refusals (`503`s being answered) one address may have under way; more
+/// are closed at accept.
+pub(crate) const REFUSALS_PER_ADDR: usize = 8;
+
 /// The address connections are counted on.
 ///
 /// Today that is the TCP peer. Issue 11 adds `--trusted-proxy`: behind a
@@ -93,7 +99,15 @@ pub(crate) struct ConnCounter {
 #[derive(Debug, Default)]
 struct Counts {
     total: usize,
-    per_addr: HashMap<IpAddr, usize>,
+    per_addr: HashMap<IpAddr, PerAddr>,
+}
+
+#[derive(Debug, Default)]
+struct PerAddr {
+    /// Connections served.
+    open: usize,
+    /// `503`s under way.
+    refusing: usize,
 }
 
 /// What to do with a new connection.
@@ -113,20 +127,24 @@ pub(crate) enum Admission {
 #[derive(Debug)]
 pub(crate) struct ConnSlot {
     counter: Arc<ConnCounter>,
-    /// The address it counts against, if it counts against one.
-    addr: Option<IpAddr>,
+    /// The address it counts against.
+    addr: IpAddr,
+    /// Whether it is a refusal (counted in `refusing`, not `open`).
+    refusal: bool,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut counts = self.counter.lock();
         counts.total = counts.total.saturating_sub(1);
-        if let Some(addr) = self.addr
-            && let Some(n) = counts.per_addr.get_mut(&addr)
-        {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                counts.per_addr.remove(&addr);
+        if let Some(n) = counts.per_addr.get_mut(&self.addr) {
+            if self.refusal {
+                n.refusing = n.refusing.saturating_sub(1);
+            } else {
+                n.open = n.open.saturating_sub(1);
+            }
+            if n.open == 0 && n.refusing == 0 {
+                counts.per_addr.remove(&self.addr);
             }
         }
     }
@@ -144,21 +162,28 @@ impl ConnCounter {
         if counts.total >= limits.max_connections {
             return Admission::Drop;
         }
-        counts.total += 1;
         let n = counts.per_addr.entry(addr).or_default();
-        if *n >= limits.max_per_addr {
-            drop(counts);
-            return Admission::Refuse(Arc::new(ConnSlot {
-                counter: self.clone(),
-                addr: None,
-            }));
+        let refusal = n.open >= limits.max_per_addr;
+        if refusal {
+            if n.refusing >= REFUSALS_PER_ADDR {
+                return Admission::Drop;
+            }
+            n.refusing += 1;
+        } else {
+            n.open += 1;
         }
-        *n += 1;
+        counts.total += 1;
         drop(counts);
-        Admission::Serve(Arc::new(ConnSlot {
+        let slot = Arc::new(ConnSlot {
             counter: self.clone(),
-            addr: Some(addr),
-        }))
+            addr,
+            refusal,
+        });
+        if refusal {
+            Admission::Refuse(slot)
+        } else {
+            Admission::Serve(slot)
+        }
     }
 
     /// Open connections: in all, and from `addr`.
@@ -167,7 +192,7 @@ impl ConnCounter {
         let counts = self.lock();
         (
             counts.total,
-            counts.per_addr.get(&addr).copied().unwrap_or(0),
+            counts.per_addr.get(&addr).map_or(0, |n| n.open),
         )
     }
 }
@@ -307,6 +332,23 @@ mod tests {
         drop(first);
         assert_eq!(counter.open(a), (1, 1));
         assert!(matches!(counter.admit(a, &l), Admission::Serve(_)));
+    }
+
+    #[test]
+    fn refusals_per_address_are_bounded() {
+        let counter = Arc::new(ConnCounter::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let l = limits(1, 100);
+        let _served = counter.admit(a, &l);
+        let refusals: Vec<Admission> = (0..REFUSALS_PER_ADDR)
+            .map(|_| counter.admit(a, &l))
+            .collect();
+        assert!(refusals.iter().all(|r| matches!(r, Admission::Refuse(_))));
+        assert!(matches!(counter.admit(a, &l), Admission::Drop));
+        assert_eq!(counter.open(a), (1 + REFUSALS_PER_ADDR, 1));
+        drop(refusals);
+        assert_eq!(counter.open(a), (1, 1));
+        assert!(matches!(counter.admit(a, &l), Admission::Refuse(_)));
     }
 
     #[test]
