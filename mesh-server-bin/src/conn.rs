@@ -70,7 +70,7 @@ impl Default for ConnLimits {
 
 /// Refusals (`503`s being answered) one address may have under way; more
 /// are closed at accept.
-pub(crate) const REFUSALS_PER_ADDR: usize = 8;
+pub(crate) const REFUSALS_PER_ADDR: usize = 64;
 
 /// The address connections are counted on.
 ///
