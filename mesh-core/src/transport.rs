@@ -20,6 +20,13 @@ pub enum CloseCode {
     Normal,
     /// 1001: the server is going down.
     GoingAway,
+    /// 1002: the client broke the WebSocket protocol (RFC 6455 7.4.1):
+    /// an unmasked frame, reserved bits or opcodes, a stray continuation,
+    /// a bad control or close frame.
+    ProtocolError,
+    /// 1007: data not of its message's type: a text frame (or close reason)
+    /// that is not UTF-8.
+    InvalidPayload,
     /// 1008: policy violation (flooding past the rate limit, revoked device).
     Policy,
     /// 1009: a frame or message past the size limit.
@@ -36,6 +43,8 @@ impl CloseCode {
         match self {
             CloseCode::Normal => 1000,
             CloseCode::GoingAway => 1001,
+            CloseCode::ProtocolError => 1002,
+            CloseCode::InvalidPayload => 1007,
             CloseCode::Policy => 1008,
             CloseCode::TooBig => 1009,
             CloseCode::InternalError => 1011,

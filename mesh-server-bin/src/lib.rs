@@ -4,6 +4,10 @@
 //! `main.rs` only parses flags and calls [`run`]; the integration tests call
 //! it on `127.0.0.1:0`.
 //!
+//! Every connection is admitted by [`conn`] first: capped per client
+//! address and in total, and closed when its request header takes too long
+//! or it sits idle (see [`ConnLimits`]).
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -15,21 +19,25 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::auth::KeyRing;
 use mesh_core::service::{Service, ServiceConfig};
 use mesh_core::storage::sled::SledStore;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
+mod conn;
 mod http;
 mod web;
 mod ws;
 
+pub use conn::ConnLimits;
 pub use ws::WsLimits;
+
+use conn::{Activity, Admission, ConnCounter, ConnSlot, IdleIo};
 
 /// Settings of a server.
 #[derive(Clone, Debug)]
@@ -40,6 +48,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// WebSocket limits.
     pub ws: WsLimits,
+    /// Connection caps and time-outs.
+    pub conn: ConnLimits,
     /// The service's settings (engine timings, rate limits).
     pub service: ServiceConfig,
     /// How long shutdown waits for connections to finish.
@@ -53,6 +63,7 @@ impl Config {
             data_dir: data_dir.into(),
             max_body_bytes: 64 * 1024,
             ws: WsLimits::default(),
+            conn: ConnLimits::default(),
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(5),
         }
@@ -117,6 +128,9 @@ pub async fn serve(
         alive: alive_tx,
     });
     tracing::debug!(addr = ?listener.local_addr(), "serving");
+    let counter = Arc::new(ConnCounter::default());
+    // When the server last said it is full: said at most every 10 s.
+    let mut full_warned: Option<Instant> = None;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -130,30 +144,28 @@ pub async fn serve(
                         continue;
                     }
                 };
-                let _ = stream.set_nodelay(true);
-                let mut stop = state.shutdown.clone();
-                let alive = state.alive.clone();
-                let state = state.clone();
-                let svc = hyper::service::service_fn(move |req| {
-                    http::handle(state.clone(), peer_addr, req)
-                });
-                tokio::spawn(async move {
-                    let _alive = alive;
-                    let conn = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .with_upgrades();
-                    tokio::pin!(conn);
-                    let result = tokio::select! {
-                        result = conn.as_mut() => result,
-                        _ = stop.changed() => {
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    };
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "http connection ended with an error");
+                let limits = &state.config.conn;
+                let slot = match counter.admit(conn::client_key(peer_addr), limits) {
+                    Admission::Serve(slot) => slot,
+                    Admission::Refuse(slot) => {
+                        tracing::debug!(%peer_addr, "too many connections from one address: 503");
+                        tokio::spawn(refuse(stream, slot, limits.clone(), state.alive.clone()));
+                        continue;
                     }
-                });
+                    Admission::Drop => {
+                        if full_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                            tracing::warn!(
+                                max = limits.max_connections,
+                                "connection limit reached: closing new connections unanswered"
+                            );
+                            full_warned = Some(Instant::now());
+                        }
+                        drop(stream);
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve_connection(state.clone(), stream, peer_addr, slot));
             }
             _ = &mut shutdown => break,
         }
@@ -167,4 +179,68 @@ pub async fn serve(
     }
     timers.abort();
     Ok(())
+}
+
+/// One admitted connection: HTTP/1.1 until it ends, is idle too long, or
+/// upgrades to a WebSocket (whose task then holds a clone of `slot`).
+async fn serve_connection(
+    state: Arc<AppState>,
+    stream: tokio::net::TcpStream,
+    peer_addr: std::net::SocketAddr,
+    slot: Arc<ConnSlot>,
+) {
+    let _alive = state.alive.clone();
+    let mut stop = state.shutdown.clone();
+    let limits = state.config.conn.clone();
+    let activity = Activity::new();
+    let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
+    let ws_slot = slot.clone();
+    let svc = hyper::service::service_fn(move |mut req| {
+        req.extensions_mut().insert(ws_slot.clone());
+        http::handle(state.clone(), peer_addr, req)
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        // Only while HTTP is spoken: an upgrade ends `conn`, and with it
+        // this watch.
+        _ = activity.idle_for(limits.idle_timeout) => {
+            tracing::debug!(%peer_addr, "closing an idle connection");
+            return;
+        }
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer_addr, error = %e, "http connection ended with an error");
+    }
+}
+
+/// A connection past the per-address cap: one `503` answer, then closed.
+/// Bounded in time like any other connection.
+async fn refuse(
+    stream: tokio::net::TcpStream,
+    slot: Arc<ConnSlot>,
+    limits: ConnLimits,
+    alive: mpsc::Sender<()>,
+) {
+    let _alive = alive;
+    let _slot = slot;
+    let max = limits.max_per_addr;
+    let svc = hyper::service::service_fn(move |_req| async move {
+        Ok::<_, std::convert::Infallible>(http::too_many_connections(max))
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(limits.header_timeout + limits.idle_timeout, conn).await;
 }

@@ -4,7 +4,7 @@
 //! mesh-server --listen 127.0.0.1:8000 --data ./mesh-data
 //! ```
 //!
-//! The rate and queue limits have flags (and `MESH_*` variables) for load
+//! The rate, queue and connection limits have flags (and `MESH_*` variables) for load
 //! tests and unusual deployments; left out, each keeps the default that
 //! `docs/protocol.md` documents.
 
@@ -52,6 +52,24 @@ struct Args {
     /// Bytes queued for one WebSocket client before it is closed with 1013 [default: 1048576].
     #[arg(long, env = "MESH_WS_QUEUE_BYTES")]
     ws_queue_bytes: Option<usize>,
+    /// Open connections (WebSockets included) per client address, IPv6 per /64;
+    /// past it a connection gets 503 with Retry-After [default: 1000].
+    #[arg(long, env = "MESH_MAX_CONNECTIONS_PER_ADDR")]
+    max_connections_per_addr: Option<usize>,
+    /// Open connections in all; past it new ones are closed unanswered. Keep it
+    /// below `ulimit -n` less about a hundred for the database [default: 10000].
+    #[arg(long, env = "MESH_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// Milliseconds a request header may take, counted from when the server
+    /// starts waiting for it (so also the longest idle wait between requests on
+    /// a keep-alive connection); then the connection is closed [default: 10000].
+    #[arg(long, env = "MESH_HEADER_TIMEOUT_MS")]
+    header_timeout_ms: Option<u64>,
+    /// Seconds an HTTP connection may go without a byte read or written (a
+    /// stalled body, an unread answer) before it is closed; WebSockets have
+    /// their own heartbeat [default: 60].
+    #[arg(long, env = "MESH_IDLE_TIMEOUT_SECS")]
+    idle_timeout_secs: Option<u64>,
 }
 
 impl Args {
@@ -89,6 +107,23 @@ impl Args {
         }
         if let Some(bytes) = self.ws_queue_bytes {
             config.ws.queue_bytes = bytes;
+        }
+        let conn = &mut config.conn;
+        if let Some(n) = self.max_connections_per_addr {
+            anyhow::ensure!(n >= 1, "--max-connections-per-addr must be at least 1");
+            conn.max_per_addr = n;
+        }
+        if let Some(n) = self.max_connections {
+            anyhow::ensure!(n >= 1, "--max-connections must be at least 1");
+            conn.max_connections = n;
+        }
+        if let Some(ms) = self.header_timeout_ms {
+            anyhow::ensure!(ms >= 1, "--header-timeout-ms must be at least 1");
+            conn.header_timeout = Duration::from_millis(ms);
+        }
+        if let Some(secs) = self.idle_timeout_secs {
+            anyhow::ensure!(secs >= 1, "--idle-timeout-secs must be at least 1");
+            conn.idle_timeout = Duration::from_secs(secs);
         }
         Ok(config)
     }

@@ -7,6 +7,13 @@
 //! never buffers without bound. tungstenite's own buffers are set
 //! explicitly: its defaults are a 128 KiB read buffer per connection and an
 //! unbounded write buffer.
+//!
+//! A frame that breaks RFC 6455 ends the connection with the code section
+//! 7.4.1 gives it (1002 for the protocol, 1007 for text that is not UTF-8,
+//! 1009 for size): see [`close_for`]. The client may still be sending, so
+//! after such a close the socket is shut for writing and drained until the
+//! client closes it too; closing a socket with unread data would reset it,
+//! and the client could lose the close frame.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +28,7 @@ use mesh_core::protocol::{OutgoingFrame, ServerEvent};
 use mesh_core::service::{Flow, PeerConnection};
 use mesh_core::transport::{CloseCode, Connection, EncodedFrame, SendError};
 use mesh_core::{Error, ErrorCode};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -169,12 +177,19 @@ pub(crate) async fn upgrade(
         .service
         .open_connection(identity, conn.clone())
         .await?;
+    // The connection's slot in the connection caps: the WebSocket counts
+    // for as long as it is open, after the HTTP connection task has ended.
+    let slot = req
+        .extensions()
+        .get::<Arc<crate::conn::ConnSlot>>()
+        .cloned();
     let heartbeat = state.service.config().engine.heartbeat_interval;
     let shutdown = state.shutdown.clone();
     let alive = state.alive.clone();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let _alive = alive;
+        let _slot = slot;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
@@ -203,6 +218,44 @@ pub(crate) async fn upgrade(
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+type WsSink = futures_util::stream::SplitSink<Ws, Message>;
+
+/// The close frame owed to a client whose frame tungstenite refused, or
+/// `None` when the connection is already gone (I/O error, reset) and
+/// nothing can be sent. tungstenite ends the stream at the first error, so
+/// every `Some` closes the connection.
+fn close_for(e: &tungstenite::Error) -> Option<(CloseCode, String)> {
+    use tungstenite::error::ProtocolError as P;
+    match e {
+        tungstenite::Error::Capacity(_) => Some((
+            CloseCode::TooBig,
+            "frame or message larger than the limit".into(),
+        )),
+        // A text message, or a close frame's reason, that is not UTF-8.
+        tungstenite::Error::Utf8(_) => {
+            Some((CloseCode::InvalidPayload, "text is not valid UTF-8".into()))
+        }
+        tungstenite::Error::Protocol(P::ResetWithoutClosingHandshake) => None,
+        // Unmasked frames, reserved bits or opcodes, stray continuations,
+        // fragmented or oversized control frames, a 1-byte close payload.
+        // (A close frame with a code that may not be sent, such as 1005,
+        // is answered with 1002 by tungstenite itself.)
+        tungstenite::Error::Protocol(p) => Some((CloseCode::ProtocolError, close_reason(p))),
+        _ => None,
+    }
+}
+
+/// A close reason from an error's text, within the 123 bytes a close
+/// frame allows.
+fn close_reason(e: &impl std::fmt::Display) -> String {
+    let mut text = e.to_string();
+    let mut end = text.len().min(123);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text
+}
 
 #[allow(clippy::too_many_arguments)]
 async fn run_connection(
@@ -220,6 +273,8 @@ async fn run_connection(
     let writer = tokio::spawn(write_loop(sink, rx, queued_bytes, close.clone(), heartbeat));
     // Whether the client ended the connection; otherwise we close it.
     let mut client_closed = false;
+    // Whether the client broke the protocol (the stream has ended).
+    let mut failed = false;
     loop {
         tokio::select! {
             message = stream.next() => match message {
@@ -242,14 +297,18 @@ async fn run_connection(
                     break;
                 }
                 Some(Ok(Message::Frame(_))) => {}
-                Some(Err(tungstenite::Error::Capacity(e))) => {
-                    tracing::debug!(peer = %peer_id, error = %e, "oversized frame");
-                    conn.close(CloseCode::TooBig, "frame or message larger than 64 KiB");
-                    break;
-                }
                 Some(Err(e)) => {
-                    tracing::debug!(peer = %peer_id, error = %e, "websocket read failed");
-                    client_closed = true;
+                    match close_for(&e) {
+                        Some((code, reason)) => {
+                            tracing::debug!(peer = %peer_id, error = %e, code = code.code(), "refused a frame");
+                            conn.close(code, &reason);
+                            failed = true;
+                        }
+                        None => {
+                            tracing::debug!(peer = %peer_id, error = %e, "websocket read failed");
+                            client_closed = true;
+                        }
+                    }
                     break;
                 }
             },
@@ -263,6 +322,16 @@ async fn run_connection(
     drop(peer);
     conn.close(CloseCode::Normal, "bye");
     let finish = async {
+        if failed {
+            // The stream ended at the error; what the client still sends is
+            // read raw and dropped until it closes its side.
+            if let Ok(sink) = writer.await
+                && let Ok(ws) = stream.reunite(sink)
+            {
+                linger(ws.into_inner()).await;
+            }
+            return;
+        }
         if !client_closed {
             // The closing handshake: read (and drop) what the client still
             // sends until its close frame. Dropping the socket with unread
@@ -284,13 +353,45 @@ async fn run_connection(
     }
 }
 
+/// After a close frame for a broken protocol: shuts the socket for writing,
+/// then reads and drops what arrives until the client closes (the caller
+/// bounds the time).
+async fn linger(mut io: TokioIo<hyper::upgrade::Upgraded>) {
+    if io.shutdown().await.is_err() {
+        return;
+    }
+    let mut buf = [0u8; 1024];
+    while let Ok(n) = io.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// The writer task: sends queued frames and pings until closed, then the
+/// close frame. Returns the sink so that a failed connection can be
+/// drained raw.
 async fn write_loop(
-    mut sink: futures_util::stream::SplitSink<Ws, Message>,
+    mut sink: WsSink,
+    rx: mpsc::Receiver<EncodedFrame>,
+    queued_bytes: Arc<AtomicUsize>,
+    close: Arc<CloseSignal>,
+    heartbeat: Duration,
+) -> WsSink {
+    // A write error means the socket is gone; `close` still flushes what
+    // tungstenite owes the client (such as its reply to a close frame).
+    let _ = write_frames(&mut sink, rx, queued_bytes, close, heartbeat).await;
+    let _ = sink.close().await;
+    sink
+}
+
+async fn write_frames(
+    sink: &mut WsSink,
     mut rx: mpsc::Receiver<EncodedFrame>,
     queued_bytes: Arc<AtomicUsize>,
     close: Arc<CloseSignal>,
     heartbeat: Duration,
-) {
+) -> Result<(), tungstenite::Error> {
     let mut ping = tokio::time::interval(heartbeat);
     ping.tick().await;
     let text = |frame: EncodedFrame| -> Option<Message> {
@@ -310,16 +411,12 @@ async fn write_loop(
             // time even to a connection written to constantly: its pongs
             // are how the engine hears from a client that only listens.
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return;
-                }
+                sink.send(Message::Ping(Bytes::new())).await?;
             }
             frame = rx.recv() => {
                 let Some(frame) = frame else { break };
                 let Some(first) = text(frame) else { continue };
-                if sink.feed(first).await.is_err() {
-                    return;
-                }
+                sink.feed(first).await?;
                 // Write out what else is queued, up to a batch, in one
                 // flush; then the loop looks at the close and the ping
                 // again. (Not `recv_many`: its buffer would stay allocated
@@ -327,24 +424,18 @@ async fn write_loop(
                 // no measurable gain.)
                 for _ in 1..WRITE_BATCH {
                     let Ok(frame) = rx.try_recv() else { break };
-                    if let Some(m) = text(frame)
-                        && sink.feed(m).await.is_err()
-                    {
-                        return;
+                    if let Some(m) = text(frame) {
+                        sink.feed(m).await?;
                     }
                 }
-                if sink.flush().await.is_err() {
-                    return;
-                }
+                sink.flush().await?;
             }
         }
     }
     // Frames queued before the close go out first, then the close frame.
     while let Ok(frame) = rx.try_recv() {
-        if let Some(m) = text(frame)
-            && sink.feed(m).await.is_err()
-        {
-            return;
+        if let Some(m) = text(frame) {
+            sink.feed(m).await?;
         }
     }
     let request = close
@@ -357,6 +448,56 @@ async fn write_loop(
         code: WsCloseCode::from(code.code()),
         reason: reason.into(),
     };
-    let _ = sink.send(Message::Close(Some(frame))).await;
-    let _ = sink.close().await;
+    sink.send(Message::Close(Some(frame))).await
+}
+
+#[cfg(test)]
+mod tests {
+    use tungstenite::error::{CapacityError, ProtocolError as P};
+
+    use super::*;
+
+    fn code(e: tungstenite::Error) -> Option<u16> {
+        close_for(&e).map(|(code, reason)| {
+            assert!(reason.len() <= 123, "{reason}");
+            code.code()
+        })
+    }
+
+    #[test]
+    fn errors_map_to_rfc_6455_close_codes() {
+        for p in [
+            P::UnmaskedFrameFromClient,
+            P::NonZeroReservedBits,
+            P::UnknownDataFrameType(3),
+            P::UnknownControlFrameType(11),
+            P::UnexpectedContinueFrame,
+            P::FragmentedControlFrame,
+            P::ControlFrameTooBig,
+            P::InvalidCloseSequence,
+        ] {
+            assert_eq!(code(tungstenite::Error::Protocol(p)), Some(1002));
+        }
+        assert_eq!(code(tungstenite::Error::Utf8("bad".into())), Some(1007));
+        let big = CapacityError::MessageTooLong {
+            size: 2,
+            max_size: 1,
+        };
+        assert_eq!(code(tungstenite::Error::Capacity(big)), Some(1009));
+        // Gone: nothing can be sent.
+        let reset = P::ResetWithoutClosingHandshake;
+        assert_eq!(code(tungstenite::Error::Protocol(reset)), None);
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(code(tungstenite::Error::Io(io)), None);
+        assert_eq!(code(tungstenite::Error::ConnectionClosed), None);
+    }
+
+    #[test]
+    fn close_reasons_fit_a_close_frame() {
+        let long = "é".repeat(100);
+        let reason = close_reason(&long);
+        assert!(reason.len() <= 123);
+        assert_eq!(reason, "é".repeat(61));
+        assert_eq!(close_reason(&"short"), "short");
+    }
 }

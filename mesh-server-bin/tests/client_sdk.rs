@@ -365,11 +365,13 @@ async fn errors_arrive_typed() {
     })
     .await;
     assert_eq!(failed, (private, Some(ErrorCode::Forbidden)));
+    // Membership is checked before the content: a room the caller is not
+    // in is forbidden whatever is sent to it.
     let err = alice
         .send_message(RoomId::new(), "")
         .await
-        .expect_err("empty");
-    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
+        .expect_err("not a member");
+    assert_eq!(err.code(), Some(ErrorCode::Forbidden), "{err}");
 
     // The connection stays usable after all of that.
     let mine = alice
@@ -379,6 +381,8 @@ async fn errors_arrive_typed() {
         })
         .await
         .expect("room");
+    let err = alice.send_message(mine.id, "").await.expect_err("empty");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidRequest), "{err}");
     let m = alice
         .send_message(mine.id, "still here")
         .await

@@ -349,7 +349,8 @@ impl Engine {
 
     /// Relays an `rtc.*` signal to its target peer only, with `from_peer_id`
     /// and `from_user_id` filled in. `NotFound` if the target is not
-    /// connected, `Forbidden` unless both peers are subscribed to the room.
+    /// connected, `Forbidden` unless both peers are subscribed to the room
+    /// (the sender's subscription is checked first).
     pub fn relay_rtc(
         &mut self,
         now: Timestamp,
@@ -363,8 +364,9 @@ impl Engine {
     /// Checks a P2P session request and builds the session (state
     /// `pending`, expiring after [`EngineConfig::session_ttl`]), without
     /// announcing it: the service signs its token, then calls
-    /// [`Engine::open_session`]. `NotFound` if the target peer is not
-    /// connected; `Forbidden` unless both users are subscribed to the room;
+    /// [`Engine::open_session`]. `Forbidden` unless both users are
+    /// subscribed to the room (the initiator checked before anything about
+    /// the target); `NotFound` if the target peer is not connected;
     /// `InvalidRequest` for a session with oneself.
     pub fn prepare_session(
         &self,
@@ -392,8 +394,8 @@ impl Engine {
     }
 
     /// Closes a session at a party's request: `p2p.session.closed` to both
-    /// peers. `NotFound` if there is no such live session, `Forbidden` if
-    /// `by` is not a party to it.
+    /// peers. `NotFound` if there is no such live session or `by` is not a
+    /// party to it (outsiders cannot tell the two apart).
     pub fn close_session(
         &mut self,
         now: Timestamp,

@@ -29,15 +29,19 @@ impl Engine {
             return Err(Error::NotFound("sending peer is not connected".into()));
         };
         self.touch(now, from);
+        let not_shared =
+            || Error::Forbidden("signaling is only allowed between peers in the same room".into());
+        // The sender's own room first: an outsider learns nothing about
+        // which peers are connected.
+        if !self.is_subscribed(from, signal.room_id) {
+            return Err(not_shared());
+        }
         let target = signal.target_peer_id;
         if !self.peers.contains_key(&target) {
             return Err(Error::NotFound("target peer is not connected".into()));
         }
-        if !self.is_subscribed(from, signal.room_id) || !self.is_subscribed(target, signal.room_id)
-        {
-            return Err(Error::Forbidden(
-                "signaling is only allowed between peers in the same room".into(),
-            ));
+        if !self.is_subscribed(target, signal.room_id) {
+            return Err(not_shared());
         }
         signal.from_peer_id = Some(from);
         signal.from_user_id = Some(sender);
@@ -65,16 +69,20 @@ impl Engine {
                 "a P2P session needs two different peers".into(),
             ));
         }
+        let not_shared = || Error::Forbidden("both peers must be members of the room".into());
         let Some(initiator_user) = self.user_of(initiator) else {
             return Err(Error::NotFound("initiating peer is not connected".into()));
         };
+        // The initiator's own room first: an outsider learns nothing about
+        // which peers are connected.
+        if !self.is_subscribed(initiator, room) {
+            return Err(not_shared());
+        }
         let Some(target_user) = self.user_of(target) else {
             return Err(Error::NotFound("target peer is not connected".into()));
         };
-        if !self.is_subscribed(initiator, room) || !self.is_subscribed(target, room) {
-            return Err(Error::Forbidden(
-                "both peers must be members of the room".into(),
-            ));
+        if !self.is_subscribed(target, room) {
+            return Err(not_shared());
         }
         Ok(P2pSession {
             id,
@@ -140,13 +148,11 @@ impl Engine {
         by: UserId,
         reason: &str,
     ) -> Result<(), Error> {
-        let Some(session) = self.sessions.get(&id) else {
-            return Err(Error::NotFound("no such live P2P session".into()));
-        };
-        if session.initiator_user_id != by && session.target_user_id != by {
-            return Err(Error::Forbidden(
-                "only a party to the session may close it".into(),
-            ));
+        // A session the caller is not a party to is answered as if it did
+        // not exist: outsiders learn nothing about who talks to whom.
+        match self.sessions.get(&id) {
+            Some(s) if s.initiator_user_id == by || s.target_user_id == by => {}
+            _ => return Err(Error::NotFound("no such live P2P session".into())),
         }
         self.end_session(now, id, reason);
         Ok(())

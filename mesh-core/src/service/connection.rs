@@ -321,10 +321,8 @@ impl PeerConnection {
         id: Option<String>,
     ) -> Result<(), Error> {
         Service::require(&self.identity, Scope::MessagesWrite)?;
-        validate::content(&content)?;
-        if let Some(c) = client_id.as_deref() {
-            validate::client_id(c)?;
-        }
+        // Membership before the content: a non-member gets 403 whatever it
+        // sends, whether or not the room exists.
         let peer = self.peer;
         let subscribed = super::lock(&self.service.inner.hub)
             .engine
@@ -333,6 +331,10 @@ impl PeerConnection {
             return Err(Error::Forbidden(
                 "join the room before sending to it".into(),
             ));
+        }
+        validate::content(&content)?;
+        if let Some(c) = client_id.as_deref() {
+            validate::client_id(c)?;
         }
         let message = NewMessage {
             id: crate::protocol::MessageId::new(),

@@ -421,6 +421,17 @@ impl Service {
         }
     }
 
+    /// Refuses capability tokens: what no scope covers (managing rooms and
+    /// devices) needs the account's own access token.
+    fn require_access_token(identity: &Identity, what: &str) -> Result<()> {
+        if identity.scope.is_some() {
+            return Err(Error::Forbidden(format!(
+                "capability tokens cannot {what}; use an access token"
+            )));
+        }
+        Ok(())
+    }
+
     /// The server's public signing keys as a JWK Set.
     pub fn keys(&self) -> serde_json::Value {
         self.inner.auth.keys().jwks()
@@ -465,6 +476,7 @@ impl Service {
 
     /// The caller's devices.
     pub async fn devices(&self, identity: &Identity) -> Result<Vec<Device>> {
+        Self::require_access_token(identity, "list devices")?;
         let mut devices: Vec<Device> = self
             .inner
             .store
@@ -485,11 +497,7 @@ impl Service {
 
     /// Signs a device out: its tokens stop working and its connections close.
     pub async fn revoke_device(&self, identity: &Identity, device: DeviceId) -> Result<()> {
-        if identity.scope.is_some() {
-            return Err(Error::Forbidden(
-                "capability tokens cannot revoke devices".into(),
-            ));
-        }
+        Self::require_access_token(identity, "revoke devices")?;
         let store = &self.inner.store;
         let mut record = match store.device(device).await? {
             Some(d) if d.user_id == identity.user_id => d,
@@ -521,7 +529,11 @@ impl Service {
         Ok(room)
     }
 
-    /// The caller's membership, or `Forbidden`.
+    /// The caller's membership: `NotFound` for a room the caller cannot see
+    /// (none, or private and not a member), `Forbidden` for a public room it
+    /// is not in. Every room handler calls this (or [`Self::visible_room`])
+    /// before it looks at anything else, so a non-member learns nothing
+    /// about a room from the answers.
     async fn require_member(&self, identity: &Identity, room: RoomId) -> Result<Membership> {
         self.visible_room(identity, room).await?;
         self.membership(room, identity.user_id)
@@ -578,10 +590,12 @@ impl Service {
         self.visible_room(identity, id).await
     }
 
-    /// Members of a room the caller may see, with their presence.
+    /// Members of a room, with their presence: members only, like the
+    /// history and the peers (a public room's outsiders see its
+    /// `member_count`, not who is in it or who is online).
     pub async fn members(&self, identity: &Identity, id: RoomId) -> Result<Vec<Member>> {
         Self::require(identity, Scope::RoomsRead)?;
-        self.visible_room(identity, id).await?;
+        self.require_member(identity, id).await?;
         self.member_list(id).await
     }
 
@@ -640,6 +654,7 @@ impl Service {
         limit: Option<usize>,
     ) -> Result<Page> {
         Self::require(identity, Scope::MessagesRead)?;
+        self.require_member(identity, room).await?;
         let query = match (before, after) {
             (None, None) => PageQuery::Latest,
             (Some(b), None) => PageQuery::Before(b),
@@ -655,7 +670,6 @@ impl Service {
             Some(0) => return Err(Error::InvalidRequest("limit must be at least 1".into())),
             Some(n) => n.min(MAX_PAGE),
         };
-        self.require_member(identity, room).await?;
         Ok(self.inner.store.messages(room, query, limit).await?)
     }
 
@@ -702,6 +716,7 @@ impl Service {
         id: RoomId,
         reply: Option<(PeerId, Option<String>)>,
     ) -> Result<()> {
+        Self::require(identity, Scope::MessagesWrite)?;
         let me = self.require_member(identity, id).await?;
         if me.role == Role::Owner {
             return Err(Error::Conflict(
@@ -722,6 +737,7 @@ impl Service {
         id: RoomId,
         req: UpdateRoomRequest,
     ) -> Result<Room> {
+        Self::require_access_token(identity, "change rooms")?;
         let me = self.require_member(identity, id).await?;
         if me.role < Role::Admin {
             return Err(Error::Forbidden(
@@ -753,6 +769,7 @@ impl Service {
 
     /// Deletes a room with its history (owner only).
     pub async fn delete_room(&self, identity: &Identity, id: RoomId) -> Result<()> {
+        Self::require_access_token(identity, "delete rooms")?;
         let me = self.require_member(identity, id).await?;
         if me.role != Role::Owner {
             return Err(Error::Forbidden(
@@ -771,6 +788,7 @@ impl Service {
         id: RoomId,
         req: InviteRequest,
     ) -> Result<Member> {
+        Self::require_access_token(identity, "invite")?;
         let me = self.require_member(identity, id).await?;
         if me.role < Role::Admin {
             return Err(Error::Forbidden(
@@ -818,12 +836,20 @@ impl Service {
         if user == identity.user_id {
             return self.leave_room(identity, id, None).await;
         }
+        Self::require_access_token(identity, "remove members")?;
         let me = self.require_member(identity, id).await?;
+        // The caller's own role first: a plain member learns nothing about
+        // the target from the answer.
+        if me.role < Role::Admin {
+            return Err(Error::Forbidden(
+                "only the owner and admins can remove members".into(),
+            ));
+        }
         let target = self
             .membership(id, user)
             .await?
             .ok_or_else(|| Error::NotFound("that user is not a member".into()))?;
-        if me.role < Role::Admin || target.role >= me.role {
+        if target.role >= me.role {
             return Err(Error::Forbidden(
                 "you can only remove members whose role is below yours".into(),
             ));
@@ -841,6 +867,7 @@ impl Service {
         user: UserId,
         role: Role,
     ) -> Result<Member> {
+        Self::require_access_token(identity, "change roles")?;
         let me = self.require_member(identity, id).await?;
         if me.role != Role::Owner {
             return Err(Error::Forbidden("only the owner can change roles".into()));
@@ -869,7 +896,9 @@ impl Service {
     // -------------------------------------------------------------------- p2p
 
     /// Authorises a P2P session from one of the caller's connected peers to
-    /// `target` in `room`, signs its token and tells both peers.
+    /// `target` in `room`, signs its token and tells both peers. Membership
+    /// is checked before the caller's connections, so a non-member gets the
+    /// room's 404 or 403, never an answer about peers.
     pub async fn create_session(
         &self,
         identity: &Identity,
@@ -880,6 +909,7 @@ impl Service {
         request_id: Option<String>,
     ) -> Result<(P2pSession, String)> {
         Self::require(identity, Scope::P2p)?;
+        self.require_member(identity, room).await?;
         let session = {
             let hub = lock(&self.inner.hub);
             let initiator = match initiator {

@@ -98,6 +98,31 @@ pub(crate) fn error_response(e: &Error) -> Response<Body> {
     r
 }
 
+/// Seconds a client refused for holding too many connections is asked to
+/// wait.
+const CONNECTIONS_RETRY_AFTER_SECS: u64 = 5;
+
+/// The answer to a connection past the per-address cap: `503` (as nginx's
+/// `limit_conn` answers) with the contract's error body, code
+/// `rate_limited`, and `Retry-After`.
+pub(crate) fn too_many_connections(max_per_addr: usize) -> Response<Body> {
+    let body = ErrorResponse {
+        error: ErrorBody {
+            code: ErrorCode::RateLimited,
+            message: format!(
+                "too many connections from your address (at most {max_per_addr}); \
+                 close some or retry later"
+            ),
+        },
+    };
+    let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(CONNECTIONS_RETRY_AFTER_SECS),
+    );
+    r
+}
+
 /// A JSON answer.
 pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let bytes = match serde_json::to_vec(body) {

@@ -72,6 +72,11 @@ fn signals_are_refused_without_a_shared_room_or_to_unknown_peers() {
         .engine
         .relay_rtc(h.now, a, RtcKind::Offer, offer(PeerId::new(), r1));
     assert!(matches!(result, Err(Error::NotFound(_))), "{result:?}");
+    // Outside the room, whether the target is connected is not told.
+    let result = h
+        .engine
+        .relay_rtc(h.now, a, RtcKind::Offer, offer(PeerId::new(), r2));
+    assert!(matches!(result, Err(Error::Forbidden(_))), "{result:?}");
     h.drain();
     assert!(h.sends.is_empty());
 }
@@ -210,6 +215,11 @@ fn prepare_checks_peers_and_rooms_and_records_nothing() {
     }
     assert!(matches!(prepare(&h, a, outsider), Err(Error::Forbidden(_))));
     assert!(matches!(prepare(&h, outsider, a), Err(Error::Forbidden(_))));
+    // Outside the room, whether the target is connected is not told.
+    assert!(matches!(
+        prepare(&h, outsider, PeerId::new()),
+        Err(Error::Forbidden(_))
+    ));
     let ok = prepare(&h, a, b);
     assert!(ok.is_ok());
     let alice = h.engine.peer(a).map(|p| p.user.id);
@@ -226,7 +236,7 @@ fn parties_close_sessions_others_cannot() {
     h.clear();
     let stranger = user("eve").id;
     let result = h.engine.close_session(h.now, session.id, stranger, "nope");
-    assert!(matches!(result, Err(Error::Forbidden(_))), "{result:?}");
+    assert!(matches!(result, Err(Error::NotFound(_))), "{result:?}");
     let result = h
         .engine
         .close_session(h.now, SessionId::new(), session.target_user_id, "x");

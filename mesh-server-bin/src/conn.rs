@@ -1,0 +1,384 @@
+//! Connections before HTTP: how many a client address and the server may
+//! hold, and how long one may sit without moving.
+//!
+//! Without these a client that opens connections and sends half a request
+//! header, or nothing, holds a task and a file descriptor each for ever
+//! (slowloris). The accept loop asks [`ConnCounter::admit`] for every
+//! connection:
+//!
+//! - past [`ConnLimits::max_connections`] in total the connection is
+//!   closed at once, unanswered: reading a request costs what the cap is
+//!   there to save;
+//! - past [`ConnLimits::max_per_addr`] from one address it is served one
+//!   answer, `503` with the contract's error body and `Retry-After`, then
+//!   closed. It counts towards the total while it is answered, and an
+//!   address has at most [`REFUSALS_PER_ADDR`] refusals under way; past
+//!   that its connections are closed at once too, so one address holds at
+//!   most `max_per_addr` plus a few.
+//!
+//! hyper's header read timeout ([`ConnLimits::header_timeout`]) bounds how
+//! long a request's header may take, counted from when the server starts
+//! waiting for it: on a new connection and after each answer on a
+//! keep-alive connection, so it also closes idle keep-alive connections.
+//! hyper closes such a connection without an answer (no `408`: it sends
+//! automatic answers only for headers it cannot parse, and a `408` to a
+//! client that sent nothing could be read as the answer to its next
+//! request). [`IdleIo`] bounds the rest: an HTTP connection on which no
+//! byte moves either way for [`ConnLimits::idle_timeout`] (a request body
+//! that stalls, an answer the client does not read) is closed. Neither
+//! applies to a WebSocket once upgraded: it has its own heartbeat.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Limits on connections and on how long they may idle.
+#[derive(Clone, Debug)]
+pub struct ConnLimits {
+    /// Open connections per client address (IPv6: per /64), WebSockets
+    /// included; past it, `503`. Enough for an office behind one NAT.
+    pub max_per_addr: usize,
+    /// Open connections in all; past it, new ones are closed unanswered.
+    /// Keep it below the open-files limit (`ulimit -n`) less what the
+    /// database and the keys need (a hundred or so).
+    pub max_connections: usize,
+    /// How long a request header may take (hyper's header read timeout),
+    /// also the longest wait for the next request on a keep-alive
+    /// connection.
+    pub header_timeout: Duration,
+    /// How long an HTTP connection may go without a byte read or written.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        Self {
+            max_per_addr: 1_000,
+            max_connections: 10_000,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Refusals (`503`s being answered) one address may have under way; more
+/// are closed at accept.
+pub(crate) const REFUSALS_PER_ADDR: usize = 64;
+
+/// The address connections are counted on.
+///
+/// Today that is the TCP peer. Issue 11 adds `--trusted-proxy`: behind a
+/// trusted proxy the real client address comes from its `Forwarded` /
+/// `X-Forwarded-For` header, known only once a request's header is read,
+/// so counting would then move from the accept loop to the first request.
+/// IPv6 addresses count per /64, the block one subscriber gets.
+pub(crate) fn client_key(peer: SocketAddr) -> IpAddr {
+    match peer.ip().to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut seg = v6.segments();
+            seg[4..].fill(0);
+            IpAddr::V6(Ipv6Addr::from(seg))
+        }
+        v4 => v4,
+    }
+}
+
+/// Open connections, in all and per address.
+#[derive(Debug, Default)]
+pub(crate) struct ConnCounter {
+    inner: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    per_addr: HashMap<IpAddr, PerAddr>,
+}
+
+#[derive(Debug, Default)]
+struct PerAddr {
+    /// Connections served.
+    open: usize,
+    /// `503`s under way.
+    refusing: usize,
+}
+
+/// What to do with a new connection.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Serve it; the slot is released when the last clone is dropped.
+    Serve(Arc<ConnSlot>),
+    /// Answer `503` once and close; counted in the total meanwhile.
+    Refuse(Arc<ConnSlot>),
+    /// Close it at once: the server is full.
+    Drop,
+}
+
+/// One counted connection. The HTTP connection task holds it, and an
+/// upgraded WebSocket's task holds a clone, so a WebSocket counts for as
+/// long as it is open.
+#[derive(Debug)]
+pub(crate) struct ConnSlot {
+    counter: Arc<ConnCounter>,
+    /// The address it counts against.
+    addr: IpAddr,
+    /// Whether it is a refusal (counted in `refusing`, not `open`).
+    refusal: bool,
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counter.lock();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_addr.get_mut(&self.addr) {
+            if self.refusal {
+                n.refusing = n.refusing.saturating_sub(1);
+            } else {
+                n.open = n.open.saturating_sub(1);
+            }
+            if n.open == 0 && n.refusing == 0 {
+                counts.per_addr.remove(&self.addr);
+            }
+        }
+    }
+}
+
+impl ConnCounter {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // Counts are updated in single steps: a poisoned lock is consistent.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a new connection from `addr` against `limits`.
+    pub(crate) fn admit(self: &Arc<Self>, addr: IpAddr, limits: &ConnLimits) -> Admission {
+        let mut counts = self.lock();
+        if counts.total >= limits.max_connections {
+            return Admission::Drop;
+        }
+        let n = counts.per_addr.entry(addr).or_default();
+        let refusal = n.open >= limits.max_per_addr;
+        if refusal {
+            if n.refusing >= REFUSALS_PER_ADDR {
+                return Admission::Drop;
+            }
+            n.refusing += 1;
+        } else {
+            n.open += 1;
+        }
+        counts.total += 1;
+        drop(counts);
+        let slot = Arc::new(ConnSlot {
+            counter: self.clone(),
+            addr,
+            refusal,
+        });
+        if refusal {
+            Admission::Refuse(slot)
+        } else {
+            Admission::Serve(slot)
+        }
+    }
+
+    /// Open connections: in all, and from `addr`.
+    #[cfg(test)]
+    fn open(&self, addr: IpAddr) -> (usize, usize) {
+        let counts = self.lock();
+        (
+            counts.total,
+            counts.per_addr.get(&addr).map_or(0, |n| n.open),
+        )
+    }
+}
+
+/// When a connection last moved a byte, shared between its [`IdleIo`] and
+/// the task that watches it.
+#[derive(Debug)]
+pub(crate) struct Activity {
+    start: Instant,
+    /// Milliseconds since `start` of the last read or write.
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+
+    /// Resolves once nothing has moved for `limit`.
+    pub(crate) async fn idle_for(&self, limit: Duration) {
+        loop {
+            let deadline = self.last() + limit;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline.into()).await;
+        }
+    }
+}
+
+/// A stream that records when it last read or wrote a byte.
+#[derive(Debug)]
+pub(crate) struct IdleIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T> IdleIo<T> {
+    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
+        Self { inner, activity }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(per_addr: usize, total: usize) -> ConnLimits {
+        ConnLimits {
+            max_per_addr: per_addr,
+            max_connections: total,
+            ..ConnLimits::default()
+        }
+    }
+
+    #[test]
+    fn per_address_cap_refuses_then_frees() {
+        let counter = Arc::new(ConnCounter::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let l = limits(2, 10);
+        let first = counter.admit(a, &l);
+        let second = counter.admit(a, &l);
+        assert!(matches!(first, Admission::Serve(_)));
+        assert!(matches!(second, Admission::Serve(_)));
+        let refused = counter.admit(a, &l);
+        assert!(matches!(refused, Admission::Refuse(_)));
+        assert!(matches!(counter.admit(b, &l), Admission::Serve(_)));
+        // The refusal counts in the total while it is answered, not per address.
+        assert_eq!(counter.open(a), (3, 2));
+        drop(refused);
+        drop(first);
+        assert_eq!(counter.open(a), (1, 1));
+        assert!(matches!(counter.admit(a, &l), Admission::Serve(_)));
+    }
+
+    #[test]
+    fn refusals_per_address_are_bounded() {
+        let counter = Arc::new(ConnCounter::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let l = limits(1, 100);
+        let _served = counter.admit(a, &l);
+        let refusals: Vec<Admission> = (0..REFUSALS_PER_ADDR)
+            .map(|_| counter.admit(a, &l))
+            .collect();
+        assert!(refusals.iter().all(|r| matches!(r, Admission::Refuse(_))));
+        assert!(matches!(counter.admit(a, &l), Admission::Drop));
+        assert_eq!(counter.open(a), (1 + REFUSALS_PER_ADDR, 1));
+        drop(refusals);
+        assert_eq!(counter.open(a), (1, 1));
+        assert!(matches!(counter.admit(a, &l), Admission::Refuse(_)));
+    }
+
+    #[test]
+    fn total_cap_drops_and_frees() {
+        let counter = Arc::new(ConnCounter::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let l = limits(10, 1);
+        let held = counter.admit(a, &l);
+        assert!(matches!(held, Admission::Serve(_)));
+        assert!(matches!(counter.admit(a, &l), Admission::Drop));
+        assert_eq!(counter.open(a), (1, 1));
+        drop(held);
+        assert_eq!(counter.open(a), (0, 0));
+        assert!(matches!(counter.admit(a, &l), Admission::Serve(_)));
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
+        let p = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(
+            client_key(p("[2001:db8:1:2:aaaa::1]:5")),
+            client_key(p("[2001:db8:1:2:bbbb::9]:6"))
+        );
+        assert_ne!(
+            client_key(p("[2001:db8:1:2::1]:5")),
+            client_key(p("[2001:db8:1:3::1]:5"))
+        );
+        assert_eq!(
+            client_key(p("[::ffff:10.0.0.1]:5")),
+            "10.0.0.1".parse::<IpAddr>().expect("ip")
+        );
+    }
+}
