@@ -23,9 +23,10 @@ pub(crate) struct Ctx {
     pub(crate) quick: bool,
 }
 
-/// Flags that lift mesh-server's rate limits, which a load test would hit
-/// at once; queue limits stay at their defaults.
-const UNLIMITED: [&str; 8] = [
+/// Flags that lift mesh-server's rate and connection limits, which a load
+/// test would hit at once (10,000 WebSockets plus the HTTP clients are past
+/// the default total of 10,000); queue limits stay at their defaults.
+const UNLIMITED: [&str; 12] = [
     "--frame-burst",
     "1000000",
     "--frame-rate",
@@ -34,6 +35,10 @@ const UNLIMITED: [&str; 8] = [
     "1000000",
     "--login-addr-refill-ms",
     "1",
+    "--max-connections",
+    "100000",
+    "--max-connections-per-addr",
+    "100000",
 ];
 
 impl Ctx {
