@@ -510,16 +510,16 @@ fn judge(dir: &Path, record: Option<Record>, contents: &Contents) -> Result<()> 
             found,
         });
     }
-    if let Some(r) = record {
-        if contents.generation < r.generation {
-            return Err(refused(
-                dir,
-                format!(
-                    "acknowledged data is missing or damaged: it holds writes up to generation {}, but writes up to {} were acknowledged",
-                    contents.generation, r.generation
-                ),
-            ));
-        }
+    if let Some(r) = record
+        && contents.generation < r.generation
+    {
+        return Err(refused(
+            dir,
+            format!(
+                "acknowledged data is missing or damaged: it holds writes up to generation {}, but writes up to {} were acknowledged",
+                contents.generation, r.generation
+            ),
+        ));
     }
     if let Some(first) = contents.problems.first() {
         return Err(refused(

@@ -418,8 +418,8 @@ mod tests {
             seq,
             generation,
             schema: 1,
-            clean: seq % 2 == 0,
-            fingerprint: (seq % 3 == 0).then_some([seq as u8; 32]),
+            clean: seq.is_multiple_of(2),
+            fingerprint: seq.is_multiple_of(3).then_some([seq as u8; 32]),
         }
     }
 
