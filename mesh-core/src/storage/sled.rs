@@ -125,14 +125,18 @@
 //! up quota), the writers waiting for that flush get
 //! [`SledStoreError::DiskFull`] (a [`StoreError::Unavailable`]: the service
 //! answers `unavailable`, 503) and nothing is acknowledged. sled's error is
-//! sticky until the database is reopened, so the store marks itself broken;
-//! reads go on from the open database. The next writer first writes and
-//! removes a 2 MiB probe file beside the folder: while that fails, it gets
-//! `DiskFull` at once; once it succeeds, the store closes the database and
-//! opens it again (reads in that moment get `Unavailable`), and writing
-//! resumes. Batches applied but never flushed are dropped with the failed
-//! database; they were never acknowledged. If the reopened database is
-//! below the recorded generation, the store refuses all further writes.
+//! sticky, for reads too, until the database is reopened, and sled cannot
+//! even open a database on a disk with no free byte. So the store keeps a
+//! *reserve*: a 4 MiB file `<folder>.reserve` written at open. After a
+//! failure for lack of space, the next read (or write) removes the reserve,
+//! closes the database and opens it again in the space so freed (reads in
+//! that moment get `Unavailable`), and reads work again. A writer, while
+//! the disk is known to be full, first writes the reserve back: while that
+//! fails, it gets `DiskFull` at once and writes nothing; once it succeeds,
+//! there is room again and writing resumes. Batches applied but never
+//! flushed are dropped with the failed database; they were never
+//! acknowledged. If the reopened database is below the recorded generation,
+//! the store refuses all further writes.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -168,9 +172,10 @@ pub const SCHEMA: u64 = 1;
 const GEN_KEY: &[u8] = b"#gen";
 /// Meta record: the schema version (u64 big-endian).
 const SCHEMA_KEY: &[u8] = b"#schema";
-/// Bytes written (then removed) to see whether the disk has room again
-/// before a failed database is reopened: a few of sled's 512 KiB segments.
-const PROBE_BYTES: usize = 2 << 20;
+/// The size of the reserve file kept beside the database and given up on a
+/// full disk, so that sled can reopen the database and reads go on (see
+/// the module docs): a few of sled's 512 KiB segments.
+pub const RESERVE_BYTES: u64 = 4 << 20;
 
 /// The error of [`SledStore`].
 #[derive(Debug, thiserror::Error)]
@@ -322,6 +327,9 @@ struct Inner {
     broken: AtomicBool,
     /// Reopening found less than was recorded: no more writes.
     lost: AtomicBool,
+    /// The last failure was a full disk: writers check for free space
+    /// before writing again.
+    full: AtomicBool,
     /// The integrity record (`None` for a temporary store). Its lock is
     /// held across a flush and the record write that follows it, and across
     /// a reopen, so neither sees the other half done.
@@ -339,6 +347,14 @@ impl Inner {
                     "the database is being reopened after a failed write".into(),
                 )
             })
+    }
+
+    /// sled failed a write or a flush: its error is now sticky.
+    fn failed(&self, e: &sled::Error) {
+        if matches!(e, sled::Error::Io(io) if is_no_space(io)) {
+            self.full.store(true, Ordering::Release);
+        }
+        self.broken.store(true, Ordering::Release);
     }
 
     fn record(&self) -> MutexGuard<'_, Option<RecordFile>> {
@@ -365,7 +381,7 @@ impl Inner {
         // the flush started, so the flush covers it.
         let generation = self.applied.load(Ordering::Acquire);
         if let Err(e) = db.flush() {
-            self.broken.store(true, Ordering::Release);
+            self.failed(&e);
             return Err(FlushError::Sled(e));
         }
         drop(db);
@@ -664,25 +680,30 @@ fn missing(dir: &Path, record_path: &Path, r: Record) -> SledStoreError {
     )
 }
 
-/// Writes and removes [`PROBE_BYTES`] beside the database: can sled write
-/// again?
-fn probe_space(dir: &Path) -> Result<()> {
-    let probe = beside(dir, "probe")?;
+/// Writes the reserve file ([`RESERVE_BYTES`]) beside the database,
+/// unless it is there already. Fails (and removes what it wrote) when the
+/// disk has no room for it.
+fn write_reserve(dir: &Path) -> Result<()> {
+    let reserve = beside(dir, "reserve")?;
+    if std::fs::metadata(&reserve).is_ok_and(|m| m.len() == RESERVE_BYTES) {
+        return Ok(());
+    }
     let result = (|| -> io::Result<()> {
         use std::io::Write as _;
-        let mut file = std::fs::File::create(&probe)?;
+        let mut file = std::fs::File::create(&reserve)?;
+        // Real bytes, not `set_len`: a sparse file would reserve nothing.
         let chunk = vec![0u8; 64 << 10];
-        for _ in 0..PROBE_BYTES / chunk.len() {
+        for _ in 0..RESERVE_BYTES / chunk.len() as u64 {
             file.write_all(&chunk)?;
         }
         file.sync_data()
     })();
-    let _ = std::fs::remove_file(&probe);
     result.map_err(|e| {
+        let _ = std::fs::remove_file(&reserve);
         if is_no_space(&e) {
             SledStoreError::DiskFull(e)
         } else {
-            io_error(format!("writing {}", probe.display()))(e)
+            io_error(format!("writing {}", reserve.display()))(e)
         }
     })
 }
@@ -708,8 +729,8 @@ impl SledStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let dir = std::path::absolute(path.as_ref()).map_err(io_error("resolving the path"))?;
         let record_path = beside(&dir, "integrity")?;
-        let (record, found, created) =
-            RecordFile::open_new(&record_path).map_err(|e| SledStoreError::from_record(e, &dir))?;
+        let (record, found, created) = RecordFile::open_new(&record_path, OPEN_LOCK_WAIT)
+            .map_err(|e| SledStoreError::from_record(e, &dir))?;
         let opened = Self::open_checked(dir, &record_path, record, found);
         if opened.is_err() && created {
             // A refused start leaves the folder as it found it.
@@ -787,6 +808,10 @@ impl SledStore {
             db.apply_batch(batch)?;
             db.flush()?;
         }
+        if let Err(e) = write_reserve(&dir) {
+            tracing::warn!(folder = %dir.display(), error = %e,
+                "cannot write the reserve file: on a full disk, reads may stop until space is freed");
+        }
         // Not clean from now on, until a clean close says so again.
         record
             .write(generation, SCHEMA, false, None)
@@ -817,6 +842,7 @@ impl SledStore {
             applied: AtomicU64::new(generation),
             broken: AtomicBool::new(false),
             lost: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             record: Mutex::new(record),
         });
         let flusher = Flusher::start(Arc::clone(&inner))?;
@@ -833,7 +859,18 @@ impl SledStore {
         self.flusher.shared.lock().flushes
     }
 
+    /// The database, for reads and writes. After a failed write, sled
+    /// fails reads too until the database is reopened: the first read to
+    /// find the writers' lock free reopens it. (A writer holding that lock
+    /// has reopened it already, or gets an error anyway.)
     fn db(&self) -> Result<Db> {
+        if self.inner.broken.load(Ordering::Acquire)
+            && let Ok(_guard) = self.write_lock.try_lock()
+            && self.inner.broken.load(Ordering::Acquire)
+            && let Err(e) = self.reopen()
+        {
+            tracing::warn!(error = %e, "cannot reopen the database after a failed write");
+        }
         self.inner.db()
     }
 
@@ -846,15 +883,26 @@ impl SledStore {
             .write_lock
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // While the disk is full, fail fast (no write that must fail, and
+        // so no new sticky error): only write once there is room again.
+        if self.inner.full.load(Ordering::Acquire) {
+            let Some(path) = &self.inner.path else {
+                return Err(SledStoreError::Unavailable(
+                    "a write failed and a temporary store cannot be reopened".into(),
+                ));
+            };
+            write_reserve(path)?;
+            self.inner.full.store(false, Ordering::Release);
+        }
         if self.inner.broken.load(Ordering::Acquire) {
             self.reopen()?;
         }
         Ok(guard)
     }
 
-    /// After sled failed a write: sled's error is sticky, so close the
-    /// database and open it again, once the disk has room. Called with the
-    /// writers' lock held.
+    /// After sled failed a write: sled's error is sticky (for reads too), so
+    /// close the database and open it again. Called with the writers' lock
+    /// held.
     fn reopen(&self) -> Result<()> {
         if self.inner.lost.load(Ordering::Acquire) {
             return Err(SledStoreError::Unavailable(
@@ -866,10 +914,17 @@ impl SledStore {
                 "a write failed and a temporary store cannot be reopened".into(),
             ));
         };
-        // While the disk is full, fail fast and keep serving reads from
-        // the open database.
-        probe_space(path)?;
         let record = self.inner.record();
+        if self.inner.full.load(Ordering::Acquire) {
+            // Room for sled to open the database in.
+            match beside(path, "reserve").map(std::fs::remove_file) {
+                Ok(Ok(())) => tracing::warn!(folder = %path.display(),
+                    "the disk is full: gave up the reserve file to reopen the database"),
+                Ok(Err(e)) if e.kind() == io::ErrorKind::NotFound => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the reserve file"),
+                Err(e) => tracing::warn!(error = %e, "no reserve file"),
+            }
+        }
         let old = self
             .inner
             .db
@@ -909,7 +964,7 @@ impl SledStore {
         let next = self.inner.applied.load(Ordering::Relaxed) + 1;
         batch.insert(GEN_KEY, &next.to_be_bytes()[..]);
         if let Err(e) = db.apply_batch(batch) {
-            self.inner.broken.store(true, Ordering::Release);
+            self.inner.failed(&e);
             return Err(write_error(e));
         }
         self.inner.applied.store(next, Ordering::Release);

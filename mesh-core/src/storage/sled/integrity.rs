@@ -165,8 +165,12 @@ pub(super) struct RecordFile {
 impl RecordFile {
     /// Opens (creating if missing, empty) and locks the record file, and
     /// reads it (`None`: no record yet). Also tells whether the file was
-    /// created, so that a refused start can remove it again.
-    pub(super) fn open_new(path: &Path) -> Result<(Self, Option<Record>, bool), RecordError> {
+    /// created, so that a refused start can remove it again. Waits up to
+    /// `wait` for the lock (a store of this process that is closing).
+    pub(super) fn open_new(
+        path: &Path,
+        wait: std::time::Duration,
+    ) -> Result<(Self, Option<Record>, bool), RecordError> {
         let existed = path.exists();
         let file = OpenOptions::new()
             .read(true)
@@ -178,7 +182,15 @@ impl RecordFile {
         if !existed {
             sync_parent(path).map_err(io_err("syncing the folder of", path))?;
         }
-        lock(&file, path)?;
+        let started = std::time::Instant::now();
+        loop {
+            match lock(&file, path) {
+                Err(RecordError::Busy(_)) if started.elapsed() < wait => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                other => break other?,
+            }
+        }
         let mut this = Self { file, last: None };
         this.last = read_record(&mut this.file, path)?;
         let last = this.last;
@@ -444,13 +456,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("db.integrity");
         {
-            let (mut file, found, _) = RecordFile::open_new(&path).expect("open");
+            let (mut file, found, _) =
+                RecordFile::open_new(&path, std::time::Duration::ZERO).expect("open");
             assert_eq!(found, None);
             for generation in 1..=5 {
                 file.write(generation, 1, false, None).expect("write");
             }
         }
-        let (_, found, _) = RecordFile::open_new(&path).expect("reopen");
+        let (_, found, _) = RecordFile::open_new(&path, std::time::Duration::ZERO).expect("reopen");
         let last = found.expect("a record");
         assert_eq!(last.generation, 5);
         // Tear the newest slot: the older one (generation 4) is read.
@@ -476,13 +489,13 @@ mod tests {
     fn a_second_opener_is_refused_while_the_first_holds_the_lock() {
         let dir = tempfile::tempdir().expect("dir");
         let path = dir.path().join("db.integrity");
-        let first = RecordFile::open_new(&path).expect("open");
+        let first = RecordFile::open_new(&path, std::time::Duration::ZERO).expect("open");
         assert!(matches!(
-            RecordFile::open_new(&path),
+            RecordFile::open_new(&path, std::time::Duration::ZERO),
             Err(RecordError::Busy(_))
         ));
         drop(first);
-        RecordFile::open_new(&path).expect("free again");
+        RecordFile::open_new(&path, std::time::Duration::ZERO).expect("free again");
     }
 
     #[test]
