@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Internal,
     /// Extension: the path exists but not with this HTTP method (405).
     MethodNotAllowed,
+    /// Extension: the server cannot store anything right now, typically
+    /// because its disk is full (503). Nothing was stored; retry later.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -41,6 +44,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Unavailable => 503,
         }
     }
 
@@ -56,6 +60,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }
@@ -108,6 +113,7 @@ impl Error {
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
             Error::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            Error::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
             Error::Store(_) | Error::Auth(_) | Error::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -117,6 +123,11 @@ impl Error {
     pub fn client_message(&self) -> String {
         match self.code() {
             ErrorCode::Internal => "internal server error".to_owned(),
+            // The cause (a path, an OS error) stays in the log.
+            ErrorCode::Unavailable => {
+                "the server's disk is full or unavailable; nothing was stored, try again later"
+                    .to_owned()
+            }
             _ => self.to_string(),
         }
     }
@@ -165,11 +176,23 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_is_503_unavailable_without_details() {
+        let io = std::io::Error::other("No space left on device at /var/secret");
+        let e = Error::Store(StoreError::Unavailable(Box::new(io)));
+        assert_eq!(e.code(), ErrorCode::Unavailable);
+        assert_eq!(e.code().http_status(), 503);
+        assert_eq!(e.code().as_str(), "unavailable");
+        assert!(e.client_message().contains("disk is full"));
+        assert!(!e.client_message().contains("secret"));
+    }
+
+    #[test]
     fn codes_serialize_snake_case() {
         for code in [
             ErrorCode::InvalidRequest,
             ErrorCode::PayloadTooLarge,
             ErrorCode::RateLimited,
+            ErrorCode::Unavailable,
         ] {
             assert_eq!(serde_json::json!(code), serde_json::json!(code.as_str()));
         }

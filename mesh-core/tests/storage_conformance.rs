@@ -8,6 +8,6 @@ mesh_core::store_conformance_tests!(memory, async { MemoryStore::new() });
 mesh_core::store_conformance_tests!(
     sled,
     restart = |path: std::path::PathBuf| async move {
-        SledStore::open(path).expect("open the sled store")
+        SledStore::open(path.join("db")).expect("open the sled store")
     }
 );

@@ -16,8 +16,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::fmt;
 use std::future::Future;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +26,7 @@ use anyhow::Context as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::auth::KeyRing;
 use mesh_core::service::{Service, ServiceConfig};
-use mesh_core::storage::sled::SledStore;
+use mesh_core::storage::sled::{CheckReport, SledStore, SledStoreError};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 
@@ -83,11 +84,24 @@ pub(crate) struct AppState {
 }
 
 /// Opens the data folder: the sled database and the signing keys.
+///
+/// A database that cannot be trusted (see `mesh_core::storage::sled`,
+/// "Integrity at open") is refused with an error that names the folder and
+/// says what to do; nothing on disk is changed then.
 pub fn open_service(config: &Config) -> anyhow::Result<Service> {
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("creating the data folder {}", config.data_dir.display()))?;
-    let store = SledStore::open(config.data_dir.join("db"))
-        .with_context(|| format!("opening the database in {}", config.data_dir.display()))?;
+    let data = &config.data_dir;
+    std::fs::create_dir_all(data)
+        .with_context(|| format!("creating the data folder {}", data.display()))?;
+    let store = match SledStore::open(data.join("db")) {
+        Ok(store) => store,
+        Err(e @ (SledStoreError::Refused { .. } | SledStoreError::NewerSchema { .. })) => {
+            return Err(anyhow::Error::new(e).context(refusal_advice(data)));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("opening the database in {}", data.display())));
+        }
+    };
     let keys = KeyRing::load_or_generate(&config.data_dir.join("keys"))
         .context("loading the signing keys")?;
     let service = Service::builder()
@@ -96,6 +110,98 @@ pub fn open_service(config: &Config) -> anyhow::Result<Service> {
         .config(config.service.clone())
         .build()?;
     Ok(service)
+}
+
+/// What an operator reads when the database is refused.
+fn refusal_advice(data: &Path) -> String {
+    format!(
+        "the data folder {data} cannot be served as it is: the database holds less than \
+         the server acknowledged, or is damaged or not a mesh database. The server did not \
+         start and changed no file.\n\
+         What to do: stop here and restore the data folder from a backup (all of it together: \
+         db/, db.integrity and keys/); run `mesh-server check --data {data}` to see what it \
+         holds. Only to start anyway with what is left, move {record} away: the next start \
+         checks the database and records it as it is.",
+        data = data.display(),
+        record = data.join("db.integrity").display(),
+    )
+}
+
+/// What `mesh-server check` found; `Display` prints it for an operator.
+#[derive(Debug)]
+pub struct CheckOutput {
+    data: PathBuf,
+    report: CheckReport,
+}
+
+impl CheckOutput {
+    /// Whether the server would serve the folder.
+    pub fn is_whole(&self) -> bool {
+        self.report.is_whole()
+    }
+}
+
+impl fmt::Display for CheckOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.report;
+        writeln!(f, "data folder: {}", self.data.display())?;
+        writeln!(f, "database:    {}", r.folder.display())?;
+        match r.recorded_generation {
+            Some(g) => writeln!(
+                f,
+                "record:      generation {g}, closed cleanly: {}{}",
+                if r.closed_cleanly { "yes" } else { "no" },
+                match r.unchanged_since_clean_close {
+                    Some(true) => ", files unchanged since",
+                    Some(false) => ", files CHANGED since",
+                    None => "",
+                }
+            )?,
+            None => writeln!(f, "record:      none")?,
+        }
+        match &r.contents {
+            Some(c) => {
+                writeln!(
+                    f,
+                    "found:       generation {}, schema {}",
+                    c.generation,
+                    c.schema
+                        .map_or("none (an earlier mesh)".to_owned(), |s| s.to_string())
+                )?;
+                writeln!(
+                    f,
+                    "contents:    {} users, {} devices, {} rooms, {} memberships, {} messages, {} P2P sessions",
+                    c.users, c.devices, c.rooms, c.memberships, c.messages, c.sessions
+                )?;
+                for p in &c.problems {
+                    writeln!(f, "problem:     {p}")?;
+                }
+                if c.problem_count > c.problems.len() as u64 {
+                    writeln!(f, "             ... {} problems in all", c.problem_count)?;
+                }
+            }
+            None => writeln!(f, "found:       no database")?,
+        }
+        match &r.refusal {
+            None => writeln!(f, "OK: the server will serve it"),
+            Some(why) => {
+                writeln!(f, "NOT OK: {why}")?;
+                writeln!(f, "{}", refusal_advice(&self.data))
+            }
+        }
+    }
+}
+
+/// Checks the data folder `data` offline (`mesh-server check`): the
+/// database, on a copy, as a start would. Errors only when it cannot be
+/// checked (a server is running on it, I/O).
+pub fn check_data(data: &Path) -> anyhow::Result<CheckOutput> {
+    let report = mesh_core::storage::sled::check(data.join("db"))
+        .with_context(|| format!("checking the database in {}", data.display()))?;
+    Ok(CheckOutput {
+        data: data.to_owned(),
+        report,
+    })
 }
 
 /// Serves mesh on `listener` until `shutdown` resolves, then closes

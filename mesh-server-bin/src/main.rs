@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! mesh-server --listen 127.0.0.1:8000 --data ./mesh-data
+//! mesh-server check --data ./mesh-data    # verify a stopped server's data folder
 //! ```
 //!
 //! The rate, queue and connection limits have flags (and `MESH_*` variables) for load
@@ -10,11 +11,12 @@
 
 use std::io::IsTerminal as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 /// The reference mesh server: accounts, rooms, chat, presence, calls
@@ -22,6 +24,9 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Something other than serving (none: serve).
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address to listen on.
     #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
@@ -70,6 +75,21 @@ struct Args {
     /// their own heartbeat [default: 60].
     #[arg(long, env = "MESH_IDLE_TIMEOUT_SECS")]
     idle_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Verify a stopped server's data folder and print what it holds.
+    ///
+    /// Checks the database as a start would (on a copy; nothing in the
+    /// folder is changed). Exit code 0 when the server would serve it, 1
+    /// when it would refuse it, 2 when it cannot be checked (e.g. a server
+    /// is running on it). See docs/operations.md.
+    Check {
+        /// The data folder to check.
+        #[arg(long, env = "MESH_DATA", default_value = "./mesh-data")]
+        data: PathBuf,
+    },
 }
 
 impl Args {
@@ -129,8 +149,49 @@ impl Args {
     }
 }
 
+fn main() -> anyhow::Result<ExitCode> {
+    let args = Args::parse();
+    init_logging();
+    match &args.command {
+        Some(Command::Check { data }) => Ok(check(data)),
+        None => {
+            serve(args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `mesh-server check`: prints the report; the exit code tells the verdict.
+fn check(data: &Path) -> ExitCode {
+    let report = match mesh_server_bin::check_data(data) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot check {}: {e:#}", data.display());
+            return ExitCode::from(2);
+        }
+    };
+    print!("{report}");
+    if report.is_whole() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn serve(args: Args) -> anyhow::Result<()> {
+    let config = args.config()?;
+    // The data folder first: a server that refuses its data never listens.
+    let service = mesh_server_bin::open_service(&config)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!("listening on {addr}");
+    mesh_server_bin::serve(listener, service, config, shutdown_signal()).await
+}
+
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -138,14 +199,6 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let args = Args::parse();
-    let config = args.config()?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
-    let addr = listener.local_addr()?;
-    tracing::info!("listening on {addr}");
-    mesh_server_bin::run(listener, config, shutdown_signal()).await
 }
 
 /// Resolves on SIGINT or SIGTERM.

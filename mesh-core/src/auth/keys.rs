@@ -212,6 +212,15 @@ fn load_dir(dir: &Path) -> Result<Vec<(String, SystemTime, SigningKey)>, AuthErr
         let entry = entry.map_err(|e| read_err(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
+        if is_leftover_temp(name) {
+            // A save that never reached its rename (a crash, a full disk):
+            // never a key, and never read. Removed so they do not pile up.
+            if let Err(e) = fs::remove_file(entry.path()) {
+                tracing::warn!(path = %entry.path().display(), error = %e,
+                    "cannot remove a leftover temporary key file");
+            }
+            continue;
+        }
         if !name.starts_with(FILE_PREFIX) || !name.ends_with(FILE_SUFFIX) {
             continue;
         }
@@ -241,7 +250,18 @@ fn load_dir(dir: &Path) -> Result<Vec<(String, SystemTime, SigningKey)>, AuthErr
     Ok(found)
 }
 
-/// Writes `key` to `dir/ed25519-<kid>.pem`, mode 0600, atomically.
+/// A temporary file of [`save`]: `.ed25519-<kid>.pem.tmp`.
+fn is_leftover_temp(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .is_some_and(|n| n.starts_with(FILE_PREFIX) && n.ends_with(FILE_SUFFIX))
+}
+
+/// Writes `key` to `dir/ed25519-<kid>.pem`, mode 0600, atomically: a
+/// temporary file is written and synced, renamed over the final name, and
+/// the folder synced. A crash or a full disk at any point leaves either no
+/// key file or a whole one, never half of one (a key file that does not
+/// parse stops the server from starting).
 fn save(dir: &Path, key: &SigningKey) -> Result<PathBuf, AuthError> {
     let kid = kid_of(&key.verifying_key());
     let path = dir.join(format!("{FILE_PREFIX}{kid}{FILE_SUFFIX}"));
@@ -394,6 +414,21 @@ mod tests {
         assert_eq!(ring.verify::<Claims>(&old_token).expect("old"), claims());
         let new_token = ring.sign(&claims()).expect("sign");
         assert!(old.verify::<Claims>(&new_token).is_err());
+    }
+
+    #[test]
+    fn a_half_written_temporary_key_is_ignored_and_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        // What a crash in the middle of `save` leaves: a partial temp file.
+        let leftover = tmp.path().join(".ed25519-0123456789abcdef.pem.tmp");
+        fs::write(&leftover, "-----BEGIN PRIVATE KEY-----\nMC4CAQAw").expect("write");
+        let ring = KeyRing::load_or_generate(tmp.path()).expect("start");
+        assert!(!leftover.exists(), "the leftover is removed");
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+            .collect();
+        assert_eq!(names, [format!("ed25519-{}.pem", ring.current_kid())]);
     }
 
     #[test]

@@ -141,6 +141,7 @@ pub(crate) fn code_for_status(status: u16) -> ErrorCode {
         409 => ErrorCode::Conflict,
         413 => ErrorCode::PayloadTooLarge,
         429 => ErrorCode::RateLimited,
+        503 => ErrorCode::Unavailable,
         _ => ErrorCode::Internal,
     }
 }

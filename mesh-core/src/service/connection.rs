@@ -217,6 +217,8 @@ impl PeerConnection {
             Err(e) => {
                 if e.code() == crate::ErrorCode::Internal {
                     tracing::error!(peer = %self.peer, error = %e, "request failed");
+                } else if e.code() == crate::ErrorCode::Unavailable {
+                    tracing::warn!(peer = %self.peer, error = %e, "storage unavailable");
                 }
                 self.reply_error(id, e.to_payload());
             }

@@ -16,7 +16,7 @@
 //! // (a `PathBuf`). The suite gives every test its own temporary directory,
 //! // and adds tests that drop the store and reopen it there ("restart").
 //! mesh_core::store_conformance_tests!(sled, restart = |path: std::path::PathBuf| async move {
-//!     SledStore::open(path).expect("open sled")
+//!     SledStore::open(path.join("db")).expect("open sled")
 //! });
 //! ```
 //!

@@ -49,6 +49,11 @@ pub enum StoreError {
     /// The backend failed (I/O, database error, ...).
     #[error(transparent)]
     Backend(Box<dyn std::error::Error + Send + Sync>),
+    /// The backend cannot write now, typically because its disk is full:
+    /// nothing was acknowledged, reads still work, and retrying later may
+    /// succeed.
+    #[error("storage unavailable: {0}")]
+    Unavailable(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {

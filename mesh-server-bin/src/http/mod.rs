@@ -78,6 +78,8 @@ pub(crate) fn error_response(e: &Error) -> Response<Body> {
     let code = e.code();
     if code == ErrorCode::Internal {
         tracing::error!(error = %e, "internal error");
+    } else if code == ErrorCode::Unavailable {
+        tracing::warn!(error = %e, "storage unavailable");
     }
     let body = ErrorResponse {
         error: ErrorBody {
