@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 step() { printf '\n== %s\n' "$*"; }
 
+target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
+
 step "toolchain components"
 if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
@@ -21,6 +23,44 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo test (unit, conformance, integration, examples, doc tests)"
 cargo test --workspace --all-features --no-fail-fast
 
+step "fuzz targets (cargo-fuzz, nightly): a fixed number of runs each over the committed corpus"
+# The image's nightly toolchain is there for cargo-fuzz; fuzz/ is a workspace
+# of its own, so nothing above builds it. Fixed run counts (never a time
+# limit), so the step's time is known: about 25 s of fuzzing per target on
+# a 2-core machine, the build on top; see fuzz/README.md.
+fuzz_start=$(date +%s)
+cargo_fuzz_version=0.13.2
+if [ "$(cargo +nightly fuzz --version 2>/dev/null || true)" != "cargo-fuzz $cargo_fuzz_version" ]; then
+  cargo +nightly install -q cargo-fuzz --version "$cargo_fuzz_version" --locked
+fi
+fuzz_runs="ws_client_frame:800000 client_server_frame:25000 http_body:800000 p2p_frame:400000 folder_manifest:400000 token:80000"
+for target in $(cargo +nightly fuzz list); do
+  case " $fuzz_runs " in
+    *" $target:"*) ;;
+    *) echo "fuzz target $target has no run count in scripts/test.sh" >&2; exit 1 ;;
+  esac
+done
+# -a: debug assertions and overflow checks.
+cargo +nightly fuzz build -a --target-dir "$target_dir/fuzz"
+echo "fuzz build took $(( $(date +%s) - fuzz_start )) s"
+fuzz_scratch=$(mktemp -d)
+for spec in $fuzz_runs; do
+  target=${spec%%:*}
+  runs=${spec#*:}
+  mkdir -p "$fuzz_scratch/$target"
+  target_start=$(date +%s)
+  # New inputs go to the scratch folder; the committed corpus is only read.
+  if ! cargo +nightly fuzz run -a --target-dir "$target_dir/fuzz" "$target" \
+    "$fuzz_scratch/$target" "fuzz/corpus/$target" -- -runs="$runs" >"$fuzz_scratch/$target.log" 2>&1; then
+    cat "$fuzz_scratch/$target.log" >&2
+    echo "fuzz target $target failed; the input is in fuzz/artifacts/$target/" >&2
+    exit 1
+  fi
+  echo "$target: $(tail -n 1 "$fuzz_scratch/$target.log") ($(( $(date +%s) - target_start )) s)"
+done
+rm -rf "$fuzz_scratch"
+echo "fuzzing took $(( $(date +%s) - fuzz_start )) s"
+
 step "the embedding example runs"
 cargo run -q -p mesh-examples --example embedded_chat
 
@@ -33,7 +73,6 @@ cargo check -p mesh-core --no-default-features
 step "the sans-IO client builds alone (no tokio, no sled: the wasm binding's subset)"
 cargo check -p mesh-core --no-default-features --features client
 
-target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 apt_install() {

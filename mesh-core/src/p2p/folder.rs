@@ -212,13 +212,18 @@ where
     })
 }
 
-/// Checks a manifest against the destination without writing anything.
-/// Returns the folder's root and each entry's local path.
-async fn check_manifest(
+/// Checks everything in a manifest that needs no disk: the folder name,
+/// the entry count, every path ([`path::check_relative`]), each listed
+/// once and after its directory, every file with a hash, every directory
+/// with size 0, and the total size (which must fit in a `u64`) against
+/// `max_size`. Returns each entry's local relative path, in order.
+///
+/// The receiver runs this on every `FOLDER_MANIFEST` before it looks at the
+/// destination; it is public so the fuzz targets can drive it.
+pub fn validate_manifest(
     m: &FolderManifest,
-    dest: &Path,
-    opts: &ReceiveOptions,
-) -> Result<(PathBuf, Vec<PathBuf>), P2pError> {
+    max_size: Option<u64>,
+) -> Result<Vec<PathBuf>, P2pError> {
     path::check_component(&m.name)?;
     if m.entries.len() > MAX_ENTRIES {
         return Err(P2pError::refused(
@@ -248,6 +253,12 @@ async fn check_manifest(
         }
         match e.kind {
             EntryKind::Dir => {
+                if e.size != 0 {
+                    return Err(P2pError::refused(
+                        ErrorCode::Protocol,
+                        format!("directory {:?} has a size", e.path),
+                    ));
+                }
                 dirs.insert(e.path.as_str());
             }
             EntryKind::File => {
@@ -257,12 +268,19 @@ async fn check_manifest(
                         format!("{:?} has no hash", e.path),
                     ));
                 }
-                total = total.saturating_add(e.size);
+                // The receiver adds the sizes up for its progress reports:
+                // a total past u64 is refused here, not overflowed there.
+                total = total.checked_add(e.size).ok_or_else(|| {
+                    P2pError::refused(
+                        ErrorCode::TooLarge,
+                        "the sizes add up to more than 2^64 bytes",
+                    )
+                })?;
             }
         }
         locals.push(rel);
     }
-    if let Some(max) = opts.max_size
+    if let Some(max) = max_size
         && total > max
     {
         return Err(P2pError::refused(
@@ -270,6 +288,17 @@ async fn check_manifest(
             format!("{total} bytes is more than the {max} accepted"),
         ));
     }
+    Ok(locals)
+}
+
+/// Checks a manifest against the destination without writing anything.
+/// Returns the folder's root and each entry's local path.
+async fn check_manifest(
+    m: &FolderManifest,
+    dest: &Path,
+    opts: &ReceiveOptions,
+) -> Result<(PathBuf, Vec<PathBuf>), P2pError> {
+    let locals = validate_manifest(m, opts.max_size)?;
 
     let md = tokio::fs::metadata(dest)
         .await
@@ -425,7 +454,7 @@ mod tests {
         ManifestEntry {
             path: path.into(),
             kind,
-            size: 1,
+            size: u64::from(kind == EntryKind::File),
             blake3: (kind == EntryKind::File).then(|| blake3::hash(b"x")),
         }
     }
@@ -475,6 +504,48 @@ mod tests {
                 .is_err()
         );
         assert_eq!(std::fs::read_dir(dst.path()).expect("ls").count(), 0);
+    }
+
+    /// Found by the `folder_manifest` fuzz target: sizes adding up past
+    /// `u64::MAX` were accepted, and the receiver's progress total then
+    /// overflowed (a panic with overflow checks, a wrong total without).
+    #[test]
+    fn sizes_that_overflow_or_dirs_with_a_size_are_refused() {
+        let sized = |path: &str, kind, size| ManifestEntry {
+            size,
+            ..entry(path, kind)
+        };
+        let manifest = |entries| FolderManifest {
+            name: "root".into(),
+            entries,
+        };
+        let huge = manifest(vec![
+            sized("a", EntryKind::File, u64::MAX),
+            sized("b", EntryKind::File, 1),
+        ]);
+        for max in [None, Some(u64::MAX)] {
+            let err = validate_manifest(&huge, max).expect_err("overflow");
+            assert_eq!(err.code(), Some(ErrorCode::TooLarge), "{err}");
+        }
+        let dir = manifest(vec![
+            sized("d", EntryKind::Dir, u64::MAX),
+            sized("d/f", EntryKind::File, 1),
+        ]);
+        let err = validate_manifest(&dir, None).expect_err("sized dir");
+        assert_eq!(err.code(), Some(ErrorCode::Protocol), "{err}");
+
+        // Right at the edge is fine, and every path comes back in order.
+        let edge = manifest(vec![
+            sized("d", EntryKind::Dir, 0),
+            sized("d/a", EntryKind::File, u64::MAX - 1),
+            sized("b", EntryKind::File, 1),
+        ]);
+        let locals = validate_manifest(&edge, None).expect("edge");
+        assert_eq!(
+            locals,
+            vec![PathBuf::from("d"), PathBuf::from("d/a"), PathBuf::from("b")]
+        );
+        assert!(validate_manifest(&edge, Some(u64::MAX - 1)).is_err());
     }
 
     #[cfg(unix)]

@@ -69,7 +69,7 @@ pub use endpoint::{
 };
 pub use error::{ErrorCode, P2pError};
 pub use file::{FileReport, Progress, ReceiveOptions, SendOptions};
-pub use folder::{FolderReport, MAX_ENTRIES};
+pub use folder::{FolderReport, MAX_ENTRIES, validate_manifest};
 pub use identity::{Identity, fingerprint_of};
 pub use terminal::{
     TerminalCommand, TerminalEvent, TerminalPolicy, TerminalReader, TerminalViewer, TerminalWriter,

@@ -394,6 +394,38 @@ mod tests {
         }
     }
 
+    /// Found by the `ws_client_frame` fuzz target: without serde_json's
+    /// `float_roundtrip` a number could parse one unit in the last place
+    /// off, so a relayed RTC signal carried another number than the one
+    /// sent, and a frame did not decode to itself after one encode.
+    #[test]
+    fn relayed_numbers_survive_decode_and_encode_exactly() {
+        let (target, room) = (PeerId::new(), RoomId::new());
+        for n in [
+            "-266666666666666666666666666666666666666666666",
+            "-2.6666666666666665e+44",
+            "0.1",
+            "2.2250738585072011e-308",
+            "1.7976931348623157e308",
+            "5e-324",
+            "123456789012345678901234567890",
+        ] {
+            let text = format!(
+                r#"{{"type":"rtc.offer","payload":{{"target_peer_id":"{target}","room_id":"{room}","x":{n}}}}}"#
+            );
+            let frame = parse_client_frame(&text).expect("offer");
+            let ClientEvent::RtcOffer(signal) = &frame.event else {
+                panic!("not an offer: {frame:?}");
+            };
+            // Rust's own parse is correctly rounded.
+            let exact: f64 = n.parse().expect("a number");
+            assert_eq!(signal.body["x"].as_f64(), Some(exact), "{n}");
+            let encoded = serde_json::to_string(&frame.event).expect("encode");
+            let again = parse_client_frame(&encoded).expect("again");
+            assert_eq!(again.event, frame.event, "{n}");
+        }
+    }
+
     #[test]
     fn parses_a_send_with_id() {
         let room = RoomId::new();
