@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Internal,
     /// Extension: the path exists but not with this HTTP method (405).
     MethodNotAllowed,
+    /// Extension: the request header did not arrive within the server's
+    /// header time-out (408); the server closes the connection after it.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -41,6 +44,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::Internal => 500,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Timeout => 408,
         }
     }
 
@@ -56,6 +60,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Internal => "internal",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Timeout => "timeout",
         }
     }
 }
@@ -170,6 +175,7 @@ mod tests {
             ErrorCode::InvalidRequest,
             ErrorCode::PayloadTooLarge,
             ErrorCode::RateLimited,
+            ErrorCode::Timeout,
         ] {
             assert_eq!(serde_json::json!(code), serde_json::json!(code.as_str()));
         }

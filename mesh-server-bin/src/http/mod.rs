@@ -123,6 +123,31 @@ pub(crate) fn too_many_connections(max_per_addr: usize) -> Response<Body> {
     r
 }
 
+/// The whole `408` answer [`crate::conn`] writes straight to the socket
+/// when a request header stalls: hyper's connection is abandoned at that
+/// point, so the bytes are made here rather than by hyper. Built once.
+pub(crate) fn request_timeout_answer() -> &'static [u8] {
+    static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let body = ErrorResponse {
+            error: ErrorBody {
+                code: ErrorCode::Timeout,
+                message: "the request header took too long; send it on a new connection".into(),
+            },
+        };
+        // A struct of two strings always encodes; the fallback is the same text.
+        let body = serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"code":"timeout","message":"request header timeout"}}"#.into()
+        });
+        format!(
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    &ANSWER
+}
+
 /// A JSON answer.
 pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response<Body> {
     let bytes = match serde_json::to_vec(body) {
