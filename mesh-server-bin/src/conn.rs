@@ -16,17 +16,28 @@
 //!   that its connections are closed at once too, so one address holds at
 //!   most `max_per_addr` plus a few.
 //!
-//! hyper's header read timeout ([`ConnLimits::header_timeout`]) bounds how
-//! long a request's header may take, counted from when the server starts
-//! waiting for it: on a new connection and after each answer on a
-//! keep-alive connection, so it also closes idle keep-alive connections.
-//! hyper closes such a connection without an answer (no `408`: it sends
-//! automatic answers only for headers it cannot parse, and a `408` to a
-//! client that sent nothing could be read as the answer to its next
-//! request). [`IdleIo`] bounds the rest: an HTTP connection on which no
-//! byte moves either way for [`ConnLimits::idle_timeout`] (a request body
-//! that stalls, an answer the client does not read) is closed. Neither
-//! applies to a WebSocket once upgraded: it has its own heartbeat.
+//! The header time-out ([`ConnLimits::header_timeout`]) bounds how long a
+//! request's header may take, counted from when the server starts waiting
+//! for it: on a new connection and after each answer on a keep-alive
+//! connection, so it also closes idle keep-alive connections. [`IdleIo`]
+//! times it, not hyper: hyper's own header timeout closes without an
+//! answer. When it fires after part of a header came (a byte since the
+//! last answer), `IdleIo` writes `408` with the contract's error body
+//! (code `timeout`) and `Connection: close` straight to the socket, ends
+//! the write side and fails the read, so hyper drops the connection, as
+//! Apache and nginx answer. When nothing came, the read ends the stream
+//! and hyper closes without a word: a `408` to a client that sent nothing
+//! could be read as the answer to its next request. The header's end is
+//! found by scanning the bytes read for an empty line ([`HeaderScan`]);
+//! the timer stops there and restarts at the next byte written. A request
+//! whose handler is running (pipelined, parsed from hyper's buffer without
+//! a read) holds the timer off. A refused connection (the `503` above)
+//! keeps hyper's header timeout and is closed unanswered when it fires.
+//! [`IdleIo`] also bounds the rest: an HTTP connection on which no byte
+//! moves either way for [`ConnLimits::idle_timeout`] (a request body that
+//! stalls, an answer the client does not read) is closed. Neither applies
+//! to a WebSocket once upgraded ([`Activity::end_http`]): it has its own
+//! heartbeat.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -50,9 +61,9 @@ pub struct ConnLimits {
     /// Keep it below the open-files limit (`ulimit -n`) less what the
     /// database and the keys need (a hundred or so).
     pub max_connections: usize,
-    /// How long a request header may take (hyper's header read timeout),
-    /// also the longest wait for the next request on a keep-alive
-    /// connection.
+    /// How long a request header may take (timed by [`IdleIo`]; `408` if
+    /// part of it came), also the longest wait for the next request on a
+    /// keep-alive connection.
     pub header_timeout: Duration,
     /// How long an HTTP connection may go without a byte read or written.
     pub idle_timeout: Duration,

@@ -62,7 +62,8 @@ struct Args {
     max_connections: Option<usize>,
     /// Milliseconds a request header may take, counted from when the server
     /// starts waiting for it (so also the longest idle wait between requests on
-    /// a keep-alive connection); then the connection is closed [default: 10000].
+    /// a keep-alive connection); then a started header is answered 408 and the
+    /// connection closed, a silent one closed unanswered [default: 10000].
     #[arg(long, env = "MESH_HEADER_TIMEOUT_MS")]
     header_timeout_ms: Option<u64>,
     /// Seconds an HTTP connection may go without a byte read or written (a
