@@ -405,10 +405,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<T> {
                 let got = buf.filled().get(before..).unwrap_or_default();
                 if !got.is_empty() {
                     this.activity.touch();
-                    if let Watch::Waiting(scan) = &mut this.watch {
-                        if scan.feed(got) {
-                            this.watch = Watch::Complete;
-                        }
+                    if let Watch::Waiting(scan) = &mut this.watch
+                        && scan.feed(got)
+                    {
+                        this.watch = Watch::Complete;
                     }
                 }
                 Poll::Ready(Ok(()))
