@@ -29,6 +29,9 @@ pub enum ErrorCode {
     /// Extension: the server cannot store anything right now, typically
     /// because its disk is full (503). Nothing was stored; retry later.
     Unavailable,
+    /// Extension: the request header did not arrive within the server's
+    /// header time-out (408); the server closes the connection after it.
+    Timeout,
 }
 
 impl ErrorCode {
@@ -45,6 +48,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Unavailable => 503,
+            ErrorCode::Timeout => 408,
         }
     }
 
@@ -61,6 +65,7 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Timeout => "timeout",
         }
     }
 }
@@ -193,6 +198,7 @@ mod tests {
             ErrorCode::PayloadTooLarge,
             ErrorCode::RateLimited,
             ErrorCode::Unavailable,
+            ErrorCode::Timeout,
         ] {
             assert_eq!(serde_json::json!(code), serde_json::json!(code.as_str()));
         }

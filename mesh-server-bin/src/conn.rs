@@ -10,31 +10,43 @@
 //!   closed at once, unanswered: reading a request costs what the cap is
 //!   there to save;
 //! - past [`ConnLimits::max_per_addr`] from one address it is served one
-//!   answer, `503` with the contract's error body and `Retry-After`, then
+//!   answer, `429` with the contract's error body and `Retry-After`, then
 //!   closed. It counts towards the total while it is answered, and an
 //!   address has at most [`REFUSALS_PER_ADDR`] refusals under way; past
 //!   that its connections are closed at once too, so one address holds at
 //!   most `max_per_addr` plus a few.
 //!
-//! hyper's header read timeout ([`ConnLimits::header_timeout`]) bounds how
-//! long a request's header may take, counted from when the server starts
-//! waiting for it: on a new connection and after each answer on a
-//! keep-alive connection, so it also closes idle keep-alive connections.
-//! hyper closes such a connection without an answer (no `408`: it sends
-//! automatic answers only for headers it cannot parse, and a `408` to a
-//! client that sent nothing could be read as the answer to its next
-//! request). [`IdleIo`] bounds the rest: an HTTP connection on which no
-//! byte moves either way for [`ConnLimits::idle_timeout`] (a request body
-//! that stalls, an answer the client does not read) is closed. Neither
-//! applies to a WebSocket once upgraded: it has its own heartbeat.
+//! The header time-out ([`ConnLimits::header_timeout`]) bounds how long a
+//! request's header may take, counted from when the server starts waiting
+//! for it: on a new connection and after each answer on a keep-alive
+//! connection, so it also closes idle keep-alive connections. [`IdleIo`]
+//! times it, not hyper: hyper's own header timeout closes without an
+//! answer. When it fires after part of a header came (a byte since the
+//! last answer), `IdleIo` writes `408` with the contract's error body
+//! (code `timeout`) and `Connection: close` straight to the socket, ends
+//! the write side and fails the read, so hyper drops the connection, as
+//! Apache and nginx answer. When nothing came, the read ends the stream
+//! and hyper closes without a word: a `408` to a client that sent nothing
+//! could be read as the answer to its next request. The header's end is
+//! found by scanning the bytes read for an empty line ([`HeaderScan`]);
+//! the timer stops there and restarts at the next byte written. A request
+//! whose handler is running (pipelined, parsed from hyper's buffer without
+//! a read) holds the timer off. A refused connection (the `429` above)
+//! keeps hyper's header timeout and is closed unanswered when it fires.
+//! [`IdleIo`] also bounds the rest: an HTTP connection on which no byte
+//! moves either way for [`ConnLimits::idle_timeout`] (a request body that
+//! stalls, an answer the client does not read) is closed. Neither applies
+//! to a WebSocket once upgraded ([`Activity::end_http`]): it has its own
+//! heartbeat.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -43,15 +55,15 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 #[derive(Clone, Debug)]
 pub struct ConnLimits {
     /// Open connections per client address (IPv6: per /64), WebSockets
-    /// included; past it, `503`. Enough for an office behind one NAT.
+    /// included; past it, `429`. Enough for an office behind one NAT.
     pub max_per_addr: usize,
     /// Open connections in all; past it, new ones are closed unanswered.
     /// Keep it below the open-files limit (`ulimit -n`) less what the
     /// database and the keys need (a hundred or so).
     pub max_connections: usize,
-    /// How long a request header may take (hyper's header read timeout),
-    /// also the longest wait for the next request on a keep-alive
-    /// connection.
+    /// How long a request header may take (timed by [`IdleIo`]; `408` if
+    /// part of it came), also the longest wait for the next request on a
+    /// keep-alive connection.
     pub header_timeout: Duration,
     /// How long an HTTP connection may go without a byte read or written.
     pub idle_timeout: Duration,
@@ -68,7 +80,7 @@ impl Default for ConnLimits {
     }
 }
 
-/// Refusals (`503`s being answered) one address may have under way; more
+/// Refusals (`429`s being answered) one address may have under way; more
 /// are closed at accept.
 pub(crate) const REFUSALS_PER_ADDR: usize = 64;
 
@@ -106,7 +118,7 @@ struct Counts {
 struct PerAddr {
     /// Connections served.
     open: usize,
-    /// `503`s under way.
+    /// `429`s under way.
     refusing: usize,
 }
 
@@ -115,7 +127,7 @@ struct PerAddr {
 pub(crate) enum Admission {
     /// Serve it; the slot is released when the last clone is dropped.
     Serve(Arc<ConnSlot>),
-    /// Answer `503` once and close; counted in the total meanwhile.
+    /// Answer `429` once and close; counted in the total meanwhile.
     Refuse(Arc<ConnSlot>),
     /// Close it at once: the server is full.
     Drop,
@@ -198,12 +210,18 @@ impl ConnCounter {
 }
 
 /// When a connection last moved a byte, shared between its [`IdleIo`] and
-/// the task that watches it.
+/// the task that watches it; also what the header watch needs to know
+/// from outside the stream.
 #[derive(Debug)]
 pub(crate) struct Activity {
     start: Instant,
     /// Milliseconds since `start` of the last read or write.
     last_ms: AtomicU64,
+    /// Requests whose handler is running: a pipelined request hyper parsed
+    /// from its buffer, with no read the watch could see.
+    in_flight: AtomicUsize,
+    /// HTTP has ended (upgraded to a WebSocket): the header watch is off.
+    http_done: AtomicBool,
 }
 
 impl Activity {
@@ -211,6 +229,8 @@ impl Activity {
         Arc::new(Self {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            http_done: AtomicBool::new(false),
         })
     }
 
@@ -233,33 +253,187 @@ impl Activity {
             tokio::time::sleep_until(deadline.into()).await;
         }
     }
+
+    /// Marks a request as being handled until the guard is dropped.
+    pub(crate) fn request(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// HTTP is over on this connection (it was upgraded): the stream now
+    /// carries WebSocket frames, which the header watch must not time.
+    pub(crate) fn end_http(&self) {
+        self.http_done.store(true, Ordering::Relaxed);
+    }
 }
 
-/// A stream that records when it last read or wrote a byte.
+/// A request being handled; see [`Activity::request`].
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Finds the end of a request header (an empty line) in bytes read in
+/// pieces; leading empty lines are skipped as hyper skips them.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeaderScan {
+    /// A byte other than CR or LF has been read: a header has begun.
+    started: bool,
+    /// The last byte other than CR was LF.
+    after_lf: bool,
+}
+
+impl HeaderScan {
+    /// Feeds bytes; true once the header's end is among them.
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> bool {
+        for &b in bytes {
+            match b {
+                b'\r' => {}
+                b'\n' if !self.started => {}
+                b'\n' if self.after_lf => return true,
+                b'\n' => self.after_lf = true,
+                _ => {
+                    self.started = true;
+                    self.after_lf = false;
+                }
+            }
+        }
+        false
+    }
+
+    /// Whether part of a header has been read.
+    pub(crate) fn started(&self) -> bool {
+        self.started
+    }
+}
+
+/// Where the header watch of an [`IdleIo`] stands.
+#[derive(Debug)]
+enum Watch {
+    /// Waiting for a request header since the last answer (or the start).
+    Waiting(HeaderScan),
+    /// A header is complete; the timer stops until an answer is written.
+    Complete,
+    /// The header timed out after part of it came: `408` bytes written so
+    /// far.
+    Answering(usize),
+}
+
+/// A stream that records when it last read or wrote a byte, and times
+/// request headers (see the module docs): `408` when a started header
+/// stalls, end of stream when nothing came.
 #[derive(Debug)]
 pub(crate) struct IdleIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    header_timeout: Duration,
+    /// When the header being waited for is due.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    watch: Watch,
 }
 
 impl<T> IdleIo<T> {
-    pub(crate) fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+    /// Must be called within a Tokio runtime (the header timer).
+    pub(crate) fn new(inner: T, activity: Arc<Activity>, header_timeout: Duration) -> Self {
+        Self {
+            inner,
+            activity,
+            header_timeout,
+            deadline: Box::pin(tokio::time::sleep(header_timeout)),
+            watch: Watch::Waiting(HeaderScan::default()),
+        }
+    }
+
+    /// Bytes went out: an answer (or part of one) was written, so the next
+    /// thing to come is a new request header, due a header time-out from
+    /// now.
+    fn wrote(&mut self, cx: &mut Context<'_>) {
+        self.activity.touch();
+        if !matches!(self.watch, Watch::Answering(_)) {
+            self.watch = Watch::Waiting(HeaderScan::default());
+            let due = tokio::time::Instant::now() + self.header_timeout;
+            self.deadline.as_mut().reset(due);
+            // Registers this task with the timer: hyper may already have
+            // polled its read for this wait, and is woken by the timer to
+            // poll it again.
+            let _ = self.deadline.as_mut().poll(cx);
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for IdleIo<T> {
+impl<T: AsyncRead + AsyncWrite + Unpin> IdleIo<T> {
+    /// Writes what is left of the `408`, then ends the write side; the
+    /// read then fails so that hyper drops the connection.
+    fn poll_answer_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let answer = crate::http::request_timeout_answer();
+        while let Watch::Answering(sent) = self.watch {
+            let Some(rest) = answer.get(sent..).filter(|r| !r.is_empty()) else {
+                break;
+            };
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, rest))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.watch = Watch::Answering(sent + n);
+        }
+        // A FIN after the answer, so the client reads it before the end.
+        ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "request header timed out: answered 408",
+        )))
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for IdleIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.activity.touch();
+        let this = &mut *self;
+        if matches!(this.watch, Watch::Answering(_)) {
+            return this.poll_answer_timeout(cx);
         }
-        result
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let got = buf.filled().get(before..).unwrap_or_default();
+                if !got.is_empty() {
+                    this.activity.touch();
+                    if let Watch::Waiting(scan) = &mut this.watch
+                        && scan.feed(got)
+                    {
+                        this.watch = Watch::Complete;
+                    }
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => {
+                let Watch::Waiting(scan) = this.watch else {
+                    return Poll::Pending;
+                };
+                if this.activity.http_done.load(Ordering::Relaxed)
+                    || this.activity.in_flight.load(Ordering::Relaxed) > 0
+                    || this.deadline.as_mut().poll(cx).is_pending()
+                {
+                    return Poll::Pending;
+                }
+                if scan.started() {
+                    this.watch = Watch::Answering(0);
+                    this.poll_answer_timeout(cx)
+                } else {
+                    // Nothing since the last answer: end of stream, and
+                    // hyper closes the connection without a word.
+                    Poll::Ready(Ok(()))
+                }
+            }
+            ready => ready,
+        }
     }
 }
 
@@ -271,7 +445,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.wrote(cx);
         }
         result
     }
@@ -283,7 +457,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     ) -> Poll<io::Result<usize>> {
         let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.wrote(cx);
         }
         result
     }
@@ -304,6 +478,26 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_scan_finds_the_empty_line_across_pieces() {
+        let mut s = HeaderScan::default();
+        assert!(!s.started());
+        // Empty lines before a request are skipped, as hyper skips them.
+        assert!(!s.feed(b"\r\n\r\n"));
+        assert!(!s.started());
+        assert!(!s.feed(b"GET / HTTP/1.1\r\nHost: m\r"));
+        assert!(s.started());
+        assert!(!s.feed(b"\n\r"));
+        assert!(s.feed(b"\n"));
+        // Bare LF line ends too.
+        let mut s = HeaderScan::default();
+        assert!(!s.feed(b"GET / HTTP/1.1\nHost: m\n"));
+        assert!(s.feed(b"\n"));
+        // A CR alone in a line does not end it.
+        let mut s = HeaderScan::default();
+        assert!(!s.feed(b"GET / HTTP/1.1\r\nX: a\r\r\nY: b\r\n"));
+    }
 
     fn limits(per_addr: usize, total: usize) -> ConnLimits {
         ConnLimits {

@@ -254,7 +254,7 @@ pub async fn serve(
                 let slot = match counter.admit(conn::client_key(peer_addr), limits) {
                     Admission::Serve(slot) => slot,
                     Admission::Refuse(slot) => {
-                        tracing::debug!(%peer_addr, "too many connections from one address: 503");
+                        tracing::debug!(%peer_addr, "too many connections from one address: 429");
                         tokio::spawn(refuse(stream, slot, limits.clone(), state.alive.clone()));
                         continue;
                     }
@@ -299,20 +299,31 @@ async fn serve_connection(
     let mut stop = state.shutdown.clone();
     let limits = state.config.conn.clone();
     let activity = Activity::new();
-    let io = TokioIo::new(IdleIo::new(stream, activity.clone()));
+    // The header time-out is timed by `IdleIo`, not hyper, so that a
+    // stalled header can be answered `408` (hyper closes unanswered).
+    let io = TokioIo::new(IdleIo::new(stream, activity.clone(), limits.header_timeout));
     let ws_slot = slot.clone();
+    let requests = activity.clone();
     let svc = hyper::service::service_fn(move |mut req| {
         req.extensions_mut().insert(ws_slot.clone());
-        http::handle(state.clone(), peer_addr, req)
+        let in_flight = requests.request();
+        let answer = http::handle(state.clone(), peer_addr, req);
+        async move {
+            let answer = answer.await;
+            drop(in_flight);
+            answer
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
         .serve_connection(io, svc)
         .with_upgrades();
     tokio::pin!(conn);
     let result = tokio::select! {
-        result = conn.as_mut() => result,
+        result = conn.as_mut() => {
+            // An upgrade ends `conn`; the WebSocket keeps the stream.
+            activity.end_http();
+            result
+        }
         // Only while HTTP is spoken: an upgrade ends `conn`, and with it
         // this watch.
         _ = activity.idle_for(limits.idle_timeout) => {
@@ -329,7 +340,7 @@ async fn serve_connection(
     }
 }
 
-/// A connection past the per-address cap: one `503` answer, then closed.
+/// A connection past the per-address cap: one `429` answer, then closed.
 /// Bounded in time like any other connection.
 async fn refuse(
     stream: tokio::net::TcpStream,

@@ -58,7 +58,7 @@ struct Args {
     #[arg(long, env = "MESH_WS_QUEUE_BYTES")]
     ws_queue_bytes: Option<usize>,
     /// Open connections (WebSockets included) per client address, IPv6 per /64;
-    /// past it a connection gets 503 with Retry-After [default: 1000].
+    /// past it a connection gets 429 with Retry-After [default: 1000].
     #[arg(long, env = "MESH_MAX_CONNECTIONS_PER_ADDR")]
     max_connections_per_addr: Option<usize>,
     /// Open connections in all; past it new ones are closed unanswered. Keep it
@@ -67,7 +67,8 @@ struct Args {
     max_connections: Option<usize>,
     /// Milliseconds a request header may take, counted from when the server
     /// starts waiting for it (so also the longest idle wait between requests on
-    /// a keep-alive connection); then the connection is closed [default: 10000].
+    /// a keep-alive connection); then a started header is answered 408 and the
+    /// connection closed, a silent one closed unanswered [default: 10000].
     #[arg(long, env = "MESH_HEADER_TIMEOUT_MS")]
     header_timeout_ms: Option<u64>,
     /// Seconds an HTTP connection may go without a byte read or written (a

@@ -185,7 +185,7 @@ async fn slowloris_connections_do_not_stop_a_normal_client() {
 }
 
 #[tokio::test]
-async fn a_half_header_is_closed_unanswered_after_the_header_timeout() {
+async fn a_half_header_is_answered_408_then_closed_after_the_header_timeout() {
     let s = start(ConnLimits {
         header_timeout: Duration::from_millis(300),
         ..limits()
@@ -193,12 +193,76 @@ async fn a_half_header_is_closed_unanswered_after_the_header_timeout() {
     .await;
     let mut c = TcpStream::connect(s.addr).await.expect("connect");
     c.write_all(HALF_HEADER.as_bytes()).await.expect("write");
+    let answer = read_answer(&mut c).await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(answer.head.starts_with("http/1.1 408 "), "{}", answer.head);
+    assert_eq!(answer.body["error"]["code"], "timeout", "{answer:?}");
+    assert!(answer.body["error"]["message"].is_string(), "{answer:?}");
+    assert!(
+        answer.head.contains("connection: close\r\n"),
+        "{}",
+        answer.head
+    );
+    // Exactly one answer, then the end.
+    let rest = read_until_closed(&mut c).await;
+    assert!(
+        rest.is_empty(),
+        "after the 408: {}",
+        String::from_utf8_lossy(&rest)
+    );
+}
+
+#[tokio::test]
+async fn a_half_header_after_an_answer_is_answered_408() {
+    let s = start(ConnLimits {
+        header_timeout: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    let mut c = held(s.addr).await;
+    c.write_all(HALF_HEADER.as_bytes()).await.expect("write");
+    let answer = read_answer(&mut c).await;
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(read_until_closed(&mut c).await.is_empty());
+}
+
+#[tokio::test]
+async fn a_silent_connection_is_closed_unanswered_after_the_header_timeout() {
+    let s = start(ConnLimits {
+        header_timeout: Duration::from_millis(300),
+        ..limits()
+    })
+    .await;
+    let mut c = TcpStream::connect(s.addr).await.expect("connect");
     let got = read_until_closed(&mut c).await;
     assert!(
         got.is_empty(),
         "no answer: {}",
         String::from_utf8_lossy(&got)
     );
+}
+
+#[tokio::test]
+async fn a_slow_header_within_the_timeout_is_served() {
+    // Each piece waits for the server to have read the previous one (a
+    // failed read would show as an answer or a close): the header takes
+    // as long as the pieces, all well within the time-out.
+    let s = start(ConnLimits {
+        header_timeout: Duration::from_secs(30),
+        ..limits()
+    })
+    .await;
+    let mut c = TcpStream::connect(s.addr).await.expect("connect");
+    for piece in HEALTH.as_bytes().chunks(5) {
+        c.write_all(piece).await.expect("write");
+        c.flush().await.expect("flush");
+        tokio::task::yield_now().await;
+    }
+    let answer = read_answer(&mut c).await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    // And the connection stays usable.
+    c.write_all(HEALTH.as_bytes()).await.expect("write");
+    assert_eq!(read_answer(&mut c).await.status, 200);
 }
 
 #[tokio::test]
@@ -264,7 +328,7 @@ async fn a_websocket_outlives_the_http_time_outs() {
 }
 
 #[tokio::test]
-async fn the_per_address_cap_answers_503_then_accepts_again() {
+async fn the_per_address_cap_answers_429_then_accepts_again() {
     let s = start(ConnLimits {
         max_per_addr: 3,
         ..limits()
@@ -277,7 +341,7 @@ async fn the_per_address_cap_answers_503_then_accepts_again() {
     let mut extra = TcpStream::connect(s.addr).await.expect("connect");
     extra.write_all(HEALTH.as_bytes()).await.expect("write");
     let answer = read_answer(&mut extra).await;
-    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.status, 429, "{answer:?}");
     assert_eq!(answer.body["error"]["code"], "rate_limited", "{answer:?}");
     assert!(
         answer.body["error"]["message"]
@@ -319,7 +383,7 @@ async fn a_websocket_counts_against_the_cap_while_open() {
     let _one = held(s.addr).await;
     let mut extra = TcpStream::connect(s.addr).await.expect("connect");
     extra.write_all(HEALTH.as_bytes()).await.expect("write");
-    assert_eq!(read_answer(&mut extra).await.status, 503);
+    assert_eq!(read_answer(&mut extra).await.status, 429);
     drop(ws);
     accepts_again(s.addr).await;
 }

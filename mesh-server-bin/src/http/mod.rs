@@ -104,9 +104,9 @@ pub(crate) fn error_response(e: &Error) -> Response<Body> {
 /// wait.
 const CONNECTIONS_RETRY_AFTER_SECS: u64 = 5;
 
-/// The answer to a connection past the per-address cap: `503` (as nginx's
-/// `limit_conn` answers) with the contract's error body, code
-/// `rate_limited`, and `Retry-After`.
+/// The answer to a connection past the per-address cap: `429` with the
+/// contract's error body, code `rate_limited` (whose status is 429 in the
+/// contract's table), and `Retry-After`.
 pub(crate) fn too_many_connections(max_per_addr: usize) -> Response<Body> {
     let body = ErrorResponse {
         error: ErrorBody {
@@ -117,12 +117,37 @@ pub(crate) fn too_many_connections(max_per_addr: usize) -> Response<Body> {
             ),
         },
     };
-    let mut r = json_response(StatusCode::SERVICE_UNAVAILABLE, &body);
+    let mut r = json_response(StatusCode::TOO_MANY_REQUESTS, &body);
     r.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from(CONNECTIONS_RETRY_AFTER_SECS),
     );
     r
+}
+
+/// The whole `408` answer [`crate::conn`] writes straight to the socket
+/// when a request header stalls: hyper's connection is abandoned at that
+/// point, so the bytes are made here rather than by hyper. Built once.
+pub(crate) fn request_timeout_answer() -> &'static [u8] {
+    static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let body = ErrorResponse {
+            error: ErrorBody {
+                code: ErrorCode::Timeout,
+                message: "the request header took too long; send it on a new connection".into(),
+            },
+        };
+        // A struct of two strings always encodes; the fallback is the same text.
+        let body = serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"code":"timeout","message":"request header timeout"}}"#.into()
+        });
+        format!(
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    &ANSWER
 }
 
 /// A JSON answer.
