@@ -5,43 +5,21 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::WsClient;
+use common::process::{ServerProcess, start_binary};
 use serde_json::json;
 
-/// Starts the real `mesh-server` binary on a free port; returns it and its address.
-fn spawn_server(data: &std::path::Path) -> (Child, SocketAddr) {
+/// Starts the real `mesh-server` binary on a free port.
+fn spawn_server(data: &std::path::Path) -> ServerProcess {
     spawn_server_with(data, &[])
 }
 
 /// [`spawn_server`] with extra flags.
-fn spawn_server_with(data: &std::path::Path, flags: &[&str]) -> (Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-server"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .args(flags)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mesh-server");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("server printed its address before exiting")
-            .expect("read stderr");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.trim().parse().expect("address");
-        }
-    };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
+fn spawn_server_with(data: &std::path::Path, flags: &[&str]) -> ServerProcess {
+    start_binary(data, flags).expect("the server starts")
 }
 
 /// Registers alice; returns her token.
@@ -67,7 +45,8 @@ async fn register_as(http: &reqwest::Client, addr: SocketAddr, username: &str) -
 async fn acknowledged_messages_survive_kill_9() {
     const N: u64 = 200;
     let dir = tempfile::tempdir().expect("dir");
-    let (mut child, addr) = spawn_server(dir.path());
+    let server = spawn_server(dir.path());
+    let addr = server.addr;
     let http = reqwest::Client::new();
     let base = format!("http://{addr}");
     let token = register(&http, addr).await;
@@ -121,10 +100,10 @@ async fn acknowledged_messages_survive_kill_9() {
     assert_eq!(acked, N);
 
     // SIGKILL: no shutdown, no flush on exit.
-    child.kill().expect("kill -9");
-    child.wait().expect("reaped");
+    server.kill();
 
-    let (mut child, addr) = spawn_server(dir.path());
+    let server = spawn_server(dir.path());
+    let addr = server.addr;
     let base = format!("http://{addr}");
     let mut seqs = Vec::new();
     let mut after = 0;
@@ -154,29 +133,32 @@ async fn acknowledged_messages_survive_kill_9() {
         (1..=N).collect::<Vec<_>>(),
         "the token, the room and all {N} messages survived"
     );
-    child.kill().expect("kill");
-    child.wait().expect("reaped");
+    server.kill();
 }
 
 #[tokio::test]
 async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
-    let (mut child, addr) = spawn_server(dir.path());
+    let server = spawn_server(dir.path());
+    let addr = server.addr;
     let token = register(&reqwest::Client::new(), addr).await;
     let mut ws = WsClient::connect(addr, &token).await;
     ws.send("system.hello", json!({}), Some("h")).await;
     ws.expect("system.welcome").await;
 
     let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .expect("kill -TERM");
     assert!(status.success());
     assert_eq!(ws.closed().await, Some(1001));
-    let exit = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .expect("join")
-        .expect("wait");
+    let exit = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.child.wait()
+    })
+    .await
+    .expect("join")
+    .expect("wait");
     assert!(exit.success(), "mesh-server exited with {exit}");
 }
 
@@ -342,7 +324,8 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("dir");
     let http = reqwest::Client::new();
 
-    let (mut child, mut addr) = spawn_server_with(dir.path(), &flags);
+    let mut server = spawn_server_with(dir.path(), &flags);
+    let mut addr = server.addr;
     let mut tokens = Vec::new();
     for name in ["ann", "ben", "cat"] {
         tokens.push(register_as(&http, addr, name).await);
@@ -389,8 +372,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
                 break;
             }
         }
-        child.kill().expect("kill -9");
-        child.wait().expect("reaped");
+        server.kill();
         let mut last_acked = Vec::new();
         for (u, s) in senders.into_iter().enumerate() {
             if let Some(last) = s.await.expect("sender") {
@@ -398,7 +380,8 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             }
         }
 
-        (child, addr) = spawn_server_with(dir.path(), &flags);
+        server = spawn_server_with(dir.path(), &flags);
+        addr = server.addr;
         let msgs = history(&http, addr, &tokens[0], &room).await;
         let seqs: Vec<u64> = msgs
             .iter()
@@ -458,6 +441,5 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
         "{cycles} kill -9 cycles: {} acknowledged, {total} stored, none lost",
         acked.lock().expect("acked").len()
     );
-    child.kill().expect("kill");
-    child.wait().expect("reaped");
+    server.kill();
 }

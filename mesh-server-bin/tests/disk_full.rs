@@ -8,12 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write as _};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use common::WsClient;
+use common::process::{ServerProcess, start_binary};
 use serde_json::json;
 
 /// A tmpfs mounted for the test, unmounted on drop.
@@ -40,51 +41,9 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The server process, killed on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Server {
-    fn start(data: &Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-server"))
-            .args(["--listen", "127.0.0.1:0", "--data"])
-            .arg(data)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn mesh-server");
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let addr = loop {
-            let line = lines
-                .next()
-                .expect("server printed its address before exiting")
-                .expect("read stderr");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.trim().parse().expect("address");
-            }
-        };
-        std::thread::spawn(move || {
-            for l in lines.map_while(Result::ok) {
-                eprintln!("server: {l}");
-            }
-        });
-        Self { child, addr }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// The real binary on `data`; it must start.
+fn start(data: &Path) -> ServerProcess {
+    start_binary(data, &[]).expect("the server starts")
 }
 
 /// Writes zeros into `path` until the disk is full.
@@ -145,7 +104,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     };
     let data = mnt.join("data");
     let filler = mnt.join("filler");
-    let mut server = Server::start(&data);
+    let server = start(&data);
     let addr = server.addr;
     let http = reqwest::Client::new();
     let body: serde_json::Value = http
@@ -252,7 +211,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
 
     // kill -9 and restart: everything acknowledged, exactly once, 1..N.
     server.kill();
-    let server = Server::start(&data);
+    let server = start(&data);
     let seen = history(server.addr, &token, &room).await;
     let seqs: Vec<u64> = seen.iter().map(|(s, _)| *s).collect();
     assert_eq!(seqs, (1..=seen.len() as u64).collect::<Vec<_>>());

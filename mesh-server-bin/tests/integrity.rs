@@ -7,106 +7,19 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 
 use common::WsClient;
+use common::process::{Refused, ServerProcess as Running, start_binary};
 use serde_json::json;
 
 const MESSAGES: u64 = 30;
 
-/// A running server: its process, address, and everything it has written
-/// to stderr so far.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
-}
-
-/// A start that ended before the server listened.
-#[derive(Debug)]
-struct Refused {
-    code: Option<i32>,
-    stderr: String,
-}
-
+/// Starts the real binary on `data` with no extra flags.
 fn start(data: &Path) -> Result<Running, Refused> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-server"))
-        .args(["--listen", "127.0.0.1:0", "--data"])
-        .arg(data)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn mesh-server");
-    let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
-    let log = Arc::new(Mutex::new(Vec::new()));
-    loop {
-        let Some(line) = lines.next() else {
-            // stderr closed: the process ended without listening.
-            let status = child.wait().expect("wait");
-            let stderr = log.lock().expect("log").join("\n");
-            return Err(Refused {
-                code: status.code(),
-                stderr,
-            });
-        };
-        let line = line.expect("read stderr");
-        log.lock().expect("log").push(line.clone());
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            let addr = rest.trim().parse().expect("address");
-            // Keep draining (and keeping) stderr so the server never blocks.
-            let reader = std::thread::spawn({
-                let log = Arc::clone(&log);
-                move || {
-                    for line in lines.map_while(Result::ok) {
-                        log.lock().expect("log").push(line);
-                    }
-                }
-            });
-            return Ok(Running {
-                child,
-                addr,
-                log,
-                reader: Some(reader),
-            });
-        }
-    }
-}
-
-impl Running {
-    /// SIGTERM, then waits for a clean exit; returns the whole stderr.
-    fn stop(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill -TERM");
-        assert!(status.success());
-        let exit = self.child.wait().expect("wait");
-        assert!(exit.success(), "mesh-server exited with {exit}");
-        if let Some(r) = self.reader.take() {
-            r.join().expect("reader");
-        }
-        self.log.lock().expect("log").join("\n")
-    }
-
-    /// `kill -9`.
-    fn kill(mut self) {
-        self.child.kill().expect("kill -9");
-        self.child.wait().expect("reaped");
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    start_binary(data, &[])
 }
 
 /// What a populated server holds: alice's credentials and her room.

@@ -1,0 +1,103 @@
+//! The real `mesh-server` binary as a child process on `127.0.0.1:0`: for
+//! the tests that kill it, restart it on the same data folder or read what
+//! it logs.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+/// A running server: its process, address, and everything it has written
+/// to stderr so far. Killed on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A start that ended before the server listened.
+#[derive(Debug)]
+pub struct Refused {
+    pub code: Option<i32>,
+    pub stderr: String,
+}
+
+/// Starts the binary on `data` with extra `flags` and waits until it
+/// listens (its `listening on` log line), or until it exits without.
+pub fn start_binary(data: &Path, flags: &[&str]) -> Result<ServerProcess, Refused> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mesh-server"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(data)
+        .args(flags)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn mesh-server");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    loop {
+        let Some(line) = lines.next() else {
+            // stderr closed: the process ended without listening.
+            let status = child.wait().expect("wait");
+            let stderr = log.lock().expect("log").join("\n");
+            return Err(Refused {
+                code: status.code(),
+                stderr,
+            });
+        };
+        let line = line.expect("read stderr");
+        log.lock().expect("log").push(line.clone());
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            let addr = rest.trim().parse().expect("address");
+            // Keep draining (and keeping) stderr so the server never blocks.
+            let reader = std::thread::spawn({
+                let log = Arc::clone(&log);
+                move || {
+                    for line in lines.map_while(Result::ok) {
+                        log.lock().expect("log").push(line);
+                    }
+                }
+            });
+            return Ok(ServerProcess {
+                child,
+                addr,
+                log,
+                reader: Some(reader),
+            });
+        }
+    }
+}
+
+impl ServerProcess {
+    /// SIGTERM, then waits for a clean exit; returns the whole stderr.
+    pub fn stop(mut self) -> String {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill -TERM");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "mesh-server exited with {exit}");
+        if let Some(r) = self.reader.take() {
+            r.join().expect("reader");
+        }
+        self.log.lock().expect("log").join("\n")
+    }
+
+    /// `kill -9`, and waits until it is gone.
+    pub fn kill(mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reaped");
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
