@@ -104,30 +104,7 @@ async fn acknowledged_messages_survive_kill_9() {
 
     let server = spawn_server(dir.path());
     let addr = server.addr;
-    let base = format!("http://{addr}");
-    let mut seqs = Vec::new();
-    let mut after = 0;
-    loop {
-        let page: serde_json::Value = http
-            .get(format!(
-                "{base}/api/rooms/{room}/messages?after={after}&limit=100"
-            ))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .expect("history")
-            .json()
-            .await
-            .expect("json");
-        let msgs = page["messages"].as_array().expect("messages");
-        for m in msgs {
-            seqs.push(m["seq"].as_u64().expect("seq"));
-        }
-        match msgs.last() {
-            Some(m) if page["has_more"] == true => after = m["seq"].as_u64().expect("seq"),
-            _ => break,
-        }
-    }
+    let seqs = common::process::history_seqs(addr, &token, &room).await;
     assert_eq!(
         seqs,
         (1..=N).collect::<Vec<_>>(),
@@ -210,7 +187,7 @@ async fn send_until_killed(
     let (mut sent, mut last) = (0u64, None);
     let mut joined = false;
     loop {
-        while joined && sent < 100_000 && tx_window(sent, &last, &prefix) < 8 {
+        while joined && sent < 100_000 && tx_window(sent, &last) < 8 {
             let client_id = format!("{prefix}-{sent}");
             let payload =
                 json!({"room_id": room, "content": content(sent), "client_id": client_id});
@@ -256,44 +233,12 @@ async fn send_until_killed(
 
 /// Sends in flight: sent minus the number after the last acknowledged one
 /// (acknowledgements of one connection come in order).
-fn tx_window(sent: u64, last: &Option<(String, String)>, _prefix: &str) -> u64 {
+fn tx_window(sent: u64, last: &Option<(String, String)>) -> u64 {
     let done = last
         .as_ref()
         .and_then(|(id, _)| id.rsplit('-').next()?.parse::<u64>().ok())
         .map_or(0, |n| n + 1);
     sent - done
-}
-
-/// Every message of `room`, in order, paged through the history API.
-async fn history(
-    http: &reqwest::Client,
-    addr: SocketAddr,
-    token: &str,
-    room: &str,
-) -> Vec<serde_json::Value> {
-    let (mut all, mut after) = (Vec::new(), 0);
-    loop {
-        let page: serde_json::Value = http
-            .get(format!(
-                "http://{addr}/api/rooms/{room}/messages?after={after}&limit=100"
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("history")
-            .json()
-            .await
-            .expect("json");
-        let msgs = page["messages"].as_array().expect("messages").clone();
-        let more = page["has_more"] == true;
-        if let Some(m) = msgs.last() {
-            after = m["seq"].as_u64().expect("seq");
-        }
-        all.extend(msgs);
-        if !more {
-            return all;
-        }
-    }
 }
 
 /// kill -9 at random moments while three users send concurrently, 50
@@ -382,7 +327,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
 
         server = spawn_server_with(dir.path(), &flags);
         addr = server.addr;
-        let msgs = history(&http, addr, &tokens[0], &room).await;
+        let msgs = common::process::history(addr, &tokens[0], &room).await;
         let seqs: Vec<u64> = msgs
             .iter()
             .map(|m| m["seq"].as_u64().expect("seq"))
@@ -436,7 +381,9 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
             );
         }
     }
-    let total = history(&http, addr, &tokens[0], &room).await.len();
+    let total = common::process::history(addr, &tokens[0], &room)
+        .await
+        .len();
     eprintln!(
         "{cycles} kill -9 cycles: {} acknowledged, {total} stored, none lost",
         acked.lock().expect("acked").len()

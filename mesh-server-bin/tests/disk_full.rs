@@ -62,32 +62,16 @@ fn fill(path: &Path) {
 }
 
 async fn history(addr: SocketAddr, token: &str, room: &str) -> Vec<(u64, String)> {
-    let http = reqwest::Client::new();
-    let mut out = Vec::new();
-    let mut after = 0;
-    loop {
-        let resp = http
-            .get(format!(
-                "http://{addr}/api/rooms/{room}/messages?after={after}&limit=100"
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("history");
-        assert_eq!(resp.status(), 200, "reads keep working");
-        let page: serde_json::Value = resp.json().await.expect("json");
-        let msgs = page["messages"].as_array().expect("messages");
-        for m in msgs {
-            out.push((
+    common::process::history(addr, token, room)
+        .await
+        .iter()
+        .map(|m| {
+            (
                 m["seq"].as_u64().expect("seq"),
                 m["client_id"].as_str().expect("client id").to_owned(),
-            ));
-        }
-        match msgs.last() {
-            Some(m) if page["has_more"] == true => after = m["seq"].as_u64().expect("seq"),
-            _ => return out,
-        }
-    }
+            )
+        })
+        .collect()
 }
 
 #[tokio::test]

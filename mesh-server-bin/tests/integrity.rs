@@ -91,28 +91,7 @@ async fn populate(addr: SocketAddr) -> World {
 
 /// The seqs of every message in the room, oldest first.
 async fn history(addr: SocketAddr, token: &str, room: &str) -> Vec<u64> {
-    let http = reqwest::Client::new();
-    let mut seqs = Vec::new();
-    let mut after = 0;
-    loop {
-        let page: serde_json::Value = http
-            .get(format!(
-                "http://{addr}/api/rooms/{room}/messages?after={after}&limit=100"
-            ))
-            .bearer_auth(token)
-            .send()
-            .await
-            .expect("history")
-            .json()
-            .await
-            .expect("json");
-        let msgs = page["messages"].as_array().expect("messages");
-        seqs.extend(msgs.iter().map(|m| m["seq"].as_u64().expect("seq")));
-        match msgs.last() {
-            Some(m) if page["has_more"] == true => after = m["seq"].as_u64().expect("seq"),
-            _ => return seqs,
-        }
-    }
+    common::process::history_seqs(addr, token, room).await
 }
 
 /// Everything acknowledged is served: alice logs in, her room has all

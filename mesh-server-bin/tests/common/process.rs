@@ -101,3 +101,40 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Every message of `room`, oldest first, paged through
+/// `GET /api/rooms/{id}/messages?after=` 100 at a time; each page must be a 200.
+pub async fn history(addr: SocketAddr, token: &str, room: &str) -> Vec<serde_json::Value> {
+    let http = reqwest::Client::new();
+    let (mut all, mut after) = (Vec::new(), 0);
+    loop {
+        let resp = http
+            .get(format!(
+                "http://{addr}/api/rooms/{room}/messages?after={after}&limit=100"
+            ))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("history");
+        assert_eq!(resp.status(), 200, "history of {room}");
+        let page: serde_json::Value = resp.json().await.expect("json");
+        let msgs = page["messages"].as_array().expect("messages").clone();
+        let more = page["has_more"] == true;
+        if let Some(m) = msgs.last() {
+            after = m["seq"].as_u64().expect("seq");
+        }
+        all.extend(msgs);
+        if !more {
+            return all;
+        }
+    }
+}
+
+/// The seqs of [`history`].
+pub async fn history_seqs(addr: SocketAddr, token: &str, room: &str) -> Vec<u64> {
+    history(addr, token, room)
+        .await
+        .iter()
+        .map(|m| m["seq"].as_u64().expect("seq"))
+        .collect()
+}
