@@ -113,6 +113,9 @@ const ALL: [&str; 9] = [
 ];
 
 fn main() -> anyhow::Result<()> {
+    // reqwest has rustls without a provider of its own: ring, the
+    // workspace's one provider, is the process default.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let args = Args::parse();
     match args.command {
         Cmd::BaselineServer => {

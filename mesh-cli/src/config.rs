@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
-use mesh_core::client::{Client, EventStream, HttpApi};
+use mesh_core::client::{Client, EventStream, HttpApi, TlsConfig};
 use mesh_core::protocol::P2pInfo;
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +27,9 @@ pub(crate) struct Saved {
     pub(crate) token: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) username: Option<String>,
+    /// The `--ca-cert` the login was made with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 /// Everything a command needs: where things are, which server, the output
@@ -35,6 +38,8 @@ pub(crate) struct Saved {
 pub(crate) struct Ctx {
     pub(crate) dir: PathBuf,
     pub(crate) server: String,
+    /// `--ca-cert`, else the saved one.
+    pub(crate) ca_cert: Option<PathBuf>,
     pub(crate) json: bool,
     pub(crate) saved: Saved,
 }
@@ -44,6 +49,7 @@ impl Ctx {
     pub(crate) fn load(
         dir: Option<PathBuf>,
         server: Option<String>,
+        ca_cert: Option<PathBuf>,
         json: bool,
     ) -> anyhow::Result<Self> {
         let dir = match dir {
@@ -59,12 +65,18 @@ impl Ctx {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
+        // A saved CA belongs to the saved server only.
+        let ca_cert = match &server {
+            Some(s) if Some(s) != saved.server.as_ref() => ca_cert,
+            _ => ca_cert.or_else(|| saved.ca_cert.clone()),
+        };
         let server = server
             .or_else(|| saved.server.clone())
             .unwrap_or_else(|| DEFAULT_SERVER.to_owned());
         Ok(Self {
             dir,
             server: server.trim_end_matches('/').to_owned(),
+            ca_cert,
             json,
             saved,
         })
@@ -78,9 +90,17 @@ impl Ctx {
         }
     }
 
+    /// What to trust over TLS: `--ca-cert` alone, else the system's roots.
+    pub(crate) fn tls(&self) -> anyhow::Result<TlsConfig> {
+        Ok(match &self.ca_cert {
+            Some(file) => TlsConfig::with_ca_file(file)?,
+            None => TlsConfig::default_for(&self.server)?,
+        })
+    }
+
     /// The HTTP API without a token.
     pub(crate) fn anonymous_api(&self) -> anyhow::Result<HttpApi> {
-        Ok(HttpApi::new(&self.server)?)
+        Ok(HttpApi::with_tls(&self.server, self.tls()?)?)
     }
 
     /// The HTTP API with the saved token.
@@ -97,6 +117,7 @@ impl Ctx {
     ) -> anyhow::Result<(Client, EventStream)> {
         let mut builder = Client::builder()
             .server(&self.server)
+            .tls(self.tls()?)
             .token(self.token()?)
             .device_name(device);
         if let Some(info) = p2p {

@@ -30,6 +30,10 @@ struct Cli {
     /// The mesh server (default: the one you logged in to, else http://127.0.0.1:8000).
     #[arg(long, global = true, env = "MESH_SERVER")]
     server: Option<String>,
+    /// Trust only this CA (a PEM file) for an https:// server, e.g. a private
+    /// CA; saved with the login (default: the system's root certificates).
+    #[arg(long, global = true, env = "MESH_CA_CERT", value_name = "FILE")]
+    ca_cert: Option<PathBuf>,
     /// Print machine-readable JSON instead of text (no progress bars).
     #[arg(long, global = true)]
     json: bool,
@@ -105,7 +109,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let ctx = Ctx::load(cli.config_dir, cli.server, cli.json)?;
+    let ctx = Ctx::load(cli.config_dir, cli.server, cli.ca_cert, cli.json)?;
     use commands::*;
     match cli.command {
         Command::Register(a) => auth::register(&ctx, a).await,

@@ -32,10 +32,14 @@ use tokio::sync::{mpsc, watch};
 
 mod conn;
 mod http;
+mod redirect;
+pub mod tls;
 mod web;
 mod ws;
 
 pub use conn::ConnLimits;
+pub use redirect::serve_redirect;
+pub use tls::ServerTls;
 pub use ws::WsLimits;
 
 use conn::{Activity, Admission, ConnCounter, ConnSlot, IdleIo};
@@ -55,6 +59,8 @@ pub struct Config {
     pub service: ServiceConfig,
     /// How long shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
+    /// HTTPS on the listener; `None`: plain HTTP.
+    pub tls: Option<ServerTls>,
 }
 
 impl Config {
@@ -67,6 +73,7 @@ impl Config {
             conn: ConnLimits::default(),
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -255,7 +262,13 @@ pub async fn serve(
                     Admission::Serve(slot) => slot,
                     Admission::Refuse(slot) => {
                         tracing::debug!(%peer_addr, "too many connections from one address: 429");
-                        tokio::spawn(refuse(stream, slot, limits.clone(), state.alive.clone()));
+                        tokio::spawn(refuse(
+                            stream,
+                            slot,
+                            limits.clone(),
+                            state.config.tls.clone(),
+                            state.alive.clone(),
+                        ));
                         continue;
                     }
                     Admission::Drop => {
@@ -287,8 +300,8 @@ pub async fn serve(
     Ok(())
 }
 
-/// One admitted connection: HTTP/1.1 until it ends, is idle too long, or
-/// upgrades to a WebSocket (whose task then holds a clone of `slot`).
+/// One admitted connection: the TLS handshake first on an HTTPS server,
+/// then HTTP/1.1.
 async fn serve_connection(
     state: Arc<AppState>,
     stream: tokio::net::TcpStream,
@@ -296,6 +309,27 @@ async fn serve_connection(
     slot: Arc<ConnSlot>,
 ) {
     let _alive = state.alive.clone();
+    match &state.config.tls {
+        None => serve_http(state, stream, peer_addr, slot).await,
+        Some(tls) => {
+            let timeout = state.config.conn.header_timeout;
+            if let Some(stream) = tls.accept(stream, timeout).await {
+                serve_http(state, stream, peer_addr, slot).await;
+            }
+        }
+    }
+}
+
+/// HTTP/1.1 until the connection ends, is idle too long, or upgrades to a
+/// WebSocket (whose task then holds a clone of `slot`).
+async fn serve_http<S>(
+    state: Arc<AppState>,
+    stream: S,
+    peer_addr: std::net::SocketAddr,
+    slot: Arc<ConnSlot>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let mut stop = state.shutdown.clone();
     let limits = state.config.conn.clone();
     let activity = Activity::new();
@@ -340,16 +374,31 @@ async fn serve_connection(
     }
 }
 
-/// A connection past the per-address cap: one `429` answer, then closed.
-/// Bounded in time like any other connection.
+/// A connection past the per-address cap: one `429` answer (over TLS on an
+/// HTTPS server), then closed. Bounded in time like any other connection.
 async fn refuse(
     stream: tokio::net::TcpStream,
     slot: Arc<ConnSlot>,
     limits: ConnLimits,
+    tls: Option<ServerTls>,
     alive: mpsc::Sender<()>,
 ) {
     let _alive = alive;
     let _slot = slot;
+    match tls {
+        None => answer_429(stream, limits).await,
+        Some(tls) => {
+            if let Some(stream) = tls.accept(stream, limits.header_timeout).await {
+                answer_429(stream, limits).await;
+            }
+        }
+    }
+}
+
+async fn answer_429<S>(stream: S, limits: ConnLimits)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let max = limits.max_per_addr;
     let svc = hyper::service::service_fn(move |_req| async move {
         Ok::<_, std::convert::Infallible>(http::too_many_connections(max))

@@ -13,7 +13,10 @@ use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
+
+use mesh_server_bin::tls::acme::Challenges;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -76,6 +79,47 @@ struct Args {
     /// their own heartbeat [default: 60].
     #[arg(long, env = "MESH_IDLE_TIMEOUT_SECS")]
     idle_timeout_secs: Option<u64>,
+    /// Serve HTTPS with this certificate chain (PEM, leaf first). Reloaded
+    /// without a restart when the file changes or on SIGHUP.
+    #[arg(long, env = "MESH_TLS_CERT", value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "MESH_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate from ACME (Let's Encrypt by default)
+    /// for this public DNS name; repeat for more names. Needs
+    /// --http-listen reachable on port 80 of the names (HTTP-01).
+    #[arg(
+        long = "acme-domain",
+        env = "MESH_ACME_DOMAINS",
+        value_delimiter = ',',
+        value_name = "NAME",
+        conflicts_with = "tls_cert"
+    )]
+    acme_domains: Vec<String>,
+    /// The ACME directory URL.
+    #[arg(long, env = "MESH_ACME_DIRECTORY", default_value = mesh_server_bin::tls::acme::LETS_ENCRYPT)]
+    acme_directory: String,
+    /// A contact e-mail for the ACME account (expiry notices); repeatable.
+    #[arg(
+        long,
+        env = "MESH_ACME_CONTACT",
+        value_delimiter = ',',
+        value_name = "EMAIL"
+    )]
+    acme_contact: Vec<String>,
+    /// Where the ACME account and certificate are kept [default: DATA/acme];
+    /// nodes of a cluster can share one folder.
+    #[arg(long, env = "MESH_ACME_CACHE", value_name = "DIR")]
+    acme_cache: Option<PathBuf>,
+    /// Trust only this CA for the ACME server's own HTTPS (a private or test
+    /// ACME server); default: the system's roots.
+    #[arg(long, env = "MESH_ACME_DIRECTORY_CA", value_name = "FILE")]
+    acme_directory_ca: Option<PathBuf>,
+    /// With HTTPS: also listen for plain HTTP here, redirect it to HTTPS and
+    /// answer ACME challenges (e.g. 0.0.0.0:80).
+    #[arg(long, env = "MESH_HTTP_LISTEN", value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,15 +225,90 @@ fn check(data: &Path) -> ExitCode {
 
 #[tokio::main]
 async fn serve(args: Args) -> anyhow::Result<()> {
-    let config = args.config()?;
+    let mut config = args.config()?;
     // The data folder first: a server that refuses its data never listens.
     let service = mesh_server_bin::open_service(&config)?;
+    let challenges = tls_setup(&args, &mut config)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!("listening on {addr}");
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!("listening on {addr} ({scheme})");
+    if config.tls.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "serving plain HTTP on {addr}: passwords and tokens cross the network in clear. \
+             Use --tls-cert/--tls-key or --acme-domain, or a reverse proxy that speaks HTTPS \
+             (see docs/operations.md, \"On the internet\")"
+        );
+    }
+    if let Some(http_addr) = args.http_listen {
+        let http = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .with_context(|| format!("binding {http_addr} (--http-listen)"))?;
+        tracing::info!("redirecting plain HTTP on {} to HTTPS", http.local_addr()?);
+        tokio::spawn(mesh_server_bin::serve_redirect(
+            http,
+            addr.port(),
+            challenges,
+            std::future::pending::<()>(),
+        ));
+    }
     mesh_server_bin::serve(listener, service, config, shutdown_signal()).await
+}
+
+/// HTTPS from the flags: the certificate files (watched for changes), or
+/// ACME (ordering in the background). Returns the ACME challenges the
+/// HTTP listener answers.
+fn tls_setup(
+    args: &Args,
+    config: &mut mesh_server_bin::Config,
+) -> anyhow::Result<Option<Arc<Challenges>>> {
+    use mesh_server_bin::tls::{CertStore, ServerTls, acme, files};
+    let store = CertStore::new();
+    let mut challenges = None;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let watcher = files::watch(files::Config::new(cert, key), store.clone())?;
+        tokio::spawn(watcher);
+    } else if !args.acme_domains.is_empty() {
+        anyhow::ensure!(
+            args.http_listen.is_some(),
+            "--acme-domain needs --http-listen (the ACME server checks the name over plain \
+             HTTP on port 80)"
+        );
+        let acme = acme::Config {
+            domains: args.acme_domains.clone(),
+            directory: args.acme_directory.clone(),
+            contact: args
+                .acme_contact
+                .iter()
+                .map(|c| match c.strip_prefix("mailto:") {
+                    Some(_) => c.clone(),
+                    None => format!("mailto:{c}"),
+                })
+                .collect(),
+            cache: args
+                .acme_cache
+                .clone()
+                .unwrap_or_else(|| args.data.join("acme")),
+            directory_ca: args.acme_directory_ca.clone(),
+        };
+        let c = acme::Challenges::new();
+        tokio::spawn(acme::run(acme, store.clone(), c.clone()));
+        challenges = Some(c);
+    } else {
+        anyhow::ensure!(
+            args.http_listen.is_none(),
+            "--http-listen redirects to HTTPS: it needs --tls-cert/--tls-key or --acme-domain"
+        );
+        return Ok(None);
+    }
+    config.tls = Some(ServerTls::new(store)?);
+    Ok(challenges)
 }
 
 fn init_logging() {

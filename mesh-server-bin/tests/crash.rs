@@ -47,7 +47,7 @@ async fn acknowledged_messages_survive_kill_9() {
     let dir = tempfile::tempdir().expect("dir");
     let server = spawn_server(dir.path());
     let addr = server.addr;
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let base = format!("http://{addr}");
     let token = register(&http, addr).await;
     let room: serde_json::Value = http
@@ -118,7 +118,7 @@ async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
     let dir = tempfile::tempdir().expect("dir");
     let server = spawn_server(dir.path());
     let addr = server.addr;
-    let token = register(&reqwest::Client::new(), addr).await;
+    let token = register(&common::http_client(), addr).await;
     let mut ws = WsClient::connect(addr, &token).await;
     ws.send("system.hello", json!({}), Some("h")).await;
     ws.expect("system.welcome").await;
@@ -267,7 +267,7 @@ async fn kill_9_at_random_moments_loses_nothing_acknowledged() {
     // No rate limits in the way of a burst of sends.
     let flags = ["--frame-burst", "100000", "--frame-rate", "100000"];
     let dir = tempfile::tempdir().expect("dir");
-    let http = reqwest::Client::new();
+    let http = common::http_client();
 
     let mut server = spawn_server_with(dir.path(), &flags);
     let mut addr = server.addr;

@@ -90,7 +90,7 @@ async fn a_full_disk_refuses_writes_keeps_reads_and_recovers() {
     let filler = mnt.join("filler");
     let server = start(&data);
     let addr = server.addr;
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let body: serde_json::Value = http
         .post(format!("http://{addr}/api/auth/register"))
         .json(&json!({"username": "alice", "password": "correct horse battery"}))

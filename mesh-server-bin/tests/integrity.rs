@@ -73,7 +73,7 @@ async fn send(addr: SocketAddr, token: &str, room: &str, first: u64, count: u64)
 
 /// Registers alice, creates a room and sends [`MESSAGES`] messages.
 async fn populate(addr: SocketAddr) -> World {
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let token = register(&http, addr).await;
     let resp = http
         .post(format!("http://{addr}/api/rooms"))
@@ -97,7 +97,7 @@ async fn history(addr: SocketAddr, token: &str, room: &str) -> Vec<u64> {
 /// Everything acknowledged is served: alice logs in, her room has all
 /// `count` messages, 1..count.
 async fn assert_everything(addr: SocketAddr, world: &World, count: u64) {
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let token = login(&http, addr).await.expect("alice can still log in");
     assert_eq!(
         history(addr, &token, &world.room).await,
@@ -317,7 +317,7 @@ async fn an_older_copy_of_the_database_is_refused() {
     copy_dir(&data.join("db"), &old);
 
     let server = start(&data).expect("second start");
-    let token = login(&reqwest::Client::new(), server.addr)
+    let token = login(&common::http_client(), server.addr)
         .await
         .expect("login");
     send(server.addr, &token, &world.room, MESSAGES + 1, 1).await;
@@ -364,7 +364,7 @@ async fn kill_9_and_clean_restarts_keep_everything_and_log_no_error() {
     // Clean restart: opened directly, nothing logged as an error.
     let server = start(&data).expect("clean restart");
     assert_everything(server.addr, &world, MESSAGES).await;
-    let token = login(&reqwest::Client::new(), server.addr)
+    let token = login(&common::http_client(), server.addr)
         .await
         .expect("login");
     send(server.addr, &token, &world.room, MESSAGES + 1, 5).await;

@@ -177,7 +177,9 @@ async fn slowloris_connections_do_not_stop_a_normal_client() {
     }
     // Accepted in order, so these are served while all 200 are held.
     let _normal = held(s.addr).await;
-    let resp = reqwest::get(format!("http://{}/health", s.addr))
+    let resp = common::http_client()
+        .get(format!("http://{}/health", s.addr))
+        .send()
         .await
         .expect("health");
     assert_eq!(resp.status(), 200);

@@ -65,6 +65,10 @@ pub struct AgentConfig {
     pub announce: Vec<String>,
     /// Shown to the user in their device list.
     pub device_name: Option<String>,
+    /// PEM text of the only CA to trust for an `https://` server (a private
+    /// CA); none: the platform's roots.
+    #[uniffi(default = None)]
+    pub ca_cert_pem: Option<String>,
 }
 
 /// How far a transfer is.
@@ -195,7 +199,8 @@ pub async fn start_agent(
             None => None,
         };
         let identity = Identity::load_or_generate(Path::new(&config.identity_dir))?;
-        let http = mesh_core::client::HttpApi::new(&server)?;
+        let tls = crate::tls_for(&server, config.ca_cert_pem.as_deref())?;
+        let http = mesh_core::client::HttpApi::with_tls(&server, tls.clone())?;
         let verifier =
             TokenVerifier::from_jwks(&http.keys().await?).map_err(|e| MeshError::Client {
                 code: "protocol".into(),
@@ -213,7 +218,11 @@ pub async fn start_agent(
             .bind(bind)?;
         let info = endpoint.p2p_info(config.announce);
         let addrs = info.addrs.clone();
-        let mut builder = Client::builder().server(server).token(token).p2p(info);
+        let mut builder = Client::builder()
+            .server(server)
+            .token(token)
+            .tls(tls)
+            .p2p(info);
         if let Some(name) = config.device_name {
             builder = builder.device_name(name);
         }

@@ -24,7 +24,9 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use mesh_core::client::P2pSessionGrant;
-use mesh_core::client::{Client, ClientError, Event, HistoryPage, HistoryQuery, HttpApi};
+use mesh_core::client::{
+    Client, ClientError, Event, HistoryPage, HistoryQuery, HttpApi, TlsConfig,
+};
 use mesh_core::engine::RtcKind;
 use mesh_core::protocol::http::{AuthResponse, CreateRoomRequest, LoginRequest, RegisterRequest};
 use mesh_core::protocol::{
@@ -517,11 +519,14 @@ pub struct MeshApi {
 
 #[uniffi::export]
 impl MeshApi {
-    /// `server` is the base URL, e.g. `http://127.0.0.1:8000`.
-    #[uniffi::constructor]
-    pub fn new(server: String) -> Result<Arc<Self>, MeshError> {
+    /// `server` is the base URL, e.g. `http://127.0.0.1:8000` or
+    /// `https://chat.example`. `https://` servers are checked against the
+    /// platform's roots, or, with `ca_cert_pem`, only against that CA
+    /// (PEM text: a private CA).
+    #[uniffi::constructor(default(ca_cert_pem = None))]
+    pub fn new(server: String, ca_cert_pem: Option<String>) -> Result<Arc<Self>, MeshError> {
         Ok(Arc::new(Self {
-            http: HttpApi::new(&server)?,
+            http: HttpApi::with_tls(&server, tls_for(&server, ca_cert_pem.as_deref())?)?,
         }))
     }
 
@@ -564,18 +569,30 @@ impl MeshApi {
 
 // ----- the connected client -----
 
+/// What a client trusts over `https://`/`wss://`: the platform's roots, or
+/// only the CA in `ca_cert_pem`.
+pub(crate) fn tls_for(server: &str, ca_cert_pem: Option<&str>) -> Result<TlsConfig, MeshError> {
+    Ok(match ca_cert_pem {
+        Some(pem) => TlsConfig::with_ca_pem(pem.as_bytes())?,
+        None => TlsConfig::default_for(server)?,
+    })
+}
+
 /// Connects to `server` with `token` and hands every event to `listener`.
 /// Returns once the server welcomed the connection; reconnects (with
-/// resume) happen by themselves after that.
-#[uniffi::export]
+/// resume) happen by themselves after that. `ca_cert_pem` as with
+/// [`MeshApi::new`].
+#[uniffi::export(default(ca_cert_pem = None))]
 pub async fn connect(
     server: String,
     token: String,
     device_name: Option<String>,
     listener: Arc<dyn MeshListener>,
+    ca_cert_pem: Option<String>,
 ) -> Result<Arc<MeshClient>, MeshError> {
     on_runtime(async move {
-        let mut builder = Client::builder().server(server).token(token);
+        let tls = tls_for(&server, ca_cert_pem.as_deref())?;
+        let mut builder = Client::builder().server(server).token(token).tls(tls);
         if let Some(name) = device_name {
             builder = builder.device_name(name);
         }

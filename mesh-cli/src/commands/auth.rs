@@ -76,6 +76,11 @@ fn save_login(ctx: &Ctx, auth: &AuthResponse, verb: &str) -> anyhow::Result<()> 
         server: Some(ctx.server.clone()),
         token: Some(auth.token.clone()),
         username: Some(auth.user.username.clone()),
+        // Absolute, so the login works from any folder.
+        ca_cert: ctx
+            .ca_cert
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone())),
     })?;
     emit(
         ctx,

@@ -41,6 +41,10 @@ pub enum ClientError {
     /// A bad server address or argument.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// TLS failed: the server's certificate is not trusted, or the server
+    /// does not speak TLS. The message says which and what to do.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The network or socket failed.
     #[error("transport: {0}")]
     Transport(#[source] Arc<dyn std::error::Error + Send + Sync + 'static>),
@@ -71,7 +75,7 @@ impl ClientError {
 
     /// The code an app matches on: the contract's for a server refusal
     /// (`forbidden`, …), else the client side's (`not_connected`,
-    /// `disconnected`, `closed`, `protocol`, `invalid_argument`,
+    /// `disconnected`, `closed`, `protocol`, `invalid_argument`, `tls`,
     /// `transport`). What the bindings hand to other languages.
     pub fn code_str(&self) -> &'static str {
         match self {
@@ -81,6 +85,7 @@ impl ClientError {
             ClientError::Closed => "closed",
             ClientError::Protocol(_) => "protocol",
             ClientError::InvalidArgument(_) => "invalid_argument",
+            ClientError::Tls(_) => "tls",
             ClientError::Transport(_) => "transport",
         }
     }

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{ClientError, HistoryQuery};
+use super::{ClientError, HistoryQuery, TlsConfig};
 use crate::protocol::http::{
     AuthResponse, CreateRoomRequest, LoginRequest, MemberResponse, MembersResponse,
     MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, Peer,
@@ -44,16 +44,19 @@ pub struct HttpApi {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    tls: TlsConfig,
 }
 
 impl HttpApi {
-    /// The API of the server at `server` (`http://host:port`, no path).
+    /// The API of the server at `server` (`http://host:port` or
+    /// `https://host`, no path); `https://` servers are checked against the
+    /// platform's roots ([`TlsConfig::default_for`]).
     pub fn new(server: &str) -> Result<Self, ClientError> {
-        Self::with_client(server, reqwest::Client::new())
+        Self::with_tls(server, TlsConfig::default_for(server)?)
     }
 
-    /// Like [`new`](Self::new), over a reqwest client of the caller's.
-    pub fn with_client(server: &str, http: reqwest::Client) -> Result<Self, ClientError> {
+    /// Like [`new`](Self::new), trusting what `tls` trusts (a private CA, say).
+    pub fn with_tls(server: &str, tls: TlsConfig) -> Result<Self, ClientError> {
         let base = server.trim_end_matches('/').to_owned();
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             return Err(ClientError::InvalidArgument(format!(
@@ -61,16 +64,32 @@ impl HttpApi {
             )));
         }
         Ok(Self {
-            http,
+            http: tls.http_client()?,
             base,
             token: None,
+            tls,
         })
+    }
+
+    /// What this API trusts; the WebSocket of a [`Client`](super::Client)
+    /// built from it trusts the same.
+    pub fn tls(&self) -> &TlsConfig {
+        &self.tls
     }
 
     /// The same API, authenticated with `token`.
     pub fn with_token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
         self
+    }
+
+    /// `GET /health`: whether the server answers (and, over `https://`,
+    /// whether its certificate is trusted).
+    pub async fn health(&self) -> Result<(), ClientError> {
+        let resp = self
+            .send(reqwest::Method::GET, "/health", None::<&()>)
+            .await?;
+        Self::check(resp).await.map(drop)
     }
 
     /// The server's base URL.
@@ -246,7 +265,9 @@ impl HttpApi {
         if let Some(body) = body {
             req = req.json(body);
         }
-        req.send().await.map_err(ClientError::transport)
+        req.send()
+            .await
+            .map_err(|e| self.tls.explain(ClientError::transport(e)))
     }
 
     /// Turns a non-2xx answer into the contract error it carries.

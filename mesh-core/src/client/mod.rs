@@ -46,10 +46,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! **TLS.** The native client speaks plain `http://` and `ws://` for now:
-//! reqwest and tokio-tungstenite are built without TLS so the workspace
-//! keeps a single rustls provider. `https://` servers need a ring-based
-//! rustls feature added to both (a later change).
+//! **TLS.** The native client speaks `https://` and `wss://` as well as
+//! plain `http://`/`ws://`: reqwest and tokio-tungstenite share one rustls
+//! configuration on the ring provider (the workspace's only one), trusting
+//! the platform's roots or only a given CA ([`TlsConfig`]).
 
 mod backoff;
 mod error;
@@ -58,6 +58,8 @@ mod http;
 #[cfg(feature = "native-client")]
 mod native;
 pub mod state;
+#[cfg(feature = "native-client")]
+mod tls;
 
 pub use backoff::{Backoff, BackoffConfig, Rng};
 pub use error::ClientError;
@@ -69,6 +71,8 @@ pub use state::{
     ClientConfig, ClientState, Completion, ConnectionStatus, Event, P2pSessionGrant, Reply,
     RequestId, SendRate,
 };
+#[cfg(feature = "native-client")]
+pub use tls::TlsConfig;
 
 /// Which page of a room's history to fetch
 /// (`GET /api/rooms/{id}/messages`). Pages are in ascending `seq`.

@@ -22,6 +22,7 @@ use super::error::code_for_status;
 use super::state::{ClientConfig, ClientState, Completion, ConnectionStatus, Event, Reply};
 use super::{
     BackoffConfig, ClientError, HistoryQuery, HttpApi, P2pSessionGrant, RequestId, SendRate,
+    TlsConfig,
 };
 use crate::engine::RtcKind;
 use crate::protocol::http::{
@@ -39,7 +40,7 @@ pub struct ClientBuilder {
     token: Option<String>,
     config: ClientConfig,
     seed: Option<u64>,
-    http: Option<reqwest::Client>,
+    tls: Option<TlsConfig>,
 }
 
 impl ClientBuilder {
@@ -101,9 +102,10 @@ impl ClientBuilder {
         self
     }
 
-    /// A reqwest client of the app's, for the HTTP calls.
-    pub fn http_client(mut self, http: reqwest::Client) -> Self {
-        self.http = Some(http);
+    /// Which servers to trust over `https://` and `wss://` (by default the
+    /// platform's roots, see [`TlsConfig`]).
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
         self
     }
 
@@ -117,8 +119,11 @@ impl ClientBuilder {
         let token = self
             .token
             .ok_or_else(|| ClientError::InvalidArgument("no token given".into()))?;
-        let http =
-            HttpApi::with_client(&server, self.http.unwrap_or_default())?.with_token(token.clone());
+        let tls = match self.tls {
+            Some(tls) => tls,
+            None => TlsConfig::default_for(&server)?,
+        };
+        let http = HttpApi::with_tls(&server, tls)?.with_token(token.clone());
         let ws_url = ws_url(http.server());
         let seed = match self.seed {
             Some(seed) => seed,
@@ -137,7 +142,7 @@ impl ClientBuilder {
             }),
             wake: Notify::new(),
         });
-        let task = tokio::spawn(drive(shared.clone(), ws_url, token));
+        let task = tokio::spawn(drive(shared.clone(), ws_url, token, http.tls().clone()));
         let client = Client {
             inner: Arc::new(Inner {
                 shared,
@@ -299,7 +304,7 @@ fn until(deadline: Option<Timestamp>) -> Duration {
 }
 
 /// The driver task: connect, pump frames, reconnect, until closed.
-async fn drive(shared: Arc<Shared>, url: String, token: String) {
+async fn drive(shared: Arc<Shared>, url: String, token: String, tls: TlsConfig) {
     loop {
         // Wait until the state machine wants a socket (or is closed).
         let wait = {
@@ -324,7 +329,7 @@ async fn drive(shared: Arc<Shared>, url: String, token: String) {
             continue;
         }
         let deadline = tokio::time::sleep(until(shared.lock().state.poll_timeout()));
-        let opening = open(&url, &token);
+        let opening = open(&url, &token, &tls);
         tokio::pin!(deadline, opening);
         let opened = loop {
             tokio::select! {
@@ -374,7 +379,7 @@ async fn drive(shared: Arc<Shared>, url: String, token: String) {
 
 /// Opens the WebSocket; the token rides in the `Authorization` header so it
 /// stays out of URLs and logs.
-async fn open(url: &str, token: &str) -> Result<Socket, ClientError> {
+async fn open(url: &str, token: &str, tls: &TlsConfig) -> Result<Socket, ClientError> {
     let mut request = url
         .into_client_request()
         .map_err(|e| ClientError::InvalidArgument(format!("bad WebSocket URL {url}: {e}")))?;
@@ -384,7 +389,8 @@ async fn open(url: &str, token: &str) -> Result<Socket, ClientError> {
     request
         .headers_mut()
         .insert(tungstenite::http::header::AUTHORIZATION, bearer);
-    match tokio_tungstenite::connect_async(request).await {
+    let connector = url.starts_with("wss://").then(|| tls.connector());
+    match tokio_tungstenite::connect_async_tls_with_config(request, None, true, connector).await {
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
@@ -400,7 +406,7 @@ async fn open(url: &str, token: &str) -> Result<Socket, ClientError> {
                 ),
             })
         }
-        Err(e) => Err(ClientError::transport(e)),
+        Err(e) => Err(tls.explain(ClientError::transport(e))),
     }
 }
 

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod process;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,6 +16,14 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A plain reqwest client. reqwest is built with rustls but no provider of
+/// its own (the workspace's one provider is ring), so ring is made the
+/// process default first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -46,7 +55,7 @@ impl TestServer {
         let task = tokio::spawn(mesh_server_bin::run(listener, config, stopped));
         Self {
             addr,
-            http: reqwest::Client::new(),
+            http: http_client(),
             stop: Some(stop),
             task: Some(task),
             _dir: dir,

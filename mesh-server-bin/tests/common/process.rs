@@ -105,7 +105,7 @@ impl Drop for ServerProcess {
 /// Every message of `room`, oldest first, paged through
 /// `GET /api/rooms/{id}/messages?after=` 100 at a time; each page must be a 200.
 pub async fn history(addr: SocketAddr, token: &str, room: &str) -> Vec<serde_json::Value> {
-    let http = reqwest::Client::new();
+    let http = super::http_client();
     let (mut all, mut after) = (Vec::new(), 0);
     loop {
         let resp = http

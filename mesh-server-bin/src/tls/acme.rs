@@ -1,0 +1,293 @@
+//! Automatic certificates over ACME (RFC 8555), with `instant-acme`: the
+//! account, the order, the HTTP-01 challenge answered on the plain-HTTP
+//! listener (`--http-listen`, which must be reachable on port 80 of the
+//! names), and renewal.
+//!
+//! The account key and the certificate are kept in [`Config::cache`] (by
+//! default `DATA/acme/`; a folder every node of a cluster can read): a
+//! restart serves the cached certificate at once and orders a new one
+//! only when it is due. A certificate is renewed when a third of its
+//! lifetime is left (30 days of Let's Encrypt's 90). A failed order is
+//! retried after 1 minute, doubling up to 6 hours; the certificate being
+//! served stays until it is replaced.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, bail};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+
+use super::CertStore;
+
+/// Let's Encrypt's production directory, the default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// What to order, from where, and where to keep it.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The names the certificate is for (DNS names, no wildcards: HTTP-01).
+    pub domains: Vec<String>,
+    /// The ACME directory URL.
+    pub directory: String,
+    /// `mailto:` contacts for the account (expiry notices).
+    pub contact: Vec<String>,
+    /// Where the account and the certificate are kept.
+    pub cache: PathBuf,
+    /// A CA to trust for the ACME server itself, instead of the system's
+    /// roots (a test or private ACME server such as pebble).
+    pub directory_ca: Option<PathBuf>,
+}
+
+/// The HTTP-01 answers being served: token -> key authorization.
+#[derive(Debug, Default)]
+pub struct Challenges {
+    answers: Mutex<HashMap<String, String>>,
+}
+
+impl Challenges {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// The answer for `token`, while its order runs.
+    pub fn answer(&self, token: &str) -> Option<String> {
+        self.lock().get(token).cloned()
+    }
+
+    pub(crate) fn insert(&self, token: String, key_authorization: String) {
+        self.lock().insert(token, key_authorization);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+const CERT_FILE: &str = "cert.pem";
+const KEY_FILE: &str = "key.pem";
+const ACCOUNT_FILE: &str = "account.json";
+
+/// Serves the cached certificate if there is one, then keeps a valid one
+/// in `store` for as long as the server runs.
+pub async fn run(config: Config, store: Arc<CertStore>, challenges: Arc<Challenges>) {
+    let mut retry = Duration::from_secs(60);
+    loop {
+        let due = match cached(&config) {
+            Ok(Some((key, due))) => {
+                store.set(key);
+                due
+            }
+            Ok(None) => SystemTime::now(),
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "the cached certificate is not usable"
+                );
+                SystemTime::now()
+            }
+        };
+        let wait = due.duration_since(SystemTime::now()).unwrap_or_default();
+        if !wait.is_zero() {
+            tracing::info!(
+                domains = ?config.domains,
+                renew_in_hours = wait.as_secs() / 3600,
+                "serving the cached ACME certificate"
+            );
+            // Woken at least twice a day, so a clock jump is caught.
+            tokio::time::sleep(wait.min(Duration::from_secs(12 * 3600))).await;
+            continue;
+        }
+        match order(&config, &challenges).await {
+            Ok(()) => {
+                tracing::info!(domains = ?config.domains, "ACME certificate issued");
+                retry = Duration::from_secs(60);
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    retry_in_secs = retry.as_secs(),
+                    "ACME order failed"
+                );
+                tokio::time::sleep(retry).await;
+                retry = (retry * 2).min(Duration::from_secs(6 * 3600));
+            }
+        }
+    }
+}
+
+/// The cached certificate and when to renew it, if there is one for these
+/// names.
+fn cached(
+    config: &Config,
+) -> anyhow::Result<Option<(Arc<rustls::sign::CertifiedKey>, SystemTime)>> {
+    let (cert, key) = match (
+        std::fs::read(config.cache.join(CERT_FILE)),
+        std::fs::read(config.cache.join(KEY_FILE)),
+    ) {
+        (Ok(c), Ok(k)) => (c, k),
+        _ => return Ok(None),
+    };
+    let (not_before, not_after, names) = validity(&cert)?;
+    if !config.domains.iter().all(|d| names.iter().any(|n| n == d)) {
+        return Ok(None);
+    }
+    let lifetime = not_after.duration_since(not_before).unwrap_or_default();
+    let due = not_after - lifetime / 3;
+    let key = super::files::certified_key(&cert, &key)?;
+    Ok(Some((key, due)))
+}
+
+/// The leaf's validity and DNS names.
+fn validity(cert_pem: &[u8]) -> anyhow::Result<(SystemTime, SystemTime, Vec<String>)> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+    let leaf = CertificateDer::pem_slice_iter(cert_pem)
+        .next()
+        .context("no certificate in the cached file")??;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf)
+        .map_err(|e| anyhow::anyhow!("the cached certificate does not parse: {e}"))?;
+    let at = |t: x509_parser::time::ASN1Time| {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(t.timestamp().max(0) as u64)
+    };
+    let validity = cert.validity();
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((at(validity.not_before), at(validity.not_after), names))
+}
+
+/// The account: loaded from the cache, or made and cached.
+async fn account(config: &Config) -> anyhow::Result<Account> {
+    let builder = || match &config.directory_ca {
+        Some(ca) => Account::builder_with_root(ca)
+            .with_context(|| format!("loading the ACME server's CA {}", ca.display())),
+        None => Account::builder().context("the system's root certificates"),
+    };
+    let path = config.cache.join(ACCOUNT_FILE);
+    if let Ok(bytes) = std::fs::read(&path) {
+        let creds: AccountCredentials = serde_json::from_slice(&bytes)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return builder()?
+            .from_credentials(creds)
+            .await
+            .context("restoring the ACME account");
+    }
+    let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+    let (account, creds) = builder()?
+        .create(
+            &NewAccount {
+                contact: &contact,
+                terms_of_service_agreed: true,
+                only_return_existing: false,
+            },
+            config.directory.clone(),
+            None,
+        )
+        .await
+        .with_context(|| format!("creating an account at {}", config.directory))?;
+    write_private(&path, &serde_json::to_vec(&creds)?)?;
+    Ok(account)
+}
+
+/// One order, start to finish: the certificate ends in the cache (the
+/// caller's loop then serves it).
+async fn order(config: &Config, challenges: &Challenges) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.cache)
+        .with_context(|| format!("creating {}", config.cache.display()))?;
+    let account = account(config).await?;
+    let identifiers: Vec<Identifier> = config
+        .domains
+        .iter()
+        .map(|d| Identifier::Dns(d.clone()))
+        .collect();
+    let mut order = account
+        .new_order(&NewOrder::new(&identifiers))
+        .await
+        .context("placing the order")?;
+    let mut tokens = Vec::new();
+    let result = async {
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.context("reading an authorization")?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => bail!("an authorization is {other:?}"),
+            }
+            let mut challenge = authz
+                .challenge(ChallengeType::Http01)
+                .context("the ACME server offers no http-01 challenge")?;
+            challenges.insert(
+                challenge.token.clone(),
+                challenge.key_authorization().as_str().to_owned(),
+            );
+            tokens.push(challenge.token.clone());
+            challenge
+                .set_ready()
+                .await
+                .context("answering a challenge")?;
+        }
+        let retries = RetryPolicy::new().timeout(Duration::from_secs(120));
+        let status = order
+            .poll_ready(&retries)
+            .await
+            .context("waiting for validation")?;
+        if status != OrderStatus::Ready {
+            bail!("the order is {status:?}, not ready: was port 80 of the names reachable?");
+        }
+        let key_pem = order.finalize().await.context("finalizing")?;
+        let cert_pem = order
+            .poll_certificate(&retries)
+            .await
+            .context("downloading the certificate")?;
+        Ok((cert_pem, key_pem))
+    }
+    .await;
+    {
+        let mut answers = challenges.lock();
+        for t in &tokens {
+            answers.remove(t);
+        }
+    }
+    let (cert_pem, key_pem) = result?;
+    // Checked before it replaces anything.
+    super::files::certified_key(cert_pem.as_bytes(), key_pem.as_bytes())?;
+    write_private(&config.cache.join(KEY_FILE), key_pem.as_bytes())?;
+    write_private(&config.cache.join(CERT_FILE), cert_pem.as_bytes())?;
+    Ok(())
+}
+
+/// Writes `bytes` to `path` whole (a temporary file renamed over it),
+/// readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
