@@ -6,7 +6,9 @@
 //!
 //! Every connection is admitted by [`conn`] first: capped per client
 //! address and in total, and closed when its request header takes too long
-//! or it sits idle (see [`ConnLimits`]).
+//! or it sits idle (see [`ConnLimits`]). Behind a reverse proxy listed in
+//! [`Config::trusted_proxies`], the client address is the one the proxy
+//! forwards (see [`TrustedProxies`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -32,10 +34,12 @@ use tokio::sync::{mpsc, watch};
 
 mod conn;
 mod http;
+mod proxy;
 mod web;
 mod ws;
 
 pub use conn::ConnLimits;
+pub use proxy::{BadCidr, ProxyNet, TrustedProxies};
 pub use ws::WsLimits;
 
 use conn::{Activity, Admission, ConnCounter, ConnSlot, IdleIo};
@@ -55,6 +59,9 @@ pub struct Config {
     pub service: ServiceConfig,
     /// How long shutdown waits for connections to finish.
     pub shutdown_grace: Duration,
+    /// Reverse proxies whose forwarded client address is believed; their
+    /// own connections are exempt from the per-address cap.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -67,6 +74,7 @@ impl Config {
             conn: ConnLimits::default(),
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(5),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -251,7 +259,11 @@ pub async fn serve(
                     }
                 };
                 let limits = &state.config.conn;
-                let slot = match counter.admit(conn::client_key(peer_addr), limits) {
+                // A trusted proxy's connection carries many clients: it
+                // counts only towards the total (see `conn`).
+                let key = (!state.config.trusted_proxies.contains(peer_addr.ip()))
+                    .then(|| conn::client_key(peer_addr.ip()));
+                let slot = match counter.admit(key, limits) {
                     Admission::Serve(slot) => slot,
                     Admission::Refuse(slot) => {
                         tracing::debug!(%peer_addr, "too many connections from one address: 429");
@@ -307,7 +319,11 @@ async fn serve_connection(
     let svc = hyper::service::service_fn(move |mut req| {
         req.extensions_mut().insert(ws_slot.clone());
         let in_flight = requests.request();
-        let answer = http::handle(state.clone(), peer_addr, req);
+        let client = state
+            .config
+            .trusted_proxies
+            .client_addr(peer_addr, req.headers());
+        let answer = http::handle(state.clone(), client, req);
         async move {
             let answer = answer.await;
             drop(in_flight);
