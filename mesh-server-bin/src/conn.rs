@@ -16,6 +16,16 @@
 //!   that its connections are closed at once too, so one address holds at
 //!   most `max_per_addr` plus a few.
 //!
+//! A connection from a trusted reverse proxy ([`crate::proxy`]) carries
+//! many clients, so it is not counted against the proxy's address: it is
+//! admitted with no address ([`ConnCounter::admit`] with `None`) and
+//! counts only towards the total. Its clients' addresses are known only
+//! once a request header is read; a WebSocket upgraded through the proxy
+//! then counts against its real client's address
+//! ([`ConnSlot::client_slot`]), and is answered `429` past the cap like a
+//! direct connection. (A proxied HTTP connection is not counted per client:
+//! a proxy may reuse it for requests of many clients.)
+//!
 //! The header time-out ([`ConnLimits::header_timeout`]) bounds how long a
 //! request's header may take, counted from when the server starts waiting
 //! for it: on a new connection and after each answer on a keep-alive
@@ -42,7 +52,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -84,15 +94,11 @@ impl Default for ConnLimits {
 /// are closed at accept.
 pub(crate) const REFUSALS_PER_ADDR: usize = 64;
 
-/// The address connections are counted on.
-///
-/// Today that is the TCP peer. Issue 11 adds `--trusted-proxy`: behind a
-/// trusted proxy the real client address comes from its `Forwarded` /
-/// `X-Forwarded-For` header, known only once a request's header is read,
-/// so counting would then move from the accept loop to the first request.
-/// IPv6 addresses count per /64, the block one subscriber gets.
-pub(crate) fn client_key(peer: SocketAddr) -> IpAddr {
-    match peer.ip().to_canonical() {
+/// The address connections of client `ip` are counted on: the TCP peer
+/// at accept, or the real client behind a trusted proxy (see the module
+/// docs). IPv6 addresses count per /64, the block one subscriber gets.
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let mut seg = v6.segments();
             seg[4..].fill(0);
@@ -139,24 +145,31 @@ pub(crate) enum Admission {
 #[derive(Debug)]
 pub(crate) struct ConnSlot {
     counter: Arc<ConnCounter>,
-    /// The address it counts against.
-    addr: IpAddr,
+    /// The address it counts against; `None` for a trusted proxy's
+    /// connection, counted only in the total.
+    addr: Option<IpAddr>,
     /// Whether it is a refusal (counted in `refusing`, not `open`).
     refusal: bool,
+    /// Whether it counts in the total: not a proxied client's slot
+    /// ([`ConnSlot::client_slot`]), whose connection is counted already.
+    in_total: bool,
 }
 
 impl Drop for ConnSlot {
     fn drop(&mut self) {
         let mut counts = self.counter.lock();
-        counts.total = counts.total.saturating_sub(1);
-        if let Some(n) = counts.per_addr.get_mut(&self.addr) {
+        if self.in_total {
+            counts.total = counts.total.saturating_sub(1);
+        }
+        let Some(addr) = self.addr else { return };
+        if let Some(n) = counts.per_addr.get_mut(&addr) {
             if self.refusal {
                 n.refusing = n.refusing.saturating_sub(1);
             } else {
                 n.open = n.open.saturating_sub(1);
             }
             if n.open == 0 && n.refusing == 0 {
-                counts.per_addr.remove(&self.addr);
+                counts.per_addr.remove(&addr);
             }
         }
     }
@@ -168,12 +181,22 @@ impl ConnCounter {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Counts a new connection from `addr` against `limits`.
-    pub(crate) fn admit(self: &Arc<Self>, addr: IpAddr, limits: &ConnLimits) -> Admission {
+    /// Counts a new connection from `addr` against `limits`; with `None`
+    /// (a trusted proxy) only against the total.
+    pub(crate) fn admit(self: &Arc<Self>, addr: Option<IpAddr>, limits: &ConnLimits) -> Admission {
         let mut counts = self.lock();
         if counts.total >= limits.max_connections {
             return Admission::Drop;
         }
+        let Some(addr) = addr else {
+            counts.total += 1;
+            return Admission::Serve(Arc::new(ConnSlot {
+                counter: self.clone(),
+                addr: None,
+                refusal: false,
+                in_total: true,
+            }));
+        };
         let n = counts.per_addr.entry(addr).or_default();
         let refusal = n.open >= limits.max_per_addr;
         if refusal {
@@ -188,8 +211,9 @@ impl ConnCounter {
         drop(counts);
         let slot = Arc::new(ConnSlot {
             counter: self.clone(),
-            addr,
+            addr: Some(addr),
             refusal,
+            in_total: true,
         });
         if refusal {
             Admission::Refuse(slot)
@@ -206,6 +230,40 @@ impl ConnCounter {
             counts.total,
             counts.per_addr.get(&addr).map_or(0, |n| n.open),
         )
+    }
+}
+
+impl ConnSlot {
+    /// For a connection admitted with no address (a trusted proxy's), a
+    /// slot counting it against its real client `client` as well, to be
+    /// held for as long as the connection serves only that client (an
+    /// upgraded WebSocket). `Ok(None)` when the connection is counted on
+    /// an address already; `Err` when `client` is at its cap.
+    pub(crate) fn client_slot(
+        &self,
+        client: IpAddr,
+        limits: &ConnLimits,
+    ) -> Result<Option<Arc<ConnSlot>>, ()> {
+        if self.addr.is_some() {
+            return Ok(None);
+        }
+        let addr = client_key(client);
+        let mut counts = self.counter.lock();
+        let n = counts.per_addr.entry(addr).or_default();
+        if n.open >= limits.max_per_addr {
+            if n.open == 0 && n.refusing == 0 {
+                counts.per_addr.remove(&addr);
+            }
+            return Err(());
+        }
+        n.open += 1;
+        drop(counts);
+        Ok(Some(Arc::new(ConnSlot {
+            counter: self.counter.clone(),
+            addr: Some(addr),
+            refusal: false,
+            in_total: false,
+        })))
     }
 }
 
@@ -478,6 +536,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
 
     #[test]
     fn header_scan_finds_the_empty_line_across_pieces() {
@@ -513,19 +572,19 @@ mod tests {
         let a: IpAddr = "10.0.0.1".parse().expect("ip");
         let b: IpAddr = "10.0.0.2".parse().expect("ip");
         let l = limits(2, 10);
-        let first = counter.admit(a, &l);
-        let second = counter.admit(a, &l);
+        let first = counter.admit(Some(a), &l);
+        let second = counter.admit(Some(a), &l);
         assert!(matches!(first, Admission::Serve(_)));
         assert!(matches!(second, Admission::Serve(_)));
-        let refused = counter.admit(a, &l);
+        let refused = counter.admit(Some(a), &l);
         assert!(matches!(refused, Admission::Refuse(_)));
-        assert!(matches!(counter.admit(b, &l), Admission::Serve(_)));
+        assert!(matches!(counter.admit(Some(b), &l), Admission::Serve(_)));
         // The refusal counts in the total while it is answered, not per address.
         assert_eq!(counter.open(a), (3, 2));
         drop(refused);
         drop(first);
         assert_eq!(counter.open(a), (1, 1));
-        assert!(matches!(counter.admit(a, &l), Admission::Serve(_)));
+        assert!(matches!(counter.admit(Some(a), &l), Admission::Serve(_)));
     }
 
     #[test]
@@ -533,16 +592,16 @@ mod tests {
         let counter = Arc::new(ConnCounter::default());
         let a: IpAddr = "10.0.0.1".parse().expect("ip");
         let l = limits(1, 100);
-        let _served = counter.admit(a, &l);
+        let _served = counter.admit(Some(a), &l);
         let refusals: Vec<Admission> = (0..REFUSALS_PER_ADDR)
-            .map(|_| counter.admit(a, &l))
+            .map(|_| counter.admit(Some(a), &l))
             .collect();
         assert!(refusals.iter().all(|r| matches!(r, Admission::Refuse(_))));
-        assert!(matches!(counter.admit(a, &l), Admission::Drop));
+        assert!(matches!(counter.admit(Some(a), &l), Admission::Drop));
         assert_eq!(counter.open(a), (1 + REFUSALS_PER_ADDR, 1));
         drop(refusals);
         assert_eq!(counter.open(a), (1, 1));
-        assert!(matches!(counter.admit(a, &l), Admission::Refuse(_)));
+        assert!(matches!(counter.admit(Some(a), &l), Admission::Refuse(_)));
     }
 
     #[test]
@@ -550,18 +609,49 @@ mod tests {
         let counter = Arc::new(ConnCounter::default());
         let a: IpAddr = "10.0.0.1".parse().expect("ip");
         let l = limits(10, 1);
-        let held = counter.admit(a, &l);
+        let held = counter.admit(Some(a), &l);
         assert!(matches!(held, Admission::Serve(_)));
-        assert!(matches!(counter.admit(a, &l), Admission::Drop));
+        assert!(matches!(counter.admit(Some(a), &l), Admission::Drop));
         assert_eq!(counter.open(a), (1, 1));
         drop(held);
         assert_eq!(counter.open(a), (0, 0));
-        assert!(matches!(counter.admit(a, &l), Admission::Serve(_)));
+        assert!(matches!(counter.admit(Some(a), &l), Admission::Serve(_)));
+    }
+
+    #[test]
+    fn trusted_proxy_counts_in_total_only_and_its_clients_per_address() {
+        let counter = Arc::new(ConnCounter::default());
+        let a: IpAddr = "10.0.0.1".parse().expect("ip");
+        let l = limits(1, 4);
+        let proxied: Vec<Admission> = (0..3).map(|_| counter.admit(None, &l)).collect();
+        assert!(proxied.iter().all(|p| matches!(p, Admission::Serve(_))));
+        assert_eq!(counter.open(a), (3, 0));
+        let Admission::Serve(slot) = &proxied[0] else {
+            unreachable!()
+        };
+        // A WebSocket of client `a` through the proxy: one per `a` here.
+        let ws = slot
+            .client_slot(a, &l)
+            .expect("under the cap")
+            .expect("a slot");
+        assert_eq!(counter.open(a), (3, 1));
+        assert!(slot.client_slot(a, &l).is_err());
+        drop(ws);
+        assert_eq!(counter.open(a), (3, 0));
+        // The total still binds proxied connections.
+        let _fourth = counter.admit(None, &l);
+        assert!(matches!(counter.admit(None, &l), Admission::Drop));
+        // A directly counted connection needs no client slot.
+        drop(proxied);
+        let Admission::Serve(direct) = counter.admit(Some(a), &l) else {
+            panic!("served")
+        };
+        assert!(matches!(direct.client_slot(a, &l), Ok(None)));
     }
 
     #[test]
     fn ipv6_counts_per_64_and_mapped_ipv4_as_ipv4() {
-        let p = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let p = |s: &str| s.parse::<SocketAddr>().expect("addr").ip();
         assert_eq!(
             client_key(p("[2001:db8:1:2:aaaa::1]:5")),
             client_key(p("[2001:db8:1:2:bbbb::9]:6"))

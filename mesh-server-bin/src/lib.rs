@@ -6,7 +6,9 @@
 //!
 //! Every connection is admitted by [`conn`] first: capped per client
 //! address and in total, and closed when its request header takes too long
-//! or it sits idle (see [`ConnLimits`]).
+//! or it sits idle (see [`ConnLimits`]). Behind a reverse proxy listed in
+//! [`Config::trusted_proxies`], the client address is the one the proxy
+//! forwards (see [`TrustedProxies`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -32,12 +34,14 @@ use tokio::sync::{mpsc, watch};
 
 mod conn;
 mod http;
+mod proxy;
 mod redirect;
 pub mod tls;
 mod web;
 mod ws;
 
 pub use conn::ConnLimits;
+pub use proxy::{BadCidr, ProxyNet, TrustedProxies};
 pub use redirect::serve_redirect;
 pub use tls::ServerTls;
 pub use ws::WsLimits;
@@ -61,6 +65,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTPS on the listener; `None`: plain HTTP.
     pub tls: Option<ServerTls>,
+    /// Reverse proxies whose forwarded client address is believed; their
+    /// own connections are exempt from the per-address cap.
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Config {
@@ -74,6 +81,7 @@ impl Config {
             service: ServiceConfig::default(),
             shutdown_grace: Duration::from_secs(5),
             tls: None,
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -258,7 +266,11 @@ pub async fn serve(
                     }
                 };
                 let limits = &state.config.conn;
-                let slot = match counter.admit(conn::client_key(peer_addr), limits) {
+                // A trusted proxy's connection carries many clients: it
+                // counts only towards the total (see `conn`).
+                let key = (!state.config.trusted_proxies.contains(peer_addr.ip()))
+                    .then(|| conn::client_key(peer_addr.ip()));
+                let slot = match counter.admit(key, limits) {
                     Admission::Serve(slot) => slot,
                     Admission::Refuse(slot) => {
                         tracing::debug!(%peer_addr, "too many connections from one address: 429");
@@ -341,7 +353,11 @@ async fn serve_http<S>(
     let svc = hyper::service::service_fn(move |mut req| {
         req.extensions_mut().insert(ws_slot.clone());
         let in_flight = requests.request();
-        let answer = http::handle(state.clone(), peer_addr, req);
+        let client = state
+            .config
+            .trusted_proxies
+            .client_addr(peer_addr, req.headers());
+        let answer = http::handle(state.clone(), client, req);
         async move {
             let answer = answer.await;
             drop(in_flight);

@@ -120,6 +120,19 @@ struct Args {
     /// answer ACME challenges (e.g. 0.0.0.0:80).
     #[arg(long, env = "MESH_HTTP_LISTEN", value_name = "ADDR")]
     http_listen: Option<SocketAddr>,
+    /// A reverse proxy (CIDR, or one address) whose `X-Forwarded-For` /
+    /// `Forwarded` header names the client; repeatable (comma-separated in
+    /// the variable). Only the proxy's own address is trusted: from any
+    /// other peer the headers are ignored. Its connections are exempt from
+    /// the per-address cap; the client it names gets the per-address rate
+    /// limits. See docs/operations.md [default: none].
+    #[arg(
+        long = "trusted-proxy",
+        env = "MESH_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    trusted_proxy: Vec<mesh_server_bin::ProxyNet>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -190,6 +203,8 @@ impl Args {
             anyhow::ensure!(secs >= 1, "--idle-timeout-secs must be at least 1");
             conn.idle_timeout = Duration::from_secs(secs);
         }
+        config.trusted_proxies =
+            mesh_server_bin::TrustedProxies::new(self.trusted_proxy.iter().copied());
         Ok(config)
     }
 }
@@ -233,6 +248,13 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     let addr = listener.local_addr()?;
+    if !args.trusted_proxy.is_empty() {
+        let nets: Vec<String> = args.trusted_proxy.iter().map(ToString::to_string).collect();
+        tracing::info!(
+            "trusting the client address forwarded by {}",
+            nets.join(", ")
+        );
+    }
     let scheme = if config.tls.is_some() {
         "https"
     } else {

@@ -136,6 +136,7 @@ fn bad_upgrade(msg: &str) -> Error {
 /// `GET /ws`: checks the token (401 before the upgrade) and upgrades.
 pub(crate) async fn upgrade(
     state: &AppState,
+    client: std::net::IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
     let headers = req.headers();
@@ -162,6 +163,26 @@ pub(crate) async fn upgrade(
         .ok_or_else(|| bad_upgrade("missing Sec-WebSocket-Key"))?;
     let accept = derive_accept_key(key.as_bytes());
     let identity = authenticate(state, &req, true).await?;
+    // The connection's slot in the connection caps: the WebSocket counts
+    // for as long as it is open, after the HTTP connection task has ended.
+    // Through a trusted proxy it also counts against its real client,
+    // which is refused here past the per-address cap.
+    let slot = req
+        .extensions()
+        .get::<Arc<crate::conn::ConnSlot>>()
+        .cloned();
+    let client_slot = match &slot {
+        Some(slot) => match slot.client_slot(client, &state.config.conn) {
+            Ok(s) => s,
+            Err(()) => {
+                tracing::debug!(%client, "too many connections from one client behind the proxy: 429");
+                return Ok(crate::http::too_many_connections(
+                    state.config.conn.max_per_addr,
+                ));
+            }
+        },
+        None => None,
+    };
 
     let limits = state.config.ws.clone();
     let (tx, rx) = mpsc::channel(limits.queue_frames.max(1));
@@ -177,19 +198,13 @@ pub(crate) async fn upgrade(
         .service
         .open_connection(identity, conn.clone())
         .await?;
-    // The connection's slot in the connection caps: the WebSocket counts
-    // for as long as it is open, after the HTTP connection task has ended.
-    let slot = req
-        .extensions()
-        .get::<Arc<crate::conn::ConnSlot>>()
-        .cloned();
     let heartbeat = state.service.config().engine.heartbeat_interval;
     let shutdown = state.shutdown.clone();
     let alive = state.alive.clone();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let _alive = alive;
-        let _slot = slot;
+        let _slot = (slot, client_slot);
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {

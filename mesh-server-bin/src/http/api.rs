@@ -1,7 +1,7 @@
 //! The REST API: one function per route, all returning the contract's
 //! errors through [`super::error_response`].
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use http::{Method, Request, Response, StatusCode};
@@ -40,14 +40,14 @@ fn not_allowed() -> Error {
 /// Routes a request to its handler.
 pub(super) async fn route(
     state: &AppState,
-    peer: SocketAddr,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Error> {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
     let max = state.config.max_body_bytes;
-    let ip = Some(peer.ip());
+    let ip = Some(client);
     let svc = &state.service;
     match segments.as_slice() {
         ["health"] => match method {
@@ -55,7 +55,7 @@ pub(super) async fn route(
             _ => Err(not_allowed()),
         },
         ["ws"] => match method {
-            Method::GET => crate::ws::upgrade(state, req).await,
+            Method::GET => crate::ws::upgrade(state, client, req).await,
             _ => Err(not_allowed()),
         },
         ["api", "auth", "register"] => match method {

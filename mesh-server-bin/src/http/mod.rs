@@ -1,7 +1,7 @@
 //! HTTP: routing, bodies, and the one place errors become responses.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -20,10 +20,11 @@ mod api;
 
 pub(crate) type Body = Full<Bytes>;
 
-/// Answers one request. Never fails: every error becomes a JSON answer.
+/// Answers one request from `client` (the TCP peer, or the address a
+/// trusted proxy forwarded). Never fails: every error becomes a JSON answer.
 pub(crate) async fn handle(
     state: Arc<AppState>,
-    peer: SocketAddr,
+    client: IpAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let method = req.method().clone();
@@ -33,7 +34,7 @@ pub(crate) async fn handle(
     } else if let Some(page) = crate::web::serve(&method, &path) {
         page
     } else {
-        match api::route(&state, peer, req).await {
+        match api::route(&state, client, req).await {
             Ok(response) => response,
             Err(e) => error_response(&e),
         }
@@ -45,7 +46,7 @@ pub(crate) async fn handle(
             HeaderValue::from_static("*"),
         );
     }
-    tracing::debug!(%method, %path, status = response.status().as_u16(), "request");
+    tracing::debug!(%client, %method, %path, status = response.status().as_u16(), "request");
     Ok(response)
 }
 
