@@ -7,9 +7,9 @@
 //
 // ICE servers (STUN, and TURN with short-lived credentials) are fetched from
 // the server (`GET /api/rtc/ice-servers`) at the start of every call. Test
-// hook: `?relay=1` in the page URL, or `window.__mesh.forceRelay = true`,
-// sets `iceTransportPolicy: "relay"`, so a call connects through TURN or not
-// at all. While connected, getStats tells whether the selected candidate
+// hook: `?relay=1` in the URL a tab loads (kept for that tab), or
+// `window.__mesh.forceRelay = true`, sets `iceTransportPolicy: "relay"`, so
+// a call connects through TURN or not at all. While connected, getStats tells whether the selected candidate
 // pair uses a relay candidate: `call.relayed`, shown as "relayed".
 
 import { randomId } from './dom.js';
@@ -17,8 +17,26 @@ import { randomId } from './dom.js';
 const RING_TIMEOUT_MS = 45000;
 const STATS_INTERVAL_MS = 1000;
 
+// `?relay=1` is read once at load and kept for the tab (sessionStorage):
+// the app rewrites its URL to `/` (`?relay=0` turns it off again).
+const RELAY_KEY = 'mesh.forceRelay';
+{
+  const relay = new URLSearchParams(location.search).get('relay');
+  try {
+    if (relay === '1') sessionStorage.setItem(RELAY_KEY, '1');
+    else if (relay === '0') sessionStorage.removeItem(RELAY_KEY);
+  } catch {
+    // Storage may be off; the window.__mesh hook still works.
+  }
+}
+
 function forceRelay() {
-  return window.__mesh?.forceRelay === true || new URLSearchParams(location.search).get('relay') === '1';
+  if (window.__mesh?.forceRelay === true) return true;
+  try {
+    return sessionStorage.getItem(RELAY_KEY) === '1';
+  } catch {
+    return false;
+  }
 }
 
 export class Calls {
