@@ -71,5 +71,13 @@ home() { # ns dev addr gateway
 home "$HA" "ha$id" 10.1.0.2/24 10.1.0.1
 home "$HB" "hb$id" 10.2.0.2/24 10.2.0.1
 
+# The DROP rules work: a datagram from home A to home B's public address
+# is counted by router A's rule (and never arrives).
+drops() { ip netns exec "$1" iptables -L FORWARD -v -x -n | awk '$3 == "DROP" && $4 == "17" { n += $1 } END { print n + 0 }'; }
+before=$(drops "$RA")
+ip netns exec "$HA" bash -c 'echo probe > /dev/udp/203.0.113.2/9'
+after=$(drops "$RA")
+if [ "$after" -le "$before" ]; then echo "router A did not drop UDP to home B" >&2; exit 1; fi
+
 LAB_PUB=$PUB LAB_HOME_A=$HA LAB_HOME_B=$HB LAB_ROUTER_A=$RA LAB_ROUTER_B=$RB LAB_SERVER_IP=192.0.2.1 \
   timeout 150 node --test --test-concurrency=1 turn-lab.test.js
