@@ -3,7 +3,8 @@
 // the public namespace; one Chromium per home namespace, driven over its
 // pipe through an `ip netns exec` wrapper, reaching the server as mesh.lab.
 // A call forced through TURN (`?relay=1`) must connect, carry media both
-// ways, and say "relayed".
+// ways, and say "relayed"; then, with all UDP out of home B dropped, a
+// second call must do the same with home B relaying over TURN/TCP.
 //
 // Nothing here sends to a lab address from the root namespace: processes
 // that talk to the lab are started inside it.
@@ -38,6 +39,7 @@ const PUB = env('LAB_PUB');
 const HOME_A = env('LAB_HOME_A');
 const HOME_B = env('LAB_HOME_B');
 const IP = env('LAB_SERVER_IP');
+const ROUTER_B = env('LAB_ROUTER_B');
 const PORT = 8443;
 // HTTPS with a CA made here, trusted only by these browsers (SPKI pin), as
 // soon as mesh-server has --tls-cert/--tls-key; until then plain HTTP that
@@ -160,8 +162,62 @@ const selectedPair = () =>
     if (!pair) return null;
     const l = stats.get(pair.localCandidateId);
     const rm = stats.get(pair.remoteCandidateId);
-    return { local: l?.candidateType, remote: rm?.candidateType, localAddress: l?.address };
+    return {
+      local: l?.candidateType,
+      remote: rm?.candidateType,
+      localAddress: l?.address,
+      relayProtocol: l?.relayProtocol,
+    };
   });
+
+/**
+ * Alice video-calls Bob; both peer connections must connect over a relay
+ * candidate of the lab's coturn, say "relayed", and receive media. Returns
+ * each side's local relay protocol (udp, tcp).
+ */
+async function callAndCheck(alice, bob, aliceName, bobName) {
+  const protocols = [];
+  const label = `Video call ${bobName}`;
+  await alice.waitForFunction((l) => {
+    const b = document.querySelector(`button[aria-label="${l}"]`);
+    return b && !b.disabled;
+  }, label);
+  await alice.click(`button[aria-label="${label}"]`);
+  await bob.locator('#incoming-text', { hasText: `${aliceName} is calling you` }).waitFor();
+  await bob.click('#accept-call');
+
+  for (const page of [alice, bob]) {
+    await page.waitForFunction(() => window.__mesh.pc?.connectionState === 'connected', null, { timeout: 30000 });
+    await page.locator('#call-route', { hasText: 'relayed' }).waitFor({ timeout: 10000 });
+    const pair = await page.evaluate(selectedPair);
+    protocols.push(pair.relayProtocol);
+    const config = await page.evaluate(() => ({
+      href: location.href,
+      policy: window.__mesh.pc.getConfiguration().iceTransportPolicy,
+    }));
+    assert.equal(pair.local, 'relay', `the selected pair is relayed: ${JSON.stringify({ pair, config })}`);
+    assert.equal(pair.localAddress, IP, 'relayed by the lab coturn');
+  }
+  // Media both ways: each side's inbound RTP keeps growing.
+  for (const page of [alice, bob]) {
+    const start = await page.evaluate(inboundBytes);
+    await page.waitForFunction(
+      async (s) => {
+        let n = 0;
+        (await window.__mesh.pc.getStats()).forEach((r) => {
+          if (r.type === 'inbound-rtp') n += r.bytesReceived || 0;
+        });
+        return n > s + 20000;
+      },
+      start,
+      { timeout: 20000, polling: 250 },
+    );
+  }
+  await alice.click('#hangup');
+  await bob.locator('#call').waitFor({ state: 'hidden' });
+  await alice.locator('#call').waitFor({ state: 'hidden' });
+  return protocols;
+}
 
 describe('browser lab: a call between two NATed homes through TURN', () => {
   before(async () => {
@@ -243,44 +299,13 @@ describe('browser lab: a call between two NATed homes through TURN', () => {
     await openRoom(bob, room);
     await alice.locator('#member-list .member', { hasText: bobName }).waitFor();
 
-    const label = `Video call ${bobName}`;
-    await alice.waitForFunction((l) => {
-      const b = document.querySelector(`button[aria-label="${l}"]`);
-      return b && !b.disabled;
-    }, label);
-    await alice.click(`button[aria-label="${label}"]`);
-    await bob.locator('#incoming-text', { hasText: `${aliceName} is calling you` }).waitFor();
-    await bob.click('#accept-call');
-
-    for (const page of [alice, bob]) {
-      await page.waitForFunction(() => window.__mesh.pc?.connectionState === 'connected', null, { timeout: 30000 });
-      await page.locator('#call-route', { hasText: 'relayed' }).waitFor({ timeout: 10000 });
-      const pair = await page.evaluate(selectedPair);
-      const config = await page.evaluate(() => ({
-        href: location.href,
-        policy: window.__mesh.pc.getConfiguration().iceTransportPolicy,
-      }));
-      assert.equal(pair.local, 'relay', `the selected pair is relayed: ${JSON.stringify({ pair, config })}`);
-      assert.equal(pair.localAddress, IP, 'relayed by the lab coturn');
-    }
-    // Media both ways: each side's inbound RTP keeps growing.
-    for (const page of [alice, bob]) {
-      const start = await page.evaluate(inboundBytes);
-      await page.waitForFunction(
-        async (s) => {
-          let n = 0;
-          (await window.__mesh.pc.getStats()).forEach((r) => {
-            if (r.type === 'inbound-rtp') n += r.bytesReceived || 0;
-          });
-          return n > s + 20000;
-        },
-        start,
-        { timeout: 20000, polling: 250 },
-      );
-    }
+    await callAndCheck(alice, bob, aliceName, bobName);
     await screenshot(bob, 'lab-relayed-call');
-    await alice.click('#hangup');
-    await bob.locator('#call').waitFor({ state: 'hidden' });
+
+    // A network that lets no UDP out at all: home B reaches TURN over TCP.
+    execFileSync('ip', ['netns', 'exec', ROUTER_B, 'iptables', '-I', 'FORWARD', '-p', 'udp', '-j', 'DROP']);
+    const protocols = await callAndCheck(alice, bob, aliceName, bobName);
+    assert.equal(protocols[1], 'tcp', `bob relays over TCP: ${protocols}`);
     assert.deepEqual(alice.errors, []);
     assert.deepEqual(bob.errors, []);
   });
