@@ -491,6 +491,27 @@ async fn ice_servers_endpoint_hands_out_stun_and_minted_turn_credentials() {
         turn.credential.as_deref(),
         Some(expected.credential.as_str())
     );
+
+    // A capability token that cannot join calls gets no TURN credential.
+    let http = reqwest::Client::new();
+    let cap: serde_json::Value = http
+        .post(format!("http://{}/api/auth/capability", server.addr))
+        .bearer_auth(api.token().expect("token"))
+        .json(&serde_json::json!({"scope": ["rooms:read"]}))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("json");
+    let cap = cap["capability_token"].as_str().expect("capability token");
+    let refused = http
+        .get(&url)
+        .bearer_auth(cap)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(refused.status().as_u16(), 403);
     drop(server);
 
     // A restart keeps the secret (other nodes and coturn share the file);
