@@ -143,5 +143,13 @@ else
   echo "browser suite took $(( $(date +%s) - browser_start )) s; screenshots in target/screenshots/"
 fi
 
+step "browser lab: a call between two NATed homes through TURN (network namespaces, coturn, Chromium; needs root)"
+if [ "${MESH_SKIP_BROWSER:-}" = 1 ]; then
+  echo "skipped (MESH_SKIP_BROWSER=1)"
+else
+  # run.sh prints its own time; it fails without root under CI=true.
+  MESH_SERVER_BIN="$target_dir/debug/mesh-server" web-tests/lab/run.sh
+fi
+
 echo
 echo "all checks passed"

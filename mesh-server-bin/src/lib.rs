@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::auth::KeyRing;
+use mesh_core::auth::turn::IceConfig;
 use mesh_core::service::{Service, ServiceConfig};
 use mesh_core::storage::sled::{CheckReport, SledStore, SledStoreError};
 use tokio::net::TcpListener;
@@ -68,6 +69,9 @@ pub struct Config {
     /// Reverse proxies whose forwarded client address is believed; their
     /// own connections are exempt from the per-address cap.
     pub trusted_proxies: TrustedProxies,
+    /// The ICE servers `GET /api/rtc/ice-servers` hands out, and the TURN
+    /// secret (see [`load_or_create_turn_secret`]).
+    pub ice: IceConfig,
 }
 
 impl Config {
@@ -82,6 +86,10 @@ impl Config {
             shutdown_grace: Duration::from_secs(5),
             tls: None,
             trusted_proxies: TrustedProxies::default(),
+            ice: IceConfig {
+                turn_ttl: Duration::from_secs(3600),
+                ..IceConfig::default()
+            },
         }
     }
 }
@@ -125,6 +133,46 @@ pub fn open_service(config: &Config) -> anyhow::Result<Service> {
         .config(config.service.clone())
         .build()?;
     Ok(service)
+}
+
+/// Reads the TURN shared secret from `path`, creating it (mode 0600, 32
+/// random bytes as hex) when it is missing. The file is the secret coturn's
+/// `static-auth-secret` must repeat; several nodes may share it.
+pub fn load_or_create_turn_secret(path: &Path) -> anyhow::Result<String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let secret = text.trim().to_owned();
+            anyhow::ensure!(
+                !secret.is_empty(),
+                "the TURN secret file {} is empty",
+                path.display()
+            );
+            return Ok(secret);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e)
+                .context(format!("reading the TURN secret {}", path.display())));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the folder of {}", path.display()))?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating the TURN secret {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("writing the TURN secret {}", path.display()))?;
+    Ok(secret)
 }
 
 /// What an operator reads when the database is refused.

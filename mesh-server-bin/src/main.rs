@@ -133,6 +133,23 @@ struct Args {
         value_name = "CIDR"
     )]
     trusted_proxy: Vec<mesh_server_bin::ProxyNet>,
+    /// A STUN URL handed to callers (repeatable; with MESH_STUN_URL, comma-separated),
+    /// e.g. `stun:turn.example.org:3478`.
+    #[arg(long = "stun-url", env = "MESH_STUN_URL", value_delimiter = ',')]
+    stun_urls: Vec<String>,
+    /// A TURN URL handed to callers with time-limited credentials (repeatable;
+    /// with MESH_TURN_URL, comma-separated), e.g.
+    /// `turn:turn.example.org:3478?transport=udp`, `turns:turn.example.org:5349?transport=tcp`.
+    #[arg(long = "turn-url", env = "MESH_TURN_URL", value_delimiter = ',')]
+    turn_urls: Vec<String>,
+    /// The secret shared with the TURN server (coturn `static-auth-secret`);
+    /// created (0600, random) when TURN URLs are given and it is missing
+    /// [default: DATA/turn.secret].
+    #[arg(long, env = "MESH_TURN_SECRET_FILE")]
+    turn_secret_file: Option<PathBuf>,
+    /// Seconds a TURN credential stays valid [default: 3600].
+    #[arg(long, env = "MESH_TURN_TTL_SECS")]
+    turn_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -205,6 +222,19 @@ impl Args {
         }
         config.trusted_proxies =
             mesh_server_bin::TrustedProxies::new(self.trusted_proxy.iter().copied());
+        config.ice.stun_urls = self.stun_urls.clone();
+        config.ice.turn_urls = self.turn_urls.clone();
+        if let Some(secs) = self.turn_ttl_secs {
+            anyhow::ensure!(secs >= 1, "--turn-ttl-secs must be at least 1");
+            config.ice.turn_ttl = Duration::from_secs(secs);
+        }
+        if !config.ice.turn_urls.is_empty() {
+            let file = self
+                .turn_secret_file
+                .clone()
+                .unwrap_or_else(|| self.data.join("turn.secret"));
+            config.ice.turn_secret = mesh_server_bin::load_or_create_turn_secret(&file)?;
+        }
         Ok(config)
     }
 }

@@ -56,6 +56,10 @@ export class Api {
   me() {
     return this.request('GET', '/api/auth/me');
   }
+  /** STUN and TURN servers for a call, TURN credentials minted for us. */
+  iceServers() {
+    return this.request('GET', '/api/rtc/ice-servers');
+  }
   rooms() {
     return this.request('GET', '/api/rooms');
   }

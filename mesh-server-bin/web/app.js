@@ -51,6 +51,7 @@ const calls = new Calls({
   render: renderCall,
   toast,
   forgetPeer,
+  iceServers: () => api.iceServers(),
 });
 
 window.__mesh = Object.assign(window.__mesh || {}, { state, socket, calls, pc: null });
@@ -860,6 +861,11 @@ function renderCall(call) {
       connected: `In a call with ${name}`,
       reconnecting: `Reconnecting to ${name}…`,
     }[call.state];
+    // Said in words, not only shown: the call's media goes through the
+    // TURN server (see call.js, watchRoute).
+    const route = $('call-route');
+    route.textContent = call.state === 'connected' && call.relayed ? 'relayed' : '';
+    show(route, call.state === 'connected' && call.relayed === true);
     overlay.dataset.state = call.state;
     overlay.classList.toggle('audio-only', !call.video);
     if (local.srcObject !== call.local) local.srcObject = call.local;

@@ -4,13 +4,40 @@
 // Every signal carries `call_id`, so late signals of an ended call are
 // ignored. ICE candidates that arrive before the remote description are
 // queued. The live RTCPeerConnection is exposed as `window.__mesh.pc`.
+//
+// ICE servers (STUN, and TURN with short-lived credentials) are fetched from
+// the server (`GET /api/rtc/ice-servers`) at the start of every call. Test
+// hook: `?relay=1` in the URL a tab loads (kept for that tab), or
+// `window.__mesh.forceRelay = true`, sets `iceTransportPolicy: "relay"`, so
+// a call connects through TURN or not at all. While connected, getStats tells whether the selected candidate
+// pair uses a relay candidate: `call.relayed`, shown as "relayed".
 
 import { randomId } from './dom.js';
 
 const RING_TIMEOUT_MS = 45000;
-// No STUN/TURN is configured: host candidates are enough on one machine or
-// one network. A deployment across NATs adds its servers here.
-const RTC_CONFIG = { iceServers: [] };
+const STATS_INTERVAL_MS = 1000;
+
+// `?relay=1` is read once at load and kept for the tab (sessionStorage):
+// the app rewrites its URL to `/` (`?relay=0` turns it off again).
+const RELAY_KEY = 'mesh.forceRelay';
+{
+  const relay = new URLSearchParams(location.search).get('relay');
+  try {
+    if (relay === '1') sessionStorage.setItem(RELAY_KEY, '1');
+    else if (relay === '0') sessionStorage.removeItem(RELAY_KEY);
+  } catch {
+    // Storage may be off; the window.__mesh hook still works.
+  }
+}
+
+function forceRelay() {
+  if (window.__mesh?.forceRelay === true) return true;
+  try {
+    return sessionStorage.getItem(RELAY_KEY) === '1';
+  } catch {
+    return false;
+  }
+}
 
 export class Calls {
   /**
@@ -18,6 +45,7 @@ export class Calls {
    * @param {(type: string, payload: object) => Promise<any>} ui.signal  sends an rtc.* request
    * @param {(call: object) => void} ui.render  redraws the call UI
    * @param {(text: string) => void} ui.toast
+   * @param {() => Promise<{ice_servers: object[]}>} [ui.iceServers]  GET /api/rtc/ice-servers
    */
   constructor(ui) {
     this.ui = ui;
@@ -60,8 +88,9 @@ export class Calls {
       this.end();
       return;
     }
+    const rtcConfig = await this.rtcConfig();
     if (this.call !== call) return stopStream(call.local);
-    const pc = this.makePeerConnection(call);
+    const pc = this.makePeerConnection(call, rtcConfig);
     for (const track of call.local.getTracks()) pc.addTrack(track, call.local);
     const offer = await pc.createOffer();
     await pc.setLocalDescription(offer);
@@ -101,8 +130,28 @@ export class Calls {
     this.end();
   }
 
-  makePeerConnection(call) {
-    const pc = new RTCPeerConnection(RTC_CONFIG);
+  /** The RTCPeerConnection configuration: the server's ICE servers. */
+  async rtcConfig() {
+    const config = { iceServers: [] };
+    if (forceRelay()) config.iceTransportPolicy = 'relay';
+    if (!this.ui.iceServers) return config;
+    try {
+      const answer = await this.ui.iceServers();
+      config.iceServers = (answer?.ice_servers || []).map((s) => {
+        const server = { urls: s.urls };
+        if (s.username) server.username = s.username;
+        if (s.credential) server.credential = s.credential;
+        return server;
+      });
+    } catch (e) {
+      // Calls on one network still work without STUN/TURN.
+      console.warn('no ICE servers', e);
+    }
+    return config;
+  }
+
+  makePeerConnection(call, rtcConfig) {
+    const pc = new RTCPeerConnection(rtcConfig);
     call.pc = pc;
     call.localCandidates = [];
     pc.onicecandidate = (ev) => {
@@ -122,7 +171,10 @@ export class Calls {
     pc.onconnectionstatechange = () => {
       if (this.call !== call) return;
       const s = pc.connectionState;
-      if (s === 'connected') call.state = 'connected';
+      if (s === 'connected') {
+        call.state = 'connected';
+        this.watchRoute(call);
+      }
       else if (s === 'disconnected') call.state = 'reconnecting';
       else if (s === 'failed') {
         this.ui.toast('The call failed: no network path between you.');
@@ -133,6 +185,26 @@ export class Calls {
     };
     this.expose();
     return pc;
+  }
+
+  /** Polls getStats while the call lasts: is the selected pair relayed? */
+  watchRoute(call) {
+    if (call.statsTimer) return;
+    const check = async () => {
+      if (this.call !== call || !call.pc) return;
+      let relayed = null;
+      try {
+        relayed = selectedPairRelayed(await call.pc.getStats());
+      } catch {
+        relayed = null;
+      }
+      if (this.call === call && relayed !== null && relayed !== call.relayed) {
+        call.relayed = relayed;
+        this.render();
+      }
+    };
+    call.statsTimer = setInterval(check, STATS_INTERVAL_MS);
+    check();
   }
 
   flushLocalCandidates(call) {
@@ -236,8 +308,9 @@ export class Calls {
       this.ui.toast(`Joining without camera/microphone: ${e.message}`);
       call.local = null;
     }
+    const rtcConfig = await this.rtcConfig();
     if (this.call !== call) return stopStream(call.local);
-    const pc = this.makePeerConnection(call);
+    const pc = this.makePeerConnection(call, rtcConfig);
     if (call.local) for (const track of call.local.getTracks()) pc.addTrack(track, call.local);
     await pc.setRemoteDescription({ type: 'offer', sdp: call.offerSdp });
     const answer = await pc.createAnswer();
@@ -285,6 +358,7 @@ export class Calls {
     if (!call) return;
     this.call = null;
     clearTimeout(call.ringTimer);
+    clearInterval(call.statsTimer);
     stopStream(call.local);
     if (call.pc) {
       call.pc.onicecandidate = call.pc.ontrack = call.pc.onconnectionstatechange = null;
@@ -303,6 +377,27 @@ export class Calls {
   render() {
     this.ui.render(this.call);
   }
+}
+
+/**
+ * Whether the selected candidate pair of a stats report uses a relay
+ * (TURN) candidate on either end; null when no pair is selected yet.
+ */
+export function selectedPairRelayed(stats) {
+  let pair = null;
+  stats.forEach((r) => {
+    if (r.type === 'transport' && r.selectedCandidatePairId) pair = stats.get(r.selectedCandidatePairId);
+  });
+  if (!pair) {
+    stats.forEach((r) => {
+      if (r.type === 'candidate-pair' && r.state === 'succeeded' && (r.selected || r.nominated)) pair = r;
+    });
+  }
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId);
+  const remote = stats.get(pair.remoteCandidateId);
+  if (!local && !remote) return null;
+  return local?.candidateType === 'relay' || remote?.candidateType === 'relay';
 }
 
 async function getMedia(video) {

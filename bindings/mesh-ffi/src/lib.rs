@@ -274,6 +274,39 @@ pub struct HistoryPageInfo {
     pub has_more: bool,
 }
 
+/// One ICE server for a call (WebRTC's `RTCIceServer`): STUN URLs, or TURN
+/// URLs with a time-limited `username`/`credential`.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct IceServerInfo {
+    pub urls: Vec<String>,
+    pub username: Option<String>,
+    pub credential: Option<String>,
+}
+
+/// The ICE servers for calls and when their TURN credentials expire.
+#[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
+pub struct IceServersInfo {
+    pub ice_servers: Vec<IceServerInfo>,
+    pub expires_at_ms: i64,
+}
+
+impl From<mesh_core::protocol::http::IceServersResponse> for IceServersInfo {
+    fn from(r: mesh_core::protocol::http::IceServersResponse) -> Self {
+        Self {
+            ice_servers: r
+                .ice_servers
+                .into_iter()
+                .map(|s| IceServerInfo {
+                    urls: s.urls,
+                    username: s.username,
+                    credential: s.credential,
+                })
+                .collect(),
+            expires_at_ms: r.expires_at.unix_millis(),
+        }
+    }
+}
+
 /// An authorised P2P session: the initiator presents `session_token` to
 /// the target when it connects directly (see `docs/p2p.md`).
 #[derive(Clone, Debug, PartialEq, Eq, uniffi::Record)]
@@ -707,6 +740,13 @@ impl MeshClient {
             Ok(client.create_room(&req).await?.into())
         })
         .await
+    }
+
+    /// The STUN and TURN servers for calls (`GET /api/rtc/ice-servers`),
+    /// TURN credentials minted for this user; fetch them at call start.
+    pub async fn ice_servers(&self) -> Result<IceServersInfo, MeshError> {
+        let client = self.client.clone();
+        on_runtime(async move { Ok(client.http().ice_servers().await?.into()) }).await
     }
 
     /// The rooms this user can see.

@@ -22,10 +22,10 @@ TIMEOUT = 10
 class Server:
     """`mesh-server --listen 127.0.0.1:0 --data <tmp>`, up once it logs its address."""
 
-    def __init__(self):
+    def __init__(self, flags=()):
         self.data = tempfile.mkdtemp(prefix="mesh-py-")
         self.proc = subprocess.Popen(
-            [SERVER_BIN, "--listen", "127.0.0.1:0", "--data", self.data],
+            [SERVER_BIN, "--listen", "127.0.0.1:0", "--data", self.data, *flags],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -20,7 +20,14 @@ from support import PASSWORD, Listener, Server, name
 class ChatTest(unittest.IsolatedAsyncioTestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = Server()
+        cls.server = Server(
+            [
+                "--stun-url",
+                "stun:turn.mesh.test:3478",
+                "--turn-url",
+                "turn:turn.mesh.test:3478?transport=udp",
+            ]
+        )
 
     @classmethod
     def tearDownClass(cls):
@@ -135,6 +142,18 @@ class ChatTest(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(mesh.MeshError.Server) as caught:
             await bob.set_role(room.id, alice.me().id, "member")
         self.assertEqual(caught.exception.code, "forbidden")
+
+    async def test_ice_servers_carry_minted_turn_credentials(self):
+        auth, client, _ = await self.connect(name())
+        ice = await client.ice_servers()
+        self.assertEqual([s.urls for s in ice.ice_servers],
+                         [["stun:turn.mesh.test:3478"], ["turn:turn.mesh.test:3478?transport=udp"]])
+        self.assertIsNone(ice.ice_servers[0].username)
+        turn = ice.ice_servers[1]
+        expiry, user_id = turn.username.split(":", 1)
+        self.assertEqual(user_id, auth.user.id)
+        self.assertEqual(int(expiry) * 1000, ice.expires_at_ms)
+        self.assertTrue(turn.credential)
 
     async def test_wrong_password_is_unauthorized(self):
         username = name()

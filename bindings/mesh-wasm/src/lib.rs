@@ -87,6 +87,11 @@ export interface P2pGrant {
   };
   session_token: string;
 }
+/** ICE servers for a call, to pass to `new RTCPeerConnection({ iceServers })`. */
+export interface IceServers {
+  ice_servers: { urls: string[]; username?: string; credential?: string }[];
+  expires_at: string;
+}
 /** An error with the contract's code (or a client-side one). */
 export interface MeshError extends Error { code: string }
 /** What the `onEvent` callback hears. */
@@ -874,6 +879,14 @@ impl MeshClient {
             }
             Ok(room)
         })
+    }
+
+    /// The STUN and TURN servers for calls (`GET /api/rtc/ice-servers`),
+    /// with TURN credentials minted for this user; fetch them at call start.
+    #[wasm_bindgen(js_name = iceServers, unchecked_return_type = "Promise<IceServers>")]
+    pub fn ice_servers(&self) -> Promise {
+        let http = self.http.clone();
+        future_to_promise(async move { http.call("GET", "/api/rtc/ice-servers", None).await })
     }
 
     /// The rooms this user can see.

@@ -7,6 +7,8 @@
 //! - [`tokens`]: the claims of every token mesh signs, and
 //!   [`tokens::TokenVerifier`], which checks P2P session and capability tokens
 //!   offline from the published key set (what agents use).
+//! - [`turn`]: time-limited TURN credentials (the TURN REST scheme) for
+//!   the ICE servers handed to calls.
 //! - [`Authenticator`]: the pluggable part. [`JwtAuthenticator`] is the
 //!   default; an embedding app may bring its own (see `examples/`).
 //!
@@ -26,6 +28,7 @@ mod cache;
 pub mod keys;
 pub mod password;
 pub mod tokens;
+pub mod turn;
 
 pub use keys::KeyRing;
 pub use tokens::{

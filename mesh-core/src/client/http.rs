@@ -10,9 +10,9 @@ use serde::de::DeserializeOwned;
 
 use super::{ClientError, HistoryQuery, TlsConfig};
 use crate::protocol::http::{
-    AuthResponse, CreateRoomRequest, LoginRequest, MemberResponse, MembersResponse,
-    MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse, Peer,
-    PeersResponse, RegisterRequest, RoleRequest, RoomResponse, RoomsResponse, UserResponse,
+    AuthResponse, CreateRoomRequest, IceServersResponse, LoginRequest, MemberResponse,
+    MembersResponse, MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse,
+    Peer, PeersResponse, RegisterRequest, RoleRequest, RoomResponse, RoomsResponse, UserResponse,
 };
 use crate::protocol::{Member, P2pSession, Role, Room, RoomId, SessionId, User, UserId};
 
@@ -206,6 +206,13 @@ impl HttpApi {
     /// for [`TokenVerifier::from_jwks`](crate::auth::TokenVerifier::from_jwks).
     pub async fn keys(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/api/auth/keys").await
+    }
+
+    /// `GET /api/rtc/ice-servers` (extension): STUN and TURN servers for
+    /// calls, with TURN credentials minted for the caller (valid until
+    /// `expires_at`).
+    pub async fn ice_servers(&self) -> Result<IceServersResponse, ClientError> {
+        self.get("/api/rtc/ice-servers").await
     }
 
     /// `POST /api/p2p/session`.

@@ -236,3 +236,26 @@ mod tests {
         assert_eq!(set.topic, Some(Some("t".into())));
     }
 }
+
+/// One entry of [`IceServersResponse`], shaped like WebRTC's `RTCIceServer`
+/// so a browser can pass it to `RTCPeerConnection` as it came.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServer {
+    /// `stun:`, `turn:` or `turns:` URLs.
+    pub urls: Vec<String>,
+    /// TURN only: `<expiry unix seconds>:<user id>` (the TURN REST scheme).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// TURN only: base64 of HMAC-SHA1(shared secret, `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Extension: `GET /api/rtc/ice-servers`, the ICE servers for calls.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IceServersResponse {
+    pub ice_servers: Vec<IceServer>,
+    /// When the TURN credentials stop working (a client fetches new ones
+    /// for a call that starts later).
+    pub expires_at: Timestamp,
+}

@@ -137,6 +137,23 @@ pub(super) async fn route(
             let identity = authenticate(state, &req, false).await?;
             room_route(state, &identity, room, rest, req).await
         }
+        ["api", "rtc", "ice-servers"] => match method {
+            Method::GET => {
+                let identity = authenticate(state, &req, false).await?;
+                // Calls ride the WebSocket, which needs `messages:write`.
+                if !identity.allows(mesh_core::auth::Scope::MessagesWrite) {
+                    return Err(Error::Forbidden(
+                        "this capability token does not allow \"messages:write\"".into(),
+                    ));
+                }
+                let answer = state
+                    .config
+                    .ice
+                    .ice_servers(identity.user_id, mesh_core::protocol::Timestamp::now());
+                Ok(json_response(StatusCode::OK, &answer))
+            }
+            _ => Err(not_allowed()),
+        },
         ["api", "p2p", "session"] => match method {
             Method::POST => {
                 let identity = authenticate(state, &req, false).await?;
