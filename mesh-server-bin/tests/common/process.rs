@@ -14,6 +14,8 @@ pub struct ServerProcess {
     pub child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
+    /// Woken at every new log line.
+    logged: Arc<std::sync::Condvar>,
     reader: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -52,20 +54,30 @@ pub fn start_binary(data: &Path, flags: &[&str]) -> Result<ServerProcess, Refuse
         let line = line.expect("read stderr");
         log.lock().expect("log").push(line.clone());
         if let Some(rest) = line.split("listening on ").nth(1) {
-            let addr = rest.trim().parse().expect("address");
+            // `listening on ADDR (http)`
+            let addr = rest
+                .split_whitespace()
+                .next()
+                .and_then(|a| a.parse().ok())
+                .expect("address");
             // Keep draining (and keeping) stderr so the server never blocks.
+            let logged = Arc::new(std::sync::Condvar::new());
             let reader = std::thread::spawn({
                 let log = Arc::clone(&log);
+                let logged = Arc::clone(&logged);
                 move || {
                     for line in lines.map_while(Result::ok) {
                         log.lock().expect("log").push(line);
+                        logged.notify_all();
                     }
+                    logged.notify_all();
                 }
             });
             return Ok(ServerProcess {
                 child,
                 addr,
                 log,
+                logged,
                 reader: Some(reader),
             });
         }
@@ -73,6 +85,20 @@ pub fn start_binary(data: &Path, flags: &[&str]) -> Result<ServerProcess, Refuse
 }
 
 impl ServerProcess {
+    /// Waits (up to `timeout`, a hang guard) for a log line containing
+    /// `needle`; returns it.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut log = self.log.lock().expect("log");
+        loop {
+            if let Some(line) = log.iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            log = self.logged.wait_timeout(log, left).expect("log").0;
+        }
+    }
+
     /// SIGTERM, then waits for a clean exit; returns the whole stderr.
     pub fn stop(mut self) -> String {
         let status = Command::new("kill")
