@@ -23,6 +23,11 @@ use tokio::task::JoinHandle;
 /// How long any single wait may take before the test fails.
 const WAIT: Duration = Duration::from_secs(20);
 
+// The tests' CA (rcgen), shared with the server's tests.
+#[path = "../../mesh-server-bin/tests/common/tls.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod test_ca;
+
 /// The server, stopped when dropped; restartable on the same address.
 struct Server {
     url: String,
@@ -30,6 +35,8 @@ struct Server {
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
     dir: tempfile::TempDir,
+    /// HTTPS: the server's TLS, and the CA file clients are told to trust.
+    tls: Option<(mesh_server_bin::ServerTls, PathBuf)>,
 }
 
 async fn start_server() -> Server {
@@ -40,6 +47,33 @@ async fn start_server() -> Server {
         stop: None,
         task: None,
         dir,
+        tls: None,
+    };
+    server.start().await;
+    server
+}
+
+/// A server on HTTPS with a certificate for `localhost` from a test CA,
+/// whose certificate is written to `ca.pem` in the server's folder.
+async fn start_https_server() -> Server {
+    use mesh_server_bin::tls::{CertStore, ServerTls, files};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = test_ca::TestCa::new("mesh CLI test CA");
+    let leaf = ca.leaf(&["localhost"]);
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).expect("CA file");
+    let certs = CertStore::new();
+    certs.set(
+        files::certified_key(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes())
+            .expect("leaf loads"),
+    );
+    let mut server = Server {
+        url: String::new(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        stop: None,
+        task: None,
+        dir,
+        tls: Some((ServerTls::new(certs).expect("tls"), ca_file)),
     };
     server.start().await;
     server
@@ -51,9 +85,13 @@ impl Server {
             .await
             .expect("bind");
         self.addr = listener.local_addr().expect("addr");
-        self.url = format!("http://{}", self.addr);
+        self.url = match &self.tls {
+            None => format!("http://{}", self.addr),
+            Some(_) => format!("https://localhost:{}", self.addr.port()),
+        };
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = mesh_server_bin::Config::new(self.dir.path());
+        let mut config = mesh_server_bin::Config::new(self.dir.path());
+        config.tls = self.tls.as_ref().map(|(tls, _)| tls.clone());
         self.stop = Some(stop);
         self.task = Some(tokio::spawn(mesh_server_bin::run(
             listener, config, stopped,
@@ -81,6 +119,8 @@ impl Server {
 struct User {
     dir: tempfile::TempDir,
     server: String,
+    /// `MESH_CA_CERT`, for an HTTPS server.
+    ca_cert: Option<PathBuf>,
 }
 
 impl User {
@@ -88,6 +128,7 @@ impl User {
         Self {
             dir: tempfile::tempdir().expect("temp dir"),
             server: server.url.clone(),
+            ca_cert: server.tls.as_ref().map(|(_, ca)| ca.clone()),
         }
     }
 
@@ -97,10 +138,14 @@ impl User {
             .env("MESH_CONFIG_DIR", self.dir.path())
             .env("MESH_SERVER", &self.server)
             .env_remove("RUST_LOG")
+            .env_remove("MESH_CA_CERT")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(ca) = &self.ca_cert {
+            cmd.env("MESH_CA_CERT", ca);
+        }
         cmd
     }
 
@@ -649,4 +694,89 @@ async fn a_200_mib_file_arrives_and_a_killed_transfer_resumes() {
         "byte-identical"
     );
     assert!(!part.exists(), "the part file is gone once verified");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_and_wss_with_a_private_ca_the_cli_chats_and_sends_a_file() {
+    let server = start_https_server().await;
+    assert!(server.url.starts_with("https://"));
+
+    // Without the CA: refused, and told what to do.
+    let mut stranger = User::new(&server);
+    stranger.ca_cert = None;
+    let (ok, _, err) = stranger
+        .run_with(
+            &["login", "eve", "--password-stdin"],
+            "a long enough password\n",
+        )
+        .await;
+    assert!(!ok);
+    assert!(
+        err.contains("not signed by a CA this client trusts") && err.contains("--ca-cert"),
+        "{err}"
+    );
+    // With a certificate from another CA: the same.
+    let other = test_ca::TestCa::new("another CA");
+    let other_file = stranger.dir.path().join("other.pem");
+    std::fs::write(&other_file, other.pem()).expect("write");
+    let (ok, _, err) = stranger
+        .run_with(
+            &[
+                "--ca-cert",
+                other_file.to_str().expect("utf-8"),
+                "register",
+                "eve",
+                "--password-stdin",
+            ],
+            "a long enough password\n",
+        )
+        .await;
+    assert!(
+        !ok && err.contains("not signed by a CA this client trusts"),
+        "{err}"
+    );
+
+    // With --ca-cert (MESH_CA_CERT): register, chat (REST and the WebSocket).
+    let (alice, bob) = two_users_in_a_room(&server).await;
+    let mut listener = bob.spawn(&["chat", "general"]);
+    listener.wait("ready").await;
+    alice.json(&["send", "general", "hello over https"]).await;
+    let got = listener.wait("message").await;
+    assert_eq!(got["message"]["content"], "hello over https");
+    drop(listener);
+
+    // The CA is saved with the login: later commands need no flag.
+    let mut later = User::new(&server);
+    later.dir = alice.dir;
+    later.ca_cert = None;
+    let history = later.json(&["history", "general"]).await;
+    assert!(
+        history.to_string().contains("hello over https"),
+        "{history}"
+    );
+
+    // A file to bob's agent: the server part over wss, the bytes over QUIC.
+    let work = tempfile::tempdir().expect("temp dir");
+    let inbox = work.path().join("inbox");
+    let mut agent = bob.spawn(&["agent", "--receive-dir", inbox.to_str().expect("utf-8")]);
+    agent.wait("ready").await;
+    let body = bytes(200_000, 11);
+    let source = work.path().join("notes.bin");
+    write(source.clone(), &body);
+    let sent = later
+        .json(&[
+            "send-file",
+            "bob",
+            source.to_str().expect("utf-8"),
+            "--room",
+            "general",
+        ])
+        .await;
+    assert_eq!(sent["size"], 200_000);
+    let received = agent.wait("received").await;
+    assert_eq!(received["blake3"], sent["blake3"]);
+    assert_eq!(
+        std::fs::read(inbox.join("notes.bin")).expect("received"),
+        body
+    );
 }

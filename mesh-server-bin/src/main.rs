@@ -86,6 +86,10 @@ struct Args {
     /// The private key of --tls-cert (PEM).
     #[arg(long, env = "MESH_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// How often --tls-cert and --tls-key are checked for a change, in
+    /// seconds (SIGHUP reloads them at once) [default: 10].
+    #[arg(long, env = "MESH_TLS_RELOAD_SECS", value_name = "SECS")]
+    tls_reload_secs: Option<u64>,
     /// Serve HTTPS with a certificate from ACME (Let's Encrypt by default)
     /// for this public DNS name; repeat for more names. Needs
     /// --http-listen reachable on port 80 of the names (HTTP-01).
@@ -324,7 +328,12 @@ fn tls_setup(
     let store = CertStore::new();
     let mut challenges = None;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        let watcher = files::watch(files::Config::new(cert, key), store.clone())?;
+        let mut files = files::Config::new(cert, key);
+        if let Some(secs) = args.tls_reload_secs {
+            anyhow::ensure!(secs >= 1, "--tls-reload-secs must be at least 1");
+            files.reload_every = Duration::from_secs(secs);
+        }
+        let watcher = files::watch(files, store.clone())?;
         tokio::spawn(watcher);
     } else if !args.acme_domains.is_empty() {
         anyhow::ensure!(

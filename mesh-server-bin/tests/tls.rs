@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::WAIT;
+use common::process::start_binary;
 use common::tls::TestCa;
 use mesh_core::client::{Client, ClientError, Event, EventStream, HttpApi, TlsConfig};
 use mesh_core::protocol::http::{CreateRoomRequest, RegisterRequest};
@@ -319,4 +320,64 @@ async fn handshakes_that_never_finish_are_cut_off_and_the_server_keeps_serving()
         "still serving"
     );
     s.server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_certificate_of_the_real_binary() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = TestCa::new("first CA");
+    let leaf = first.leaf(&["localhost"]);
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, &leaf.cert_pem).expect("cert");
+    std::fs::write(&key, &leaf.key_pem).expect("key");
+    let flags = [
+        "--tls-cert",
+        cert.to_str().expect("utf-8"),
+        "--tls-key",
+        key.to_str().expect("utf-8"),
+        // Only the signal reloads in this test.
+        "--tls-reload-secs",
+        "3600",
+    ];
+    let server = start_binary(&dir.path().join("data"), &flags).expect("starts");
+    let url = format!("https://localhost:{}", server.addr.port());
+    HttpApi::with_tls(&url, trusting(&first))
+        .expect("api")
+        .health()
+        .await
+        .expect("first certificate served");
+
+    // A broken pair first: refused, the old certificate stays.
+    std::fs::write(&cert, "not a certificate").expect("cert");
+    let pid = server.child.id().to_string();
+    let hup = || {
+        let ok = std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "SIGHUP sent");
+    };
+    hup();
+    let kept = server.wait_for_log("still serving the previous one", WAIT);
+    assert!(kept.is_some(), "{}", server.stop());
+    HttpApi::with_tls(&url, trusting(&first))
+        .expect("api")
+        .health()
+        .await
+        .expect("still the first certificate");
+
+    let second = TestCa::new("second CA");
+    let leaf = second.leaf(&["localhost"]);
+    std::fs::write(&key, &leaf.key_pem).expect("key");
+    std::fs::write(&cert, &leaf.cert_pem).expect("cert");
+    hup();
+    let reloaded = server.wait_for_log("why=\"SIGHUP\"", WAIT);
+    assert!(reloaded.is_some(), "{}", server.stop());
+    HttpApi::with_tls(&url, trusting(&second))
+        .expect("api")
+        .health()
+        .await
+        .expect("the second certificate served");
+    server.stop();
 }
