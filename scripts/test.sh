@@ -14,6 +14,26 @@ if command -v rustup >/dev/null 2>&1; then
   rustup component add rustfmt clippy >/dev/null 2>&1 || true
 fi
 
+step "system packages (Debian): the services the tests start, Chromium, the JVM"
+# One `apt-get update` and one install, of what is missing only. The tests
+# start their own instances (coturn, pebble, nginx) on free ports; CI=true
+# makes a test without its service fail.
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+missing=""
+for pkg in coturn pebble nginx-light iptables openssl ca-certificates chromium chromium-driver libjna-java; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
+done
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
+command -v java >/dev/null 2>&1 || missing="$missing openjdk-17-jre-headless"
+command -v npm >/dev/null 2>&1 || missing="$missing nodejs npm"
+if [ -n "$missing" ]; then
+  echo "installing:$missing"
+  $SUDO apt-get update -qq
+  # No recommends: big installs with them fail here.
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -73,16 +93,8 @@ cargo check -p mesh-core --no-default-features
 step "the sans-IO client builds alone (no tokio, no sled: the wasm binding's subset)"
 cargo check -p mesh-core --no-default-features --features client
 
-SUDO=""
-if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
-apt_install() {
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-
 step "Python binding (uniffi, bindings/mesh-ffi): generate, then the chat test against a real server"
 bindings_start=$(date +%s)
-if ! command -v python3 >/dev/null 2>&1; then apt_install python3; fi
 cargo build -q -p mesh-server-bin --bin mesh-server
 bindings/mesh-ffi/generate.sh
 PYTHONPATH=bindings/mesh-ffi/generated/python MESH_SERVER_BIN="$target_dir/debug/mesh-server" \
@@ -91,9 +103,6 @@ echo "python binding took $(( $(date +%s) - bindings_start )) s"
 
 step "Kotlin binding (uniffi): the chat test from a Kotlin main (kotlinc from npm, JNA from Debian)"
 bindings_start=$(date +%s)
-if ! command -v java >/dev/null 2>&1; then apt_install openjdk-17-jre-headless; fi
-if [ ! -f /usr/share/java/jna.jar ]; then apt_install libjna-java; fi
-if ! command -v npm >/dev/null 2>&1; then apt_install nodejs npm; fi
 (cd bindings/mesh-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 MESH_SERVER_BIN="$target_dir/debug/mesh-server" timeout 300 bindings/mesh-ffi/tests/kotlin/run.sh
 echo "kotlin binding took $(( $(date +%s) - bindings_start )) s"
@@ -123,9 +132,6 @@ fi
   timeout 300 node --test --test-concurrency=1 .)
 # wasm-bindgen-test: the pure parts in Node, the chat scenario in headless
 # Chromium through Debian's chromedriver.
-if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
-  apt_install chromium chromium-driver
-fi
 MESH_SERVER_BIN="$target_dir/debug/mesh-server" CHROMEDRIVER=/usr/bin/chromedriver \
   timeout 600 bindings/mesh-wasm/test.sh
 echo "javascript binding took $(( $(date +%s) - bindings_start )) s"
@@ -135,7 +141,6 @@ if [ "${MESH_SKIP_BROWSER:-}" = 1 ]; then
   echo "skipped (MESH_SKIP_BROWSER=1)"
 else
   # Browsers are never downloaded by npm; Debian's Chromium is the one we drive.
-  if [ ! -x /usr/bin/chromium ]; then apt_install chromium; fi
   (cd web-tests && npm ci --no-audit --no-fund --loglevel=error)
   cargo build -q -p mesh-server-bin --bin mesh-server
   browser_start=$(date +%s)
