@@ -213,7 +213,7 @@ async fn a_certificate_from_pebble_is_ordered_served_and_cached() {
         );
     }
     // Plain HTTP on the challenge port is redirected to HTTPS.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    common::install_ring();
     let redirect = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -20,24 +20,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{WAIT, WsClient};
-use mesh_core::protocol::http::RegisterRequest;
 use mesh_server_bin::{Config, ConnLimits, TrustedProxies};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::oneshot;
 use tokio_tungstenite::MaybeTlsStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 
-/// A server whose service the test holds, so users are made without
-/// spending any address's login attempts.
-struct Server {
-    addr: SocketAddr,
-    service: mesh_core::service::Service,
-    _stop: oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
+type Server = common::ServiceServer;
 
 /// Two login attempts per address, none refilled during a test.
 async fn start(trusted: &[&str], conn: ConnLimits) -> Server {
@@ -48,39 +39,7 @@ async fn start(trusted: &[&str], conn: ConnLimits) -> Server {
     config.service.login_rate.per_addr_burst = 2;
     config.service.login_rate.per_addr_refill = Duration::from_secs(3600);
     config.service.login_rate.per_user_burst = 1000;
-    let service = mesh_server_bin::open_service(&config).expect("service");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(mesh_server_bin::serve(
-        listener,
-        service.clone(),
-        config,
-        stopped,
-    ));
-    Server {
-        addr,
-        service,
-        _stop: stop,
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn token(&self, username: &str) -> String {
-        let req = RegisterRequest {
-            username: username.into(),
-            password: "correct horse battery".into(),
-            ..RegisterRequest::default()
-        };
-        self.service
-            .register(req, None)
-            .await
-            .expect("register")
-            .token
-    }
+    Server::start(config, dir).await
 }
 
 /// A failed login to `base` (`http://host:port`) with extra headers;
@@ -107,7 +66,7 @@ fn xff(v: &str) -> [(&str, &[u8]); 1] {
 async fn trusted_proxy_forwarded_addresses_get_their_own_login_buckets() {
     let s = start(&["127.0.0.1/32"], ConnLimits::default()).await;
     let base = format!("http://{}", s.addr);
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     // Client A: two attempts, then refused.
     assert_eq!(login(&http, &base, &xff("198.51.100.1")).await, 401);
     assert_eq!(login(&http, &base, &xff("198.51.100.1")).await, 401);
@@ -137,7 +96,7 @@ async fn trusted_proxy_forwarded_addresses_get_their_own_login_buckets() {
 async fn without_trusted_proxy_the_header_is_ignored() {
     let s = start(&[], ConnLimits::default()).await;
     let base = format!("http://{}", s.addr);
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     assert_eq!(login(&http, &base, &xff("198.51.100.1")).await, 401);
     assert_eq!(login(&http, &base, &xff("198.51.100.2")).await, 401);
     // Every spoofed address shares the peer's (127.0.0.1) bucket.
@@ -153,7 +112,7 @@ async fn without_trusted_proxy_the_header_is_ignored() {
 async fn malformed_forwarding_headers_are_answered_not_500() {
     let s = start(&["127.0.0.1/32"], ConnLimits::default()).await;
     let base = format!("http://{}", s.addr);
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let bad: [(&str, &[u8]); 9] = [
         ("x-forwarded-for", b"garbage"),
         ("x-forwarded-for", b""),
@@ -406,6 +365,7 @@ async fn ws_from(from: &str, nginx: SocketAddr, token: &str) -> WsClient {
 }
 
 fn client_from(from: &str) -> reqwest::Client {
+    common::install_ring();
     reqwest::Client::builder()
         .local_address(from.parse::<IpAddr>().expect("ip"))
         .build()

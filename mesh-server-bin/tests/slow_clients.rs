@@ -10,60 +10,18 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{WAIT, WsClient};
-use mesh_core::protocol::http::RegisterRequest;
 use mesh_server_bin::{Config, ConnLimits};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 
-/// A server with connection limits of its own. The service is opened
-/// here, so that tokens come from it directly and no HTTP connection of
-/// ours counts against the caps before the test starts.
-struct Server {
-    addr: SocketAddr,
-    service: mesh_core::service::Service,
-    _stop: oneshot::Sender<()>,
-    _dir: tempfile::TempDir,
-}
+type Server = common::ServiceServer;
 
 async fn start(conn: ConnLimits) -> Server {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut config = Config::new(dir.path());
     config.conn = conn;
-    let service = mesh_server_bin::open_service(&config).expect("service");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(mesh_server_bin::serve(
-        listener,
-        service.clone(),
-        config,
-        stopped,
-    ));
-    Server {
-        addr,
-        service,
-        _stop: stop,
-        _dir: dir,
-    }
-}
-
-impl Server {
-    async fn token(&self, username: &str) -> String {
-        let req = RegisterRequest {
-            username: username.into(),
-            password: "correct horse battery".into(),
-            ..RegisterRequest::default()
-        };
-        self.service
-            .register(req, None)
-            .await
-            .expect("register")
-            .token
-    }
+    Server::start(config, dir).await
 }
 
 const HEALTH: &str = "GET /health HTTP/1.1\r\nHost: mesh\r\n\r\n";

@@ -12,6 +12,7 @@ use common::WAIT;
 use common::process::start_binary;
 use common::tls::TestCa;
 use mesh_core::client::{Client, ClientError, Event, EventStream, HttpApi, TlsConfig};
+use mesh_core::protocol::RoomId;
 use mesh_core::protocol::http::{CreateRoomRequest, RegisterRequest};
 use mesh_server_bin::tls::{CertStore, ServerTls, files};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,6 +74,29 @@ async fn register(url: &str, tls: &TlsConfig, name: &str) -> String {
         .token
 }
 
+/// A room "general" made by `token`'s user.
+async fn create_room(url: &str, tls: &TlsConfig, token: &str) -> RoomId {
+    HttpApi::with_tls(url, tls.clone())
+        .expect("api")
+        .with_token(token)
+        .create_room(&CreateRoomRequest {
+            name: "general".into(),
+            ..CreateRoomRequest::default()
+        })
+        .await
+        .expect("room")
+        .id
+}
+
+async fn join(url: &str, tls: &TlsConfig, token: &str, room: RoomId) {
+    HttpApi::with_tls(url, tls.clone())
+        .expect("api")
+        .with_token(token)
+        .join_room(room)
+        .await
+        .expect("join");
+}
+
 async fn connect(url: &str, tls: &TlsConfig, token: &str) -> (Client, EventStream) {
     let client = Client::builder()
         .server(url)
@@ -105,27 +129,11 @@ async fn the_sdk_chats_over_https_and_wss_with_a_private_ca() {
     let tls = trusting(&ca);
     let alice = register(&s.url, &tls, "alice").await;
     let bob = register(&s.url, &tls, "bob").await;
-    let api = HttpApi::with_tls(&s.url, tls.clone())
-        .expect("api")
-        .with_token(alice.clone());
-    let room = api
-        .create_room(&CreateRoomRequest {
-            name: "general".into(),
-            ..CreateRoomRequest::default()
-        })
-        .await
-        .expect("room");
-    HttpApi::with_tls(&s.url, tls.clone())
-        .expect("api")
-        .with_token(bob.clone())
-        .join_room(room.id)
-        .await
-        .expect("join");
+    let room = create_room(&s.url, &tls, &alice).await;
+    join(&s.url, &tls, &bob, room).await;
     let (a, _a_events) = connect(&s.url, &tls, &alice).await;
     let (_b, mut b_events) = connect(&s.url, &tls, &bob).await;
-    a.send_message(room.id, "hello over wss")
-        .await
-        .expect("sent");
+    a.send_message(room, "hello over wss").await.expect("sent");
     assert_eq!(next_message(&mut b_events).await, "hello over wss");
     s.server.stop().await;
 }
@@ -176,16 +184,7 @@ async fn replaced_certificate_files_are_served_to_new_connections_while_old_ones
     let s = TlsServer::start(&ca, None).await;
     let tls = trusting(&ca);
     let alice = register(&s.url, &tls, "alice").await;
-    let api = HttpApi::with_tls(&s.url, tls.clone())
-        .expect("api")
-        .with_token(alice.clone());
-    let room = api
-        .create_room(&CreateRoomRequest {
-            name: "general".into(),
-            ..CreateRoomRequest::default()
-        })
-        .await
-        .expect("room");
+    let room = create_room(&s.url, &tls, &alice).await;
     let (a, mut a_events) = connect(&s.url, &tls, &alice).await;
 
     // New files from a new CA, written as an operator's renewal would:
@@ -225,20 +224,15 @@ async fn replaced_certificate_files_are_served_to_new_connections_while_old_ones
         .expect_err("old CA no longer fits");
     assert_eq!(err.code_str(), "tls");
     let bob = register(&s.url, &trusting(&second), "bob").await;
-    HttpApi::with_tls(&s.url, trusting(&second))
-        .expect("api")
-        .with_token(bob.clone())
-        .join_room(room.id)
-        .await
-        .expect("join");
+    join(&s.url, &trusting(&second), &bob, room).await;
     let (b, mut b_events) = connect(&s.url, &trusting(&second), &bob).await;
 
     // The connection opened before the reload still works, both ways.
-    a.send_message(room.id, "from the old connection")
+    a.send_message(room, "from the old connection")
         .await
         .expect("old connection sends");
     assert_eq!(next_message(&mut b_events).await, "from the old connection");
-    b.send_message(room.id, "to the old connection")
+    b.send_message(room, "to the old connection")
         .await
         .expect("sent");
     loop {

@@ -176,10 +176,14 @@ fn decode(buf: &[u8]) -> Answer {
     }
 }
 
-/// One TURN control connection, over UDP or TCP.
+/// TURN over TLS: rustls (ring) on a blocking TCP stream.
+type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
+
+/// One TURN control connection, over UDP, TCP or TLS.
 enum Turn {
     Udp(UdpSocket),
     Tcp(TcpStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Turn {
@@ -196,7 +200,38 @@ impl Turn {
         Turn::Tcp(s)
     }
 
+    /// TURN over TLS (`turns:`), trusting only `ca_pem`, for the name `localhost`.
+    fn tls(server: SocketAddr, ca_pem: &str) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.expect("CA PEM")).expect("CA");
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = "localhost".try_into().expect("name");
+        let conn = rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("tls");
+        let s = TcpStream::connect(server).expect("connect TLS");
+        s.set_read_timeout(Some(WAIT)).expect("timeout");
+        Turn::Tls(Box::new(rustls::StreamOwned::new(conn, s)))
+    }
+
     fn request(&mut self, msg: &[u8]) -> Answer {
+        /// One STUN message off a stream (TCP, TLS): header, then body.
+        fn over_stream(s: &mut impl std::io::Read) -> Answer {
+            let mut head = [0u8; 20];
+            s.read_exact(&mut head).expect("STUN answer over a stream");
+            let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
+            let mut all = head.to_vec();
+            all.resize(20 + len, 0);
+            s.read_exact(&mut all[20..]).expect("STUN body");
+            decode(&all)
+        }
         match self {
             Turn::Udp(s) => {
                 s.send(msg).expect("send");
@@ -206,13 +241,12 @@ impl Turn {
             }
             Turn::Tcp(s) => {
                 s.write_all(msg).expect("send");
-                let mut head = [0u8; 20];
-                s.read_exact(&mut head).expect("STUN answer over TCP");
-                let len = usize::from(u16::from_be_bytes([head[2], head[3]]));
-                let mut all = head.to_vec();
-                all.resize(20 + len, 0);
-                s.read_exact(&mut all[20..]).expect("STUN body");
-                decode(&all)
+                over_stream(s)
+            }
+            Turn::Tls(s) => {
+                s.write_all(msg).expect("send over TLS");
+                s.flush().expect("flush");
+                over_stream(s.as_mut())
             }
         }
     }
@@ -261,6 +295,8 @@ struct Coturn {
     child: Child,
     port: u16,
     tls_port: u16,
+    /// The CA of its TLS certificate (for `localhost`).
+    ca_pem: String,
     realm: String,
     _dir: tempfile::TempDir,
 }
@@ -305,11 +341,12 @@ fn start_coturn(secret: &str) -> Option<Coturn> {
         return None;
     }
     let dir = tempfile::tempdir().expect("temp dir");
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("cert");
+    let ca = common::tls::TestCa::new("TURN test CA");
+    let leaf = ca.leaf(&["localhost"]);
     let cert_path = dir.path().join("cert.pem");
     let key_path = dir.path().join("key.pem");
-    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
+    std::fs::write(&cert_path, &leaf.cert_pem).expect("write cert");
+    std::fs::write(&key_path, &leaf.key_pem).expect("write key");
     let port = free_port();
     let tls_port = free_port();
     let relay = UdpSocket::bind("127.0.0.1:0").expect("bind");
@@ -349,6 +386,7 @@ fn start_coturn(secret: &str) -> Option<Coturn> {
         child,
         port,
         tls_port,
+        ca_pem: ca.pem().to_owned(),
         realm,
         _dir: dir,
     };
@@ -458,7 +496,11 @@ async fn ice_servers_endpoint_hands_out_stun_and_minted_turn_credentials() {
 
     // Authenticated only.
     let url = format!("http://{}/api/rtc/ice-servers", server.addr);
-    let anon = reqwest::get(&url).await.expect("request");
+    let anon = common::http_client()
+        .get(&url)
+        .send()
+        .await
+        .expect("request");
     assert_eq!(anon.status().as_u16(), 401);
 
     let (api, user_id) = register(&server, "alice").await;
@@ -493,7 +535,7 @@ async fn ice_servers_endpoint_hands_out_stun_and_minted_turn_credentials() {
     );
 
     // A capability token that cannot join calls gets no TURN credential.
-    let http = reqwest::Client::new();
+    let http = common::http_client();
     let cap: serde_json::Value = http
         .post(format!("http://{}/api/auth/capability", server.addr))
         .bearer_auth(api.token().expect("token"))
@@ -539,7 +581,7 @@ async fn ice_servers_endpoint_hands_out_stun_and_minted_turn_credentials() {
     let server = start_binary(dir.path(), &[]).expect("server restarts");
     let url = format!("http://{}/api/rtc/ice-servers", server.addr);
     let token = api.token().expect("token").to_owned();
-    let body: serde_json::Value = reqwest::Client::new()
+    let body: serde_json::Value = common::http_client()
         .get(&url)
         .bearer_auth(token)
         .send()
@@ -692,4 +734,33 @@ async fn garbage_on_the_turn_ports_does_not_stop_it() {
     let (answer, _) = Turn::tcp(coturn.addr()).allocate(&good.username, &good.credential, 17);
     assert!(answer.is_success(), "still serving over TCP: {answer:?}");
     coturn.assert_alive();
+}
+
+#[tokio::test]
+async fn turn_over_tls_allocates_with_minted_credentials() {
+    // For networks that let only TLS out: `turns:` on the TLS port.
+    let secret = "tls-test-secret";
+    let Some(coturn) = start_coturn(secret) else {
+        return;
+    };
+    let tls_addr = SocketAddr::from(([127, 0, 0, 1], coturn.tls_port));
+    let good = mint(secret.as_bytes(), "u", now_secs() + 300);
+    let mut turns = Turn::tls(tls_addr, &coturn.ca_pem);
+    let (answer, auth) = turns.allocate(&good.username, &good.credential, 17);
+    assert!(
+        answer.is_success(),
+        "allocates over TLS: {answer:?}\n{}",
+        coturn.log()
+    );
+    // The same peer rules hold over TLS.
+    let denied = turns.create_permission(&auth, "127.0.0.1:9".parse().expect("addr"));
+    assert_eq!(denied.error_code(), Some(403), "{denied:?}");
+    let expired = mint(secret.as_bytes(), "u", now_secs() - 10);
+    let (answer, _) =
+        Turn::tls(tls_addr, &coturn.ca_pem).allocate(&expired.username, &expired.credential, 17);
+    assert_eq!(
+        answer.error_code(),
+        Some(401),
+        "expired over TLS: {answer:?}"
+    );
 }

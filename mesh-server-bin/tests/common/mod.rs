@@ -21,12 +21,66 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// its own (the workspace's one provider is ring), so ring is made the
 /// process default first.
 pub fn http_client() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_ring();
     reqwest::Client::new()
+}
+
+/// Makes ring the process's default rustls provider, for reqwest clients a
+/// test builds itself.
+pub fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// How long any single wait may take before the test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server whose service the test holds: users (and their tokens) are made
+/// on the service directly, so no HTTP connection or login attempt of the
+/// test's counts against the limits under test.
+pub struct ServiceServer {
+    pub addr: SocketAddr,
+    pub service: mesh_core::service::Service,
+    _stop: oneshot::Sender<()>,
+    _dir: tempfile::TempDir,
+}
+
+impl ServiceServer {
+    /// Serves `config` (whose data folder is in `dir`) on 127.0.0.1:0.
+    pub async fn start(config: mesh_server_bin::Config, dir: tempfile::TempDir) -> Self {
+        let service = mesh_server_bin::open_service(&config).expect("service");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        tokio::spawn(mesh_server_bin::serve(
+            listener,
+            service.clone(),
+            config,
+            stopped,
+        ));
+        Self {
+            addr,
+            service,
+            _stop: stop,
+            _dir: dir,
+        }
+    }
+
+    /// Registers `username` on the service; its token.
+    pub async fn token(&self, username: &str) -> String {
+        let req = mesh_core::protocol::http::RegisterRequest {
+            username: username.into(),
+            password: "correct horse battery".into(),
+            ..Default::default()
+        };
+        self.service
+            .register(req, None)
+            .await
+            .expect("register")
+            .token
+    }
+}
 
 pub struct TestServer {
     pub addr: SocketAddr,
