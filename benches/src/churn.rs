@@ -45,20 +45,23 @@ pub(crate) async fn prepare(server: &Server) -> anyhow::Result<(Arc<Vec<String>>
 
 /// One mesh session: connect (with the TLS handshake for a TLS target),
 /// authenticate with the `i`th token, `system.hello`, `room.join`, close.
+/// Over TLS, says whether the handshake resumed a session (see
+/// [`client::resumed`]).
 pub(crate) async fn session(
     target: Target,
     tokens: Arc<Vec<String>>,
     room: String,
     i: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Option<bool>> {
     let token = tokens
         .get(i % tokens.len().max(1))
         .ok_or_else(|| anyhow::anyhow!("no churn accounts"))?;
     let mut ws = client::ws_hello(target, token).await?;
+    let resumed = client::resumed(&ws);
     client::send(&mut ws, "room.join", "join", json!({"room_id": room})).await?;
     client::reply(&mut ws, "join").await?;
     client::close(ws).await;
-    Ok(())
+    Ok(resumed)
 }
 
 /// Runs `loops` concurrent loops of `one` for a second, then counts
@@ -121,8 +124,10 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
     let mesh_server = ctx.mesh()?;
     let (tokens, room) = prepare(&mesh_server).await?;
     let target = mesh_server.target();
-    let mesh_one =
-        Arc::new(move |i: usize| session(target.clone(), tokens.clone(), room.clone(), i));
+    let mesh_one = Arc::new(move |i: usize| {
+        let session = session(target.clone(), tokens.clone(), room.clone(), i);
+        async move { session.await.map(|_| ()) }
+    });
 
     let base_server = ctx.baseline()?;
     let addr = base_server.addr;

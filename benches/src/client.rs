@@ -113,6 +113,17 @@ pub(crate) async fn ws(target: impl Into<Target>, token: Option<&str>) -> anyhow
     Ok(ws)
 }
 
+/// For a WebSocket over TLS, whether its handshake resumed an earlier
+/// session; None for plain TCP.
+pub(crate) fn resumed(ws: &Ws) -> Option<bool> {
+    match ws.get_ref() {
+        MaybeTlsStream::Rustls(tls) => {
+            Some(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+        }
+        _ => None,
+    }
+}
+
 /// Sends one request frame.
 pub(crate) async fn send(ws: &mut Ws, kind: &str, id: &str, payload: Value) -> anyhow::Result<()> {
     let frame = json!({"type": kind, "id": id, "payload": payload}).to_string();
