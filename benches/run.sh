@@ -5,7 +5,8 @@
 #   ./benches/run.sh                 # all figures, JSON to target/bench.json
 #   ./benches/run.sh fanout          # one figure (fanout, latency, memory,
 #                                    # durable, logins, churn, p2p,
-#                                    # login-memory, held)
+#                                    # login-memory, held, tls-churn,
+#                                    # tls-fanout; tls: both)
 #   ./benches/run.sh all --quick     # smoke test: small sizes, short windows
 #
 # Micro-benchmarks (criterion) are separate: cargo bench -p mesh-benches

@@ -9,23 +9,64 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::client::{self, Api};
+use crate::client::{self, Api, Target};
 use crate::ctx::{CpuMeter, Ctx, median};
 use crate::proc::Server;
 use crate::report::Figure;
 
+/// Concurrent client loops: enough to keep the server busy (a mesh
+/// session is three round trips, the baseline's one).
+pub(crate) const LOOPS: usize = 64;
+/// Accounts the mesh sessions sign in as, in turn.
+const USERS: usize = 16;
+
 /// What one window measured.
 #[derive(Debug, Clone)]
-struct Churn {
-    rate: f64,
-    failed: u64,
-    server_cpu: f64,
-    cores: String,
+pub(crate) struct Churn {
+    pub(crate) rate: f64,
+    pub(crate) failed: u64,
+    /// Server and load-tool CPU use, as a share of one core.
+    pub(crate) server_cpu: f64,
+    pub(crate) load_cpu: f64,
+    pub(crate) cores: String,
+}
+
+/// Accounts and a room for churn sessions on a mesh-server: the accounts'
+/// tokens and the room's id.
+pub(crate) async fn prepare(server: &Server) -> anyhow::Result<(Arc<Vec<String>>, String)> {
+    let api = Api::at(&server.target())?;
+    let accounts = api.register_many("churn", USERS).await?;
+    let room = api.room_with("churn", &accounts).await?;
+    Ok((
+        Arc::new(accounts.iter().map(|a| a.token.clone()).collect()),
+        room,
+    ))
+}
+
+/// One mesh session: connect (with the TLS handshake for a TLS target),
+/// authenticate with the `i`th token, `system.hello`, `room.join`, close.
+/// Over TLS, says whether the handshake resumed a session (see
+/// [`client::resumed`]).
+pub(crate) async fn session(
+    target: Target,
+    tokens: Arc<Vec<String>>,
+    room: String,
+    i: usize,
+) -> anyhow::Result<Option<bool>> {
+    let token = tokens
+        .get(i % tokens.len().max(1))
+        .ok_or_else(|| anyhow::anyhow!("no churn accounts"))?;
+    let mut ws = client::ws_hello(target, token).await?;
+    let resumed = client::resumed(&ws);
+    client::send(&mut ws, "room.join", "join", json!({"room_id": room})).await?;
+    client::reply(&mut ws, "join").await?;
+    client::close(ws).await;
+    Ok(resumed)
 }
 
 /// Runs `loops` concurrent loops of `one` for a second, then counts
 /// completions over `window`.
-async fn drive<F, Fut>(
+pub(crate) async fn drive<F, Fut>(
     server: &Server,
     loops: usize,
     window: Duration,
@@ -60,7 +101,7 @@ where
     );
     tokio::time::sleep(window).await;
     let rate = (done.load(Ordering::Relaxed) - d0) as f64 / t0.elapsed().as_secs_f64();
-    let (server_cpu, _) = cpu.read();
+    let (server_cpu, load_cpu) = cpu.read();
     let cores = cpu.cores();
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
@@ -70,33 +111,22 @@ where
         rate,
         failed: failed.load(Ordering::Relaxed),
         server_cpu,
+        load_cpu,
         cores,
     })
 }
 
 pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
-    // Enough concurrent clients to keep the server busy (a mesh session is
-    // three round trips, the baseline's one).
-    let loops = 64;
-    let users = 16;
+    let loops = LOOPS;
     let rounds = if ctx.quick { 2 } else { 4 };
     let window = ctx.window / 2;
 
     let mesh_server = ctx.mesh()?;
-    let api = Api::new(mesh_server.addr);
-    let accounts = api.register_many("churn", users).await?;
-    let room = api.room_with("churn", &accounts).await?;
-    let addr = mesh_server.addr;
-    let tokens: Arc<Vec<String>> = Arc::new(accounts.iter().map(|a| a.token.clone()).collect());
+    let (tokens, room) = prepare(&mesh_server).await?;
+    let target = mesh_server.target();
     let mesh_one = Arc::new(move |i: usize| {
-        let (tokens, room) = (tokens.clone(), room.clone());
-        async move {
-            let mut ws = client::ws_hello(addr, &tokens[i % tokens.len()]).await?;
-            client::send(&mut ws, "room.join", "join", json!({"room_id": room})).await?;
-            client::reply(&mut ws, "join").await?;
-            client::close(ws).await;
-            Ok(())
-        }
+        let session = session(target.clone(), tokens.clone(), room.clone(), i);
+        async move { session.await.map(|_| ()) }
     });
 
     let base_server = ctx.baseline()?;

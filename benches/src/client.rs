@@ -1,8 +1,11 @@
 //! Lean clients: HTTP calls through reqwest, WebSockets straight on
 //! tokio-tungstenite, each from one of several loopback source addresses so
-//! that many connections never run out of ephemeral ports.
+//! that many connections never run out of ephemeral ports. A [`Target`]
+//! with a TLS configuration speaks `https://` and `wss://` (rustls on ring)
+//! through the same code.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -10,11 +13,44 @@ use anyhow::{Context as _, bail};
 use futures_util::{SinkExt as _, StreamExt as _, TryStreamExt as _};
 use serde_json::{Value, json};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
-pub(crate) type Ws = WebSocketStream<TcpStream>;
+/// A WebSocket, plain or over TLS: one type, so that every figure's client
+/// code is the same for both.
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// The name TLS clients ask for (SNI, certificate check): the bench's
+/// leaf certificate is for `localhost` and 127.0.0.1.
+pub(crate) const TLS_NAME: &str = "localhost";
+
+/// Where a client connects: a server's address, and a TLS configuration
+/// when the server speaks HTTPS.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl From<SocketAddr> for Target {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, tls: None }
+    }
+}
+
+impl Target {
+    /// `ws://ADDR` or `wss://localhost:PORT`, and the connector to match.
+    fn ws_base(&self) -> (String, Connector) {
+        match &self.tls {
+            Some(tls) => (
+                format!("wss://{TLS_NAME}:{}", self.addr.port()),
+                Connector::Rustls(tls.clone()),
+            ),
+            None => (format!("ws://{}", self.addr), Connector::Plain),
+        }
+    }
+}
 
 /// The password of every bench account.
 pub(crate) const PASSWORD: &str = "bench password 1";
@@ -52,21 +88,40 @@ pub(crate) async fn tcp(addr: SocketAddr) -> anyhow::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Opens a WebSocket to `ws://addr/ws` (with `?token=` when given).
-pub(crate) async fn ws(addr: SocketAddr, token: Option<&str>) -> anyhow::Result<Ws> {
-    let stream = tcp(addr).await?;
+/// Opens a WebSocket to `ws://addr/ws` or `wss://…/ws` (with `?token=`
+/// when given): TCP, the TLS handshake for a TLS target, the upgrade.
+pub(crate) async fn ws(target: impl Into<Target>, token: Option<&str>) -> anyhow::Result<Ws> {
+    let target = target.into();
+    let stream = tcp(target.addr).await?;
+    let (base, connector) = target.ws_base();
     let url = match token {
-        Some(t) => format!("ws://{addr}/ws?token={t}"),
-        None => format!("ws://{addr}/ws"),
+        Some(t) => format!("{base}/ws?token={t}"),
+        None => format!("{base}/ws"),
     };
     let (ws, _) = tokio::time::timeout(
         STEP,
-        tokio_tungstenite::client_async_with_config(url, stream, Some(client_config())),
+        tokio_tungstenite::client_async_tls_with_config(
+            url,
+            stream,
+            Some(client_config()),
+            Some(connector),
+        ),
     )
     .await
     .context("upgrade timed out")?
     .context("WebSocket upgrade")?;
     Ok(ws)
+}
+
+/// For a WebSocket over TLS, whether its handshake resumed an earlier
+/// session; None for plain TCP.
+pub(crate) fn resumed(ws: &Ws) -> Option<bool> {
+    match ws.get_ref() {
+        MaybeTlsStream::Rustls(tls) => {
+            Some(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed))
+        }
+        _ => None,
+    }
 }
 
 /// Sends one request frame.
@@ -112,8 +167,8 @@ pub(crate) async fn reply(ws: &mut Ws, id: &str) -> anyhow::Result<Value> {
 }
 
 /// Connects with `token` and completes `system.hello` / `system.welcome`.
-pub(crate) async fn ws_hello(addr: SocketAddr, token: &str) -> anyhow::Result<Ws> {
-    let mut ws = ws(addr, Some(token)).await?;
+pub(crate) async fn ws_hello(target: impl Into<Target>, token: &str) -> anyhow::Result<Ws> {
+    let mut ws = ws(target, Some(token)).await?;
     send(&mut ws, "system.hello", "hello", json!({})).await?;
     reply(&mut ws, "hello").await?;
     Ok(ws)
@@ -150,6 +205,7 @@ pub(crate) struct Api {
 }
 
 impl Api {
+    /// The API at `http://ADDR`.
     pub(crate) fn new(addr: SocketAddr) -> Self {
         Self {
             http: reqwest::Client::builder()
@@ -158,6 +214,24 @@ impl Api {
                 .unwrap_or_default(),
             base: format!("http://{addr}"),
         }
+    }
+
+    /// The API of `target`: `https://localhost:PORT` (resolved to the
+    /// target's address) for a TLS target, else as [`Api::new`].
+    pub(crate) fn at(target: &Target) -> anyhow::Result<Self> {
+        let Some(tls) = &target.tls else {
+            return Ok(Self::new(target.addr));
+        };
+        let http = reqwest::Client::builder()
+            .timeout(STEP)
+            .tls_backend_preconfigured(rustls::ClientConfig::clone(tls))
+            .resolve(TLS_NAME, target.addr)
+            .build()
+            .context("building the HTTPS client")?;
+        Ok(Self {
+            http,
+            base: format!("https://{TLS_NAME}:{}", target.addr.port()),
+        })
     }
 
     async fn post(&self, path: &str, token: Option<&str>, body: Value) -> anyhow::Result<Value> {

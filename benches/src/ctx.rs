@@ -56,6 +56,25 @@ impl Ctx {
         Server::start(&kind, cpus, &self.data_parent)
     }
 
+    /// mesh-server serving HTTPS with `tls`'s certificate (otherwise as
+    /// [`Ctx::mesh`]); its [`Server::target`] trusts `tls`'s CA.
+    pub(crate) fn mesh_tls(&self, tls: &crate::tls::TestTls) -> anyhow::Result<Server> {
+        let mut flags: Vec<String> = UNLIMITED.iter().map(|s| (*s).to_owned()).collect();
+        flags.extend([
+            "--tls-cert".to_owned(),
+            tls.cert.display().to_string(),
+            "--tls-key".to_owned(),
+            tls.key.display().to_string(),
+        ]);
+        let kind = ServerKind::Mesh {
+            bin: self.server_bin.clone(),
+            flags,
+        };
+        let mut server = Server::start(&kind, self.pin.server.as_deref(), &self.data_parent)?;
+        server.tls = Some(tls.client.clone());
+        Ok(server)
+    }
+
     /// The bare tokio-tungstenite broadcast server, pinned like mesh-server.
     pub(crate) fn baseline(&self) -> anyhow::Result<Server> {
         Server::start(
@@ -73,12 +92,15 @@ pub(crate) async fn open_many(
     n: usize,
     token: impl Fn(usize) -> Option<String>,
 ) -> anyhow::Result<Vec<Ws>> {
-    let addr = server.addr;
+    let target = server.target();
     futures_util::stream::iter((0..n).map(token))
-        .map(|t| async move {
-            match t {
-                Some(t) => client::ws_hello(addr, &t).await,
-                None => client::ws(addr, None).await,
+        .map(|t| {
+            let target = target.clone();
+            async move {
+                match t {
+                    Some(t) => client::ws_hello(target, &t).await,
+                    None => client::ws(target, None).await,
+                }
             }
         })
         .buffered(64)

@@ -46,13 +46,13 @@ pub(crate) struct Rate {
 /// each keeps at most [`WINDOW`] messages unanswered, and all stop while
 /// the receivers are more than [`LAG`] messages behind.
 #[derive(Debug)]
-struct Rig {
+pub(crate) struct Rig {
     pid: u32,
     delivered: Arc<AtomicU64>,
     acked: Arc<AtomicU64>,
     sent: Arc<AtomicU64>,
     frame_len: Arc<AtomicUsize>,
-    closed: Arc<AtomicUsize>,
+    pub(crate) closed: Arc<AtomicUsize>,
     failure: Arc<std::sync::Mutex<Option<String>>>,
     go: Arc<AtomicBool>,
     tasks: Vec<JoinHandle<()>>,
@@ -172,7 +172,7 @@ impl Rig {
 
     /// Sends for `warmup` + `window`, counting over `window`; then stops
     /// and waits until everything sent is answered and delivered.
-    async fn measure(&self, warmup: Duration, window: Duration) -> anyhow::Result<Rate> {
+    pub(crate) async fn measure(&self, warmup: Duration, window: Duration) -> anyhow::Result<Rate> {
         self.go.store(true, Ordering::Relaxed);
         tokio::time::sleep(warmup).await;
         let (d0, a0, t0) = (
@@ -263,7 +263,7 @@ fn is_own_echo(sender: usize, text: &str) -> bool {
 /// The length of the `chat.message.created` frame mesh delivers for a
 /// 100-byte message (one message through the room).
 async fn mesh_frame_len(server: &Server, token: &str, room: &str) -> anyhow::Result<usize> {
-    let mut ws = client::ws_hello(server.addr, token).await?;
+    let mut ws = client::ws_hello(server.target(), token).await?;
     client::send_raw(&mut ws, &send_frame(room, 0, &"m".repeat(100))).await?;
     let reply = client::reply_text(&mut ws, "0").await?;
     client::close(ws).await;
@@ -271,36 +271,50 @@ async fn mesh_frame_len(server: &Server, token: &str, room: &str) -> anyhow::Res
     Ok(reply.len() - ",\"id\":\"0\"".len())
 }
 
-pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
-    let subscribers = if ctx.quick { 100 } else { 1000 };
-    let users = 100.min(subscribers);
-    let rounds = if ctx.quick { 2 } else { 4 };
-    let warmup = Duration::from_secs(1);
-    let window = ctx.window / 2;
+/// Receivers in the room: 1,000 (100 for a smoke test).
+pub(crate) fn subscribers(ctx: &Ctx) -> usize {
+    if ctx.quick { 100 } else { 1000 }
+}
 
-    // mesh-server.
-    let mesh_server = ctx.mesh()?;
-    let api = Api::new(mesh_server.addr);
+/// A mesh-server's room with `subscribers` receivers (over 100 accounts)
+/// and [`SENDERS`] senders of 100-byte messages, all connected to its
+/// [`Server::target`] (over TLS for a TLS server); and the length of the
+/// frame each receiver gets.
+pub(crate) async fn mesh_rig(server: &Server, subscribers: usize) -> anyhow::Result<(Rig, usize)> {
+    let users = 100.min(subscribers);
+    let api = Api::at(&server.target())?;
     let accounts = api.register_many("fan", users).await?;
     let room = api.room_with("fanout", &accounts).await?;
-    let frame_len = mesh_frame_len(&mesh_server, &accounts[0].token, &room).await?;
-    let receivers = open_many(&mesh_server, subscribers, |i| {
+    let frame_len = mesh_frame_len(server, &accounts[0].token, &room).await?;
+    let receivers = open_many(server, subscribers, |i| {
         Some(accounts[i % users].token.clone())
     })
     .await?;
     let mut senders = Vec::new();
     for account in accounts.iter().take(SENDERS) {
-        senders.push(client::ws_hello(mesh_server.addr, &account.token).await?);
+        senders.push(client::ws_hello(server.target(), &account.token).await?);
     }
     let content = "m".repeat(100);
-    let mesh = Rig::start(
-        &mesh_server,
+    let rig = Rig::start(
+        server,
         senders,
         receivers,
         move |_, i| send_frame(&room, i, &content),
         is_created,
         is_created_reply,
     );
+    Ok((rig, frame_len))
+}
+
+pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
+    let subscribers = subscribers(ctx);
+    let rounds = if ctx.quick { 2 } else { 4 };
+    let warmup = Duration::from_secs(1);
+    let window = ctx.window / 2;
+
+    // mesh-server.
+    let mesh_server = ctx.mesh()?;
+    let (mesh, frame_len) = mesh_rig(&mesh_server, subscribers).await?;
 
     // The bare broadcast server, sent frames as long as mesh delivers.
     let base_server = ctx.baseline()?;

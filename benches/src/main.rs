@@ -33,6 +33,7 @@ mod p2p;
 mod proc;
 mod report;
 mod stats;
+mod tls;
 
 use ctx::Ctx;
 use report::Figure;
@@ -85,6 +86,12 @@ enum Cmd {
     LoginMemory,
     /// 9. 10,000 joined connections chatting for a minute: drops, errors, memory.
     Held,
+    /// 10. Churn over TLS (wss://) vs the same over plain TCP, same run.
+    TlsChurn,
+    /// 11. Fan-out to wss:// subscribers vs ws:// subscribers, same run.
+    TlsFanout,
+    /// 10 and 11: the cost of TLS.
+    Tls,
     /// Every figure, in this order.
     All,
     /// The bare tokio-tungstenite broadcast server (started by the tool).
@@ -100,7 +107,7 @@ enum Cmd {
     },
 }
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 11] = [
     "fanout",
     "latency",
     "memory",
@@ -110,6 +117,8 @@ const ALL: [&str; 9] = [
     "p2p",
     "login-memory",
     "held",
+    "tls-churn",
+    "tls-fanout",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -137,6 +146,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::P2p => vec!["p2p"],
         Cmd::LoginMemory => vec!["login-memory"],
         Cmd::Held => vec!["held"],
+        Cmd::TlsChurn => vec!["tls-churn"],
+        Cmd::TlsFanout => vec!["tls-fanout"],
+        Cmd::Tls => vec!["tls-churn", "tls-fanout"],
         _ => ALL.to_vec(),
     };
 
@@ -243,6 +255,8 @@ async fn run_one(name: &str, ctx: &Ctx) -> anyhow::Result<Figure> {
         "p2p" => p2p::run(ctx).await,
         "login-memory" => login_memory::run(ctx).await,
         "held" => held::run(ctx).await,
+        "tls-churn" => tls::run_churn(ctx).await,
+        "tls-fanout" => tls::run_fanout(ctx).await,
         other => anyhow::bail!("no figure named {other:?}"),
     }
 }
@@ -260,12 +274,12 @@ fn summary(figures: &[Figure]) {
         }
         let num = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), report::fmt_num);
         let verdict = match f.goal_met {
-            Some(true) => "met",
-            Some(false) => "MISSED",
+            Some(true) => "met: ",
+            Some(false) => "MISSED: ",
             None => "-",
         };
         println!(
-            "{:<9} {:>16} {:>16} {:>8}  {verdict}: {}",
+            "{:<9} {:>16} {:>16} {:>8}  {verdict}{}",
             f.name,
             num(f.value),
             num(f.baseline),

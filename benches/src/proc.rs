@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+use crate::client::Target;
+
 /// How the load and the servers share the cores.
 #[derive(Debug, Clone)]
 pub(crate) struct Pinning {
@@ -86,6 +88,8 @@ pub(crate) struct Server {
     pub(crate) addr: SocketAddr,
     /// Where its data lives (mesh-server only); removed on drop.
     pub(crate) data: Option<tempfile::TempDir>,
+    /// How clients speak TLS to it, when it serves HTTPS.
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     log: Arc<Mutex<VecDeque<String>>>,
 }
 
@@ -193,8 +197,17 @@ impl Server {
             child,
             addr,
             data,
+            tls: None,
             log,
         })
+    }
+
+    /// Where clients connect (over TLS when it serves HTTPS).
+    pub(crate) fn target(&self) -> Target {
+        Target {
+            addr: self.addr,
+            tls: self.tls.clone(),
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
@@ -277,6 +290,10 @@ mod tests {
 
     #[test]
     fn finds_the_listening_address() {
+        assert_eq!(
+            parse_listening("INFO mesh_server: listening on 127.0.0.1:8443 (https)"),
+            "127.0.0.1:8443".parse().ok()
+        );
         let line = "2026-01-01T00:00:00.000Z  INFO mesh_server: listening on 127.0.0.1:41234";
         assert_eq!(
             parse_listening(line),
