@@ -93,7 +93,7 @@ cargo check -p mesh-core --no-default-features
 step "the sans-IO client builds alone (no tokio, no sled: the wasm binding's subset)"
 cargo check -p mesh-core --no-default-features --features client
 
-step "Python binding (uniffi, bindings/mesh-ffi): generate, then the chat test against a real server"
+step "Python binding (uniffi, bindings/mesh-ffi): generate, then the chat test against a real server (plain, and once over HTTPS with a test CA)"
 bindings_start=$(date +%s)
 cargo build -q -p mesh-server-bin --bin mesh-server
 bindings/mesh-ffi/generate.sh
@@ -107,7 +107,7 @@ bindings_start=$(date +%s)
 MESH_SERVER_BIN="$target_dir/debug/mesh-server" timeout 300 bindings/mesh-ffi/tests/kotlin/run.sh
 echo "kotlin binding took $(( $(date +%s) - bindings_start )) s"
 
-step "JavaScript binding (wasm-bindgen, bindings/mesh-wasm): wasm32 build; node --test and wasm-bindgen-test (Node, headless Chromium) against a real server"
+step "JavaScript binding (wasm-bindgen, bindings/mesh-wasm): wasm32 build; node --test (plain, and once over HTTPS with a test CA) and wasm-bindgen-test (Node, headless Chromium) against a real server"
 bindings_start=$(date +%s)
 if command -v rustup >/dev/null 2>&1; then
   rustup target add wasm32-unknown-unknown

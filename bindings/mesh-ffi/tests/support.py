@@ -1,5 +1,6 @@
-"""What the binding tests share: a real mesh-server on a free port, and a
-listener that hands events from the library's thread to asyncio."""
+"""What the binding tests share: a real mesh-server on a free port (plain
+HTTP, or HTTPS with a test CA made here), and a listener that hands events
+from the library's thread to asyncio."""
 
 import asyncio
 import os
@@ -19,8 +20,49 @@ SERVER_BIN = os.environ.get("MESH_SERVER_BIN") or os.path.join(
 TIMEOUT = 10
 
 
+class TestCa:
+    """A throwaway CA and a leaf it signed for 127.0.0.1 and localhost, made
+    with the `openssl` command in a temporary folder (`cleanup()` removes it)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="mesh-py-ca-")
+        self.ca_path = self._path("ca.pem")
+        self.cert_path = self._path("cert.pem")
+        self.key_path = self._path("key.pem")
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        self._openssl("req", "-x509", *ec, "-keyout", self._path("ca-key.pem"),
+                      "-out", self.ca_path, "-days", "1", "-subj", "/CN=mesh python test CA",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        self._openssl("req", *ec, "-keyout", self.key_path, "-out", self._path("leaf.csr"),
+                      "-subj", "/CN=localhost")
+        with open(self._path("leaf.ext"), "w") as f:
+            f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+                    "basicConstraints=critical,CA:FALSE\n"
+                    "extendedKeyUsage=serverAuth\n")
+        self._openssl("x509", "-req", "-in", self._path("leaf.csr"), "-CA", self.ca_path,
+                      "-CAkey", self._path("ca-key.pem"), "-CAcreateserial", "-days", "1",
+                      "-extfile", self._path("leaf.ext"), "-out", self.cert_path)
+        with open(self.ca_path) as f:
+            self.ca_pem = f.read()
+
+    def _path(self, name):
+        return os.path.join(self.dir, name)
+
+    @staticmethod
+    def _openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    def server_flags(self):
+        return ["--tls-cert", self.cert_path, "--tls-key", self.key_path]
+
+    def cleanup(self):
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 class Server:
-    """`mesh-server --listen 127.0.0.1:0 --data <tmp>`, up once it logs its address."""
+    """`mesh-server --listen 127.0.0.1:0 --data <tmp>`, up once it logs its
+    address; `url` has the scheme the server logs (`http` or `https`)."""
 
     def __init__(self, flags=()):
         self.data = tempfile.mkdtemp(prefix="mesh-py-")
@@ -36,9 +78,9 @@ class Server:
         def read():
             for line in self.proc.stderr:
                 self.log.append(line)
-                m = re.search(r"listening on (\S+)", line)
+                m = re.search(r"listening on (\S+) \((https?)\)", line)
                 if m and not found.is_set():
-                    self.url = "http://" + m.group(1)
+                    self.url = f"{m.group(2)}://{m.group(1)}"
                     found.set()
 
         threading.Thread(target=read, daemon=True).start()

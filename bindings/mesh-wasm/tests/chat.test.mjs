@@ -6,94 +6,16 @@
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
-import { tmpdir } from 'node:os';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { randomUUID } from 'node:crypto';
 import WebSocket from 'ws';
+import { Events, PACKAGE, PASSWORD, name, startServer } from './support.mjs';
 
 // Node 20 has no global WebSocket: the package drives whatever
 // `globalThis.WebSocket` is, as in a browser.
 globalThis.WebSocket = WebSocket;
 
-const HERE = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(HERE, '..', '..', '..');
-const TARGET = process.env.CARGO_TARGET_DIR || path.join(ROOT, 'target');
-const SERVER_BIN = process.env.MESH_SERVER_BIN || path.join(TARGET, 'debug', 'mesh-server');
 const require = createRequire(import.meta.url);
-const { MeshApi, connect } = require('../pkg/mesh_wasm.js');
-
-const PASSWORD = 'correct horse battery';
-const TIMEOUT = 10000;
-
-/** `mesh-server --listen 127.0.0.1:0 --data <tmp>`, up once it logs its address. */
-function startServer() {
-  const dir = mkdtempSync(path.join(tmpdir(), 'mesh-wasm-'));
-  const proc = spawn(SERVER_BIN, ['--listen', '127.0.0.1:0', '--data', dir], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let log = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`server did not start:\n${log}`)), 30000);
-    proc.stderr.setEncoding('utf8');
-    proc.stderr.on('data', (chunk) => {
-      log += chunk;
-      const m = /listening on (\S+)/.exec(log);
-      if (m && timer) {
-        clearTimeout(timer);
-        resolve({
-          url: `http://${m[1]}`,
-          async stop() {
-            if (proc.exitCode === null) {
-              const done = new Promise((r) => proc.once('exit', r));
-              proc.kill('SIGTERM');
-              await done;
-            }
-            rmSync(dir, { recursive: true, force: true });
-          },
-        });
-      }
-    });
-    proc.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`server exited with ${code}:\n${log}`));
-    });
-  });
-}
-
-/** Collects a client's events; `waitFor(pick)` resolves with the first one `pick` maps to a value. */
-class Events {
-  constructor() {
-    this.seen = [];
-    this.waiters = [];
-    this.push = (event) => {
-      this.seen.push(event);
-      this.waiters = this.waiters.filter((w) => !w(event));
-    };
-  }
-
-  waitFor(pick) {
-    return new Promise((resolve, reject) => {
-      for (const e of this.seen) {
-        const v = pick(e);
-        if (v !== undefined) return resolve(v);
-      }
-      const timer = setTimeout(() => reject(new Error('no such event')), TIMEOUT);
-      this.waiters.push((e) => {
-        const v = pick(e);
-        if (v === undefined) return false;
-        clearTimeout(timer);
-        resolve(v);
-        return true;
-      });
-    });
-  }
-}
-
-const name = () => `u${randomUUID().replaceAll('-', '').slice(0, 10)}`;
+const { MeshApi, connect } = require(PACKAGE);
 
 let server;
 const clients = [];
