@@ -12,9 +12,8 @@
 import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync, chmodSync, rmSync, openSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, readFileSync, writeFileSync, chmodSync, rmSync, openSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { chromium } from 'playwright-core';
 import {
@@ -41,14 +40,13 @@ const HOME_B = env('LAB_HOME_B');
 const IP = env('LAB_SERVER_IP');
 const ROUTER_B = env('LAB_ROUTER_B');
 const PORT = 8443;
-// HTTPS with a CA made here, trusted only by these browsers (SPKI pin), as
-// soon as mesh-server has --tls-cert/--tls-key; until then plain HTTP that
-// Chromium is told to treat as a secure context.
-const TLS = execFileSync(SERVER_BIN, ['--help'], { encoding: 'utf8' }).includes('--tls-cert');
-const ORIGIN = `${TLS ? 'https' : 'http'}://mesh.lab:${PORT}`;
-let spki = null;
+// HTTPS with a CA made here, trusted only by these browsers: it goes into
+// an NSS database of the run's own (Chromium's certificate store on Linux),
+// under a HOME that exists only for the run.
+const ORIGIN = `https://mesh.lab:${PORT}`;
 
-/** A test CA and a leaf for mesh.lab signed by it; returns the leaf's SPKI pin. */
+/** A test CA and a leaf for mesh.lab signed by it; the CA goes into a fresh
+ * NSS database under `dir/home`, the HOME the browsers are started with. */
 function makeCertificates() {
   const f = (name) => path.join(dir, name);
   const ossl = (...args) => execFileSync('openssl', args, { stdio: ['ignore', 'pipe', 'pipe'] });
@@ -59,9 +57,11 @@ function makeCertificates() {
   writeFileSync(f('leaf.ext'), 'subjectAltName=DNS:mesh.lab\nextendedKeyUsage=serverAuth\n');
   ossl('x509', '-req', '-in', f('leaf.csr'), '-CA', f('ca.pem'), '-CAkey', f('ca-key.pem'),
     '-CAcreateserial', '-days', '1', '-extfile', f('leaf.ext'), '-out', f('cert.pem'));
-  const pub = ossl('x509', '-in', f('cert.pem'), '-pubkey', '-noout');
-  const der = execFileSync('openssl', ['pkey', '-pubin', '-outform', 'der'], { input: pub });
-  return createHash('sha256').update(der).digest('base64');
+  const nssdb = path.join(dir, 'home', '.pki', 'nssdb');
+  mkdirSync(nssdb, { recursive: true });
+  const certutil = (...args) => execFileSync('certutil', ['-d', `sql:${nssdb}`, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  certutil('-N', '--empty-password');
+  certutil('-A', '-n', 'mesh lab test CA', '-t', 'C,,', '-i', f('ca.pem'));
 }
 
 let dir;
@@ -109,7 +109,8 @@ async function waitUdpListener(ns, port) {
 
 async function launchIn(ns) {
   const wrapper = path.join(dir, `chromium-${ns}.sh`);
-  writeFileSync(wrapper, `#!/bin/sh\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
+  // HOME: the run's NSS database, where the test CA is trusted.
+  writeFileSync(wrapper, `#!/bin/sh\nexport HOME=${path.join(dir, 'home')}\nexec ip netns exec ${ns} ${CHROMIUM} "$@"\n`);
   chmodSync(wrapper, 0o755);
   const browser = await chromium.launch({
     executablePath: wrapper,
@@ -124,7 +125,6 @@ async function launchIn(ns) {
       '--use-fake-ui-for-media-stream',
       '--use-fake-device-for-media-stream',
       `--host-resolver-rules=MAP mesh.lab ${IP}`,
-      TLS ? `--ignore-certificate-errors-spki-list=${spki}` : `--unsafely-treat-insecure-origin-as-secure=${ORIGIN}`,
     ],
   });
   browsers.push(browser);
@@ -224,13 +224,8 @@ describe('browser lab: a call between two NATed homes through TURN', () => {
     buildServer();
     dir = mkdtempSync(path.join(tmpdir(), 'mesh-lab-'));
     const data = path.join(dir, 'data');
-    let tlsArgs = [];
-    if (TLS) {
-      spki = makeCertificates();
-      tlsArgs = ['--tls-cert', path.join(dir, 'cert.pem'), '--tls-key', path.join(dir, 'key.pem')];
-    } else {
-      console.log('NOTE: this mesh-server has no --tls-cert yet: the lab runs over plain HTTP treated as secure');
-    }
+    makeCertificates();
+    const tlsArgs = ['--tls-cert', path.join(dir, 'cert.pem'), '--tls-key', path.join(dir, 'key.pem')];
     await startIn(
       PUB,
       SERVER_BIN,
