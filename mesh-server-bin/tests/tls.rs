@@ -74,6 +74,11 @@ async fn register(url: &str, tls: &TlsConfig, name: &str) -> String {
         .token
 }
 
+/// `GET /health` over HTTPS, trusting what `tls` trusts.
+async fn health(url: &str, tls: TlsConfig) -> Result<(), ClientError> {
+    HttpApi::with_tls(url, tls).expect("api").health().await
+}
+
 /// A room "general" made by `token`'s user.
 async fn create_room(url: &str, tls: &TlsConfig, token: &str) -> RoomId {
     HttpApi::with_tls(url, tls.clone())
@@ -143,11 +148,7 @@ async fn a_certificate_from_another_ca_is_refused_with_a_clear_error() {
     let ca = TestCa::new("mesh test CA");
     let s = TlsServer::start(&ca, None).await;
     let other = trusting(&TestCa::new("some other CA"));
-    let err = HttpApi::with_tls(&s.url, other.clone())
-        .expect("api")
-        .health()
-        .await
-        .expect_err("refused");
+    let err = health(&s.url, other.clone()).await.expect_err("refused");
     assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
     assert!(
         err.to_string()
@@ -169,9 +170,7 @@ async fn a_certificate_from_another_ca_is_refused_with_a_clear_error() {
     // The name is checked too: this certificate is for localhost only.
     let s = TlsServer::start_for(&ca, &["localhost"], None).await;
     let by_address = format!("https://127.0.0.1:{}", s.server.addr.port());
-    let err = HttpApi::with_tls(&by_address, trusting(&ca))
-        .expect("api")
-        .health()
+    let err = health(&by_address, trusting(&ca))
         .await
         .expect_err("wrong name");
     assert!(err.to_string().contains("another name"), "{err}");
@@ -202,11 +201,7 @@ async fn replaced_certificate_files_are_served_to_new_connections_while_old_ones
     tokio::time::timeout(WAIT, async {
         loop {
             changed.changed().await.expect("store alive");
-            let ok = HttpApi::with_tls(&s.url, trusting(&second))
-                .expect("api")
-                .health()
-                .await
-                .is_ok();
+            let ok = health(&s.url, trusting(&second)).await.is_ok();
             if ok {
                 break;
             }
@@ -217,9 +212,7 @@ async fn replaced_certificate_files_are_served_to_new_connections_while_old_ones
 
     // New connections: the old CA no longer fits, the new one does. (A
     // fresh client: one that connected before may resume its TLS session.)
-    let err = HttpApi::with_tls(&s.url, trusting(&ca))
-        .expect("api")
-        .health()
+    let err = health(&s.url, trusting(&ca))
         .await
         .expect_err("old CA no longer fits");
     assert_eq!(err.code_str(), "tls");
@@ -266,14 +259,7 @@ async fn plain_http_on_the_tls_port_is_told_to_use_https() {
         .await
         .expect_err("400");
     assert!(err.to_string().contains("https://"), "{err}");
-    assert!(
-        HttpApi::with_tls(&s.url, trusting(&ca))
-            .expect("api")
-            .health()
-            .await
-            .is_ok(),
-        "still serving"
-    );
+    assert!(health(&s.url, trusting(&ca)).await.is_ok(), "still serving");
     s.server.stop().await;
 }
 
@@ -305,14 +291,7 @@ async fn handshakes_that_never_finish_are_cut_off_and_the_server_keeps_serving()
     let _ = tokio::time::timeout(WAIT, garbage.read_to_end(&mut rest))
         .await
         .expect("closed in time");
-    assert!(
-        HttpApi::with_tls(&s.url, trusting(&ca))
-            .expect("api")
-            .health()
-            .await
-            .is_ok(),
-        "still serving"
-    );
+    assert!(health(&s.url, trusting(&ca)).await.is_ok(), "still serving");
     s.server.stop().await;
 }
 
@@ -335,9 +314,7 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
     ];
     let server = start_binary(&dir.path().join("data"), &flags).expect("starts");
     let url = format!("https://localhost:{}", server.addr.port());
-    HttpApi::with_tls(&url, trusting(&first))
-        .expect("api")
-        .health()
+    health(&url, trusting(&first))
         .await
         .expect("first certificate served");
 
@@ -355,9 +332,7 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
     hup();
     let kept = server.wait_for_log("still serving the previous one", WAIT);
     assert!(kept.is_some(), "{}", server.stop());
-    HttpApi::with_tls(&url, trusting(&first))
-        .expect("api")
-        .health()
+    health(&url, trusting(&first))
         .await
         .expect("still the first certificate");
 
@@ -368,9 +343,7 @@ async fn sighup_reloads_the_certificate_of_the_real_binary() {
     hup();
     let reloaded = server.wait_for_log("why=\"SIGHUP\"", WAIT);
     assert!(reloaded.is_some(), "{}", server.stop());
-    HttpApi::with_tls(&url, trusting(&second))
-        .expect("api")
-        .health()
+    health(&url, trusting(&second))
         .await
         .expect("the second certificate served");
     server.stop();

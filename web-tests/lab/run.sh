@@ -34,6 +34,10 @@ trap cleanup EXIT INT TERM
 
 for ns in "$PUB" "$RA" "$RB" "$HA" "$HB"; do
   ip netns add "$ns"
+  # IPv4 only: IPv6 duplicate-address detection finishing on a veth a
+  # second after it comes up is a "network change" to Chromium, which then
+  # aborts a navigation in flight (ERR_NETWORK_CHANGED).
+  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
   ip -n "$ns" link set lo up
 done
 # veth pairs, created straight inside their namespaces (names carry the PID).
