@@ -21,7 +21,7 @@ step "system packages (Debian): the services the tests start, Chromium, the JVM"
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=""
-for pkg in coturn pebble nginx-light iptables openssl ca-certificates libnss3-tools chromium chromium-driver libjna-java; do
+for pkg in coturn pebble nginx-light iptables iproute2 procps openssl ca-certificates libnss3-tools chromium chromium-driver libjna-java; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
