@@ -23,6 +23,8 @@
 //! - `p2p` (feature `p2p`): direct agent-to-agent sessions over QUIC with
 //!   pinned TLS 1.3: files, folders and terminals, authorised by session
 //!   tokens checked offline. For agents, not the server.
+//! - [`relay`]: sessions across networks, what agents and the server share:
+//!   the relay's frames and keys, STUN Binding, the server's sans-IO relay.
 //! - [`validate`]: the limits every server honours (usernames, passwords,
 //!   room names, message content).
 
@@ -35,6 +37,7 @@ pub mod error;
 #[cfg(feature = "p2p")]
 pub mod p2p;
 pub mod protocol;
+pub mod relay;
 #[cfg(feature = "server")]
 pub mod service;
 pub mod storage;

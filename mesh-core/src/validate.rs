@@ -16,6 +16,29 @@ pub const CONTENT_MAX_BYTES: usize = 16 * 1024;
 pub const CLIENT_ID_MAX: usize = 128;
 pub const DEVICE_NAME_MAX: usize = 64;
 pub const PRESENCE_MESSAGE_MAX: usize = 256;
+/// Most candidate addresses an agent announces.
+pub const P2P_ADDRS_MAX: usize = 16;
+/// The longest announced address or fingerprint.
+pub const P2P_ADDR_MAX: usize = 128;
+
+/// Checks an agent's announced [`P2pInfo`](crate::protocol::P2pInfo): at
+/// most 16 addresses, each and the fingerprint at most 128 characters.
+pub fn p2p_info(info: crate::protocol::P2pInfo) -> Result<crate::protocol::P2pInfo> {
+    if info.addrs.len() > P2P_ADDRS_MAX {
+        return Err(Error::InvalidRequest(format!(
+            "p2p.addrs: at most {P2P_ADDRS_MAX} addresses"
+        )));
+    }
+    let too_long = |s: &str| s.len() > P2P_ADDR_MAX;
+    if info.addrs.iter().any(|a| too_long(a))
+        || info.cert_fingerprint.as_deref().is_some_and(too_long)
+    {
+        return Err(Error::InvalidRequest(format!(
+            "p2p: addresses and fingerprints are at most {P2P_ADDR_MAX} characters"
+        )));
+    }
+    Ok(info)
+}
 
 /// Folds a username to lower case and checks it: 3 to 32 characters of
 /// `a-z 0-9 _ . -`.

@@ -657,6 +657,18 @@ impl Client {
         self.with_state(|d| d.state.close_p2p_session(session));
     }
 
+    /// `p2p.announce`: replaces this agent's announced direct-connection
+    /// details (now, and in the hello of every reconnect).
+    pub fn announce_p2p(&self, info: P2pInfo) {
+        self.with_state(|d| d.state.announce_p2p(info));
+    }
+
+    /// What the server offers for sessions across networks (from its last
+    /// welcome): its UDP port and whether it relays.
+    pub fn server_p2p(&self) -> Option<crate::protocol::P2pServerInfo> {
+        self.inner.shared.lock().state.server_p2p().cloned()
+    }
+
     /// Sends a WebRTC signal to another peer; dropped while offline.
     pub fn send_rtc(&self, kind: RtcKind, signal: RtcSignal) {
         self.with_state(|d| d.state.send_rtc(kind, signal));

@@ -216,6 +216,8 @@ pub struct P2pSessionGrant {
     pub session_token: String,
     pub initiator: P2pInfo,
     pub target: P2pInfo,
+    /// Extension: this agent's right to the server's relay for the session.
+    pub relay: Option<crate::protocol::RelayGrant>,
 }
 
 /// The successful answer to a request.
@@ -402,6 +404,7 @@ pub struct ClientState {
     /// The status the app chose, re-applied after every reconnect.
     presence: Option<(Presence, Option<String>)>,
     me: Option<(PeerId, User)>,
+    server_p2p: Option<crate::protocol::P2pServerInfo>,
     welcomed: bool,
     close_requested: bool,
     pacer: Pacer,
@@ -441,6 +444,7 @@ impl ClientState {
             rooms,
             presence: None,
             me: None,
+            server_p2p: None,
             welcomed: false,
             close_requested: false,
             pacer,
@@ -466,6 +470,12 @@ impl ClientState {
     /// This connection's peer and user, once welcomed.
     pub fn me(&self) -> Option<(PeerId, &User)> {
         self.me.as_ref().map(|(p, u)| (*p, u))
+    }
+
+    /// What the server offers agents for sessions across networks (its UDP
+    /// port, whether it relays), from the last `system.welcome`.
+    pub fn server_p2p(&self) -> Option<&crate::protocol::P2pServerInfo> {
+        self.server_p2p.as_ref()
     }
 
     /// The resume cursors: the `since` the next hello will carry.
@@ -747,6 +757,16 @@ impl ClientState {
         }
     }
 
+    /// `p2p.announce`: from now on (and in every later `system.hello`) this
+    /// agent's direct-connection details are `info`. Fire and forget; sent
+    /// with the next hello when offline.
+    pub fn announce_p2p(&mut self, info: P2pInfo) {
+        self.config.p2p = Some(info.clone());
+        if matches!(self.link, Link::Ready { .. }) {
+            self.push_frame(&Frame::P2pAnnounce { p2p: info }, None);
+        }
+    }
+
     /// Tells the client about `seq` in `room` learned elsewhere (a history
     /// page, a room just created): resuming starts after it. Messages that
     /// still arrive at or below it are delivered, not dropped.
@@ -935,8 +955,12 @@ impl ClientState {
                     user,
                     server_time,
                     heartbeat_ms,
+                    p2p,
                 },
-            ) => self.welcome(now, peer_id, user, server_time, heartbeat_ms),
+            ) => {
+                self.server_p2p = p2p;
+                self.welcome(now, peer_id, user, server_time, heartbeat_ms)
+            }
             (Pending::Hello, ServerEvent::Error(e)) => {
                 // The server refused the hello itself: no retry can fix it.
                 self.shut(Some(e.into()));
@@ -998,6 +1022,7 @@ impl ClientState {
                     session_token,
                     initiator,
                     target,
+                    relay,
                 },
             ) => {
                 let grant = Box::new(P2pSessionGrant {
@@ -1005,6 +1030,7 @@ impl ClientState {
                     session_token,
                     initiator,
                     target,
+                    relay,
                 });
                 self.events
                     .push_back(Event::P2pSessionCreated(grant.clone()));
@@ -1085,6 +1111,7 @@ impl ClientState {
                 user,
                 server_time,
                 heartbeat_ms,
+                p2p,
             } => {
                 if matches!(
                     self.link,
@@ -1093,6 +1120,7 @@ impl ClientState {
                         ..
                     }
                 ) {
+                    self.server_p2p = p2p;
                     self.welcome(now, peer_id, user, server_time, heartbeat_ms);
                 }
                 return;
@@ -1168,11 +1196,13 @@ impl ClientState {
                 session_token,
                 initiator,
                 target,
+                relay,
             } => Event::P2pSessionCreated(Box::new(P2pSessionGrant {
                 session,
                 session_token,
                 initiator,
                 target,
+                relay,
             })),
             ServerEvent::P2pSessionClosed { session_id, reason } => {
                 Event::P2pSessionClosed { session_id, reason }

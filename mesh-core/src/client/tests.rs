@@ -105,6 +105,7 @@ impl Harness {
             user: self.me.clone(),
             server_time: self.now,
             heartbeat_ms,
+            p2p: None,
         };
         self.receive(hello["id"].as_str(), welcome);
         hello
@@ -310,6 +311,7 @@ fn a_message_queued_offline_goes_out_after_reconnect_under_one_client_id() {
             user: me.clone(),
             server_time: h.now,
             heartbeat_ms: 15_000,
+            p2p: None,
         },
     );
     let retries = h.sent();
@@ -446,6 +448,7 @@ fn replies_are_matched_to_their_requests() {
             session_token: "a.b.c".into(),
             initiator: P2pInfo::default(),
             target: P2pInfo::default(),
+            relay: None,
         },
     );
     h.receive(

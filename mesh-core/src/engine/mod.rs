@@ -59,6 +59,11 @@ pub struct EngineConfig {
     /// Most live messages held back for a peer that is still catching up
     /// with `since`; past it the peer is closed with 1013.
     pub max_backlog: usize,
+    /// Announced in `system.welcome`'s `p2p`: the server's UDP port for
+    /// address discovery and relaying, and whether it relays.
+    pub p2p_server: Option<crate::protocol::P2pServerInfo>,
+    /// With it, `p2p.session.created` gives each party its relay key.
+    pub relay_secret: Option<crate::relay::grant::RelaySecret>,
 }
 
 impl Default for EngineConfig {
@@ -70,6 +75,8 @@ impl Default for EngineConfig {
             session_ttl: Duration::from_secs(180),
             reorder_window: Duration::from_secs(2),
             max_backlog: 1000,
+            p2p_server: None,
+            relay_secret: None,
         }
     }
 }
@@ -391,6 +398,19 @@ impl Engine {
         request_id: Option<String>,
     ) {
         self.do_open_session(now, session, session_token, request_id);
+    }
+
+    /// Replaces `peer`'s announced [`P2pInfo`] (`p2p.announce`); sessions
+    /// created later carry the new one.
+    pub fn announce_p2p(&mut self, peer: PeerId, info: P2pInfo) -> Result<(), Error> {
+        let info = crate::validate::p2p_info(info)?;
+        match self.peers.get_mut(&peer) {
+            Some(p) => {
+                p.info.p2p = Some(info);
+                Ok(())
+            }
+            None => Err(Error::InvalidRequest("say system.hello first".into())),
+        }
     }
 
     /// Closes a session at a party's request: `p2p.session.closed` to both

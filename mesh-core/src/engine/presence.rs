@@ -79,6 +79,7 @@ impl Engine {
                 user: user.clone(),
                 server_time: now,
                 heartbeat_ms,
+                p2p: self.config.p2p_server.clone(),
             },
         );
 

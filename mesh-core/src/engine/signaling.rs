@@ -10,8 +10,8 @@
 
 use crate::error::Error;
 use crate::protocol::{
-    P2pSession, PeerId, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind, SessionState,
-    Timestamp, UserId,
+    P2pSession, PeerId, RelayParty, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind,
+    SessionState, Timestamp, UserId,
 };
 
 use super::state::Timer;
@@ -117,12 +117,21 @@ impl Engine {
                 .and_then(|p| p.info.p2p.clone())
                 .unwrap_or_default()
         };
-        let event = ServerEvent::P2pSessionCreated {
+        let event_for = |party: RelayParty| ServerEvent::P2pSessionCreated {
             session: session.clone(),
-            session_token,
+            session_token: session_token.clone(),
             initiator: info_of(initiator),
             target: info_of(target),
+            relay: self
+                .config
+                .relay_secret
+                .as_ref()
+                .map(|secret| secret.grant(id, party)),
         };
+        let (to_initiator, to_target) = (
+            event_for(RelayParty::Initiator),
+            event_for(RelayParty::Target),
+        );
         for peer in [initiator, target] {
             if let Some(p) = self.peers.get_mut(&peer) {
                 p.sessions.insert(id);
@@ -131,10 +140,10 @@ impl Engine {
         self.reschedule(Timer::Session(id), None, Some(session.expires_at));
         self.sessions.insert(id, session);
         if self.peers.contains_key(&target) {
-            self.broadcast(vec![target], event.clone());
+            self.broadcast(vec![target], to_target);
         }
         if self.peers.contains_key(&initiator) {
-            self.reply(initiator, request_id, event);
+            self.reply(initiator, request_id, to_initiator);
         }
         if !self.peers.contains_key(&initiator) || !self.peers.contains_key(&target) {
             self.end_session(now, id, "peer_disconnected");

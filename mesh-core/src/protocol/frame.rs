@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{
-    Member, Message, P2pInfo, P2pSession, PeerId, Presence, Role, Room, RoomId, SessionId,
-    SessionKind, Timestamp, User, UserId,
+    Member, Message, P2pInfo, P2pServerInfo, P2pSession, PeerId, Presence, RelayGrant, Role, Room,
+    RoomId, SessionId, SessionKind, Timestamp, User, UserId,
 };
 use crate::error::ErrorCode;
 
@@ -93,6 +93,11 @@ pub enum ClientEvent {
     /// Extension: closes a P2P session the sender is a party to.
     #[serde(rename = "p2p.session.close")]
     P2pClose { session_id: SessionId },
+    /// Extension: replaces this connection's announced [`P2pInfo`] (an
+    /// agent that learned or lost an address, e.g. its server-reflexive
+    /// one after a NAT mapping changed). Later sessions carry the new one.
+    #[serde(rename = "p2p.announce")]
+    P2pAnnounce { p2p: P2pInfo },
 }
 
 impl ClientEvent {
@@ -112,6 +117,7 @@ impl ClientEvent {
             ClientEvent::RtcHangup(_) => "rtc.hangup",
             ClientEvent::P2pRequest { .. } => "p2p.session.request",
             ClientEvent::P2pClose { .. } => "p2p.session.close",
+            ClientEvent::P2pAnnounce { .. } => "p2p.announce",
         }
     }
 }
@@ -147,6 +153,9 @@ pub enum ServerEvent {
         user: User,
         server_time: Timestamp,
         heartbeat_ms: u64,
+        /// Extension: address discovery and relay offered to agents.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        p2p: Option<P2pServerInfo>,
     },
     #[serde(rename = "system.pong")]
     Pong { server_time: Timestamp },
@@ -205,6 +214,10 @@ pub enum ServerEvent {
         initiator: P2pInfo,
         /// The target's direct-connection details.
         target: P2pInfo,
+        /// Extension: this recipient's relay binding right (absent when the
+        /// server does not relay).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        relay: Option<RelayGrant>,
     },
     #[serde(rename = "p2p.session.closed")]
     P2pSessionClosed {
@@ -342,6 +355,7 @@ mod tests {
             "rtc.ice",
             "p2p.session.request",
             "p2p.session.close",
+            "p2p.announce",
             "nope",
             "",
         ]);
@@ -525,6 +539,10 @@ mod tests {
                 user: user.clone(),
                 server_time: t,
                 heartbeat_ms: 15_000,
+                p2p: Some(P2pServerInfo {
+                    udp_port: Some(3000),
+                    relay: true,
+                }),
             },
             ServerEvent::Pong { server_time: t },
             ServerEvent::RoomJoined {
@@ -606,6 +624,10 @@ mod tests {
                 session_token: "a.b.c".into(),
                 initiator: info.clone(),
                 target: P2pInfo::default(),
+                relay: Some(RelayGrant {
+                    party: crate::protocol::RelayParty::Target,
+                    key: "00".repeat(32),
+                }),
             },
             ServerEvent::P2pSessionClosed {
                 session_id: SessionId::new(),

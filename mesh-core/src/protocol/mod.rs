@@ -16,7 +16,7 @@ pub use frame::{
 };
 pub use ids::{DeviceId, MessageId, PeerId, RoomId, SessionId, UserId};
 pub use model::{
-    Member, Message, P2pInfo, P2pSession, Presence, Role, Room, SessionKind, SessionState, User,
-    Visibility,
+    Member, Message, P2pInfo, P2pServerInfo, P2pSession, Presence, RelayGrant, RelayParty, Role,
+    Room, SessionKind, SessionState, User, Visibility,
 };
 pub use time::Timestamp;

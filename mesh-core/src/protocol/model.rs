@@ -137,6 +137,65 @@ pub struct P2pInfo {
     pub addrs: Vec<String>,
 }
 
+/// Extension (`system.welcome`'s `p2p`): what the server offers agents for
+/// sessions across networks (see `docs/p2p.md`, "Across networks").
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct P2pServerInfo {
+    /// The server's UDP port (on the host of its URL) for address discovery
+    /// (STUN Binding) and the UDP relay; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub udp_port: Option<u16>,
+    /// Whether the server relays sessions (`p2p.session.created` then
+    /// carries a [`RelayGrant`]).
+    #[serde(default)]
+    pub relay: bool,
+}
+
+/// Which side of a session a relay binding speaks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayParty {
+    Initiator,
+    Target,
+}
+
+impl RelayParty {
+    /// The wire byte (`docs/p2p.md`, relay frames).
+    pub fn to_byte(self) -> u8 {
+        match self {
+            RelayParty::Initiator => 0,
+            RelayParty::Target => 1,
+        }
+    }
+
+    /// The party a wire byte stands for.
+    pub fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(RelayParty::Initiator),
+            1 => Some(RelayParty::Target),
+            _ => None,
+        }
+    }
+
+    /// The other side.
+    pub fn other(self) -> Self {
+        match self {
+            RelayParty::Initiator => RelayParty::Target,
+            RelayParty::Target => RelayParty::Initiator,
+        }
+    }
+}
+
+/// Extension (`p2p.session.created`'s `relay`): this recipient's right to
+/// use the server's relay for the session. Each party gets its own `key`
+/// (HMAC-SHA256 of the session and party under a server secret, hex), so
+/// the session token alone does not let a third party bind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayGrant {
+    pub party: RelayParty,
+    pub key: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,7 +128,8 @@ impl PeerConnection {
             | ClientEvent::RtcAnswer(_)
             | ClientEvent::RtcIce(_)
             | ClientEvent::RtcHangup(_)
-            | ClientEvent::P2pClose { .. } => Some(event.type_name()),
+            | ClientEvent::P2pClose { .. }
+            | ClientEvent::P2pAnnounce { .. } => Some(event.type_name()),
             _ => None,
         };
         let result = match event {
@@ -195,6 +196,11 @@ impl PeerConnection {
             ClientEvent::P2pClose { session_id } => {
                 self.service.close_session(&self.identity, session_id)
             }
+            ClientEvent::P2pAnnounce { p2p } => {
+                let peer = self.peer;
+                self.service
+                    .with_engine(move |engine, _now| engine.announce_p2p(peer, p2p))
+            }
             // `ClientEvent` is non-exhaustive for other crates, not this one;
             // this arm keeps new variants from compiling silently into nothing.
             #[allow(unreachable_patterns)]
@@ -254,7 +260,7 @@ impl PeerConnection {
             peer_id: self.peer,
             user: self.user.clone(),
             device_id: self.identity.device_id,
-            p2p: hello.p2p,
+            p2p: hello.p2p.map(validate::p2p_info).transpose()?,
         };
         let catch_up: Vec<(RoomId, u64)> = since.iter().map(|(r, s)| (*r, *s)).collect();
         self.service

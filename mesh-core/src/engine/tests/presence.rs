@@ -46,6 +46,7 @@ fn welcome_answers_hello_with_request_id_and_heartbeat() {
             user: alice,
             server_time: h.now,
             heartbeat_ms: 15_000,
+            p2p: None,
         }
     );
 }

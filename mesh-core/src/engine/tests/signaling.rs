@@ -141,12 +141,14 @@ fn session_is_announced_to_both_and_expires_after_180_s() {
         session_token,
         initiator,
         target,
+        relay,
     } = &to_b[0].event
     else {
         panic!("not created: {to_b:?}")
     };
     assert_eq!(announced, &session);
     assert_eq!(session_token, "tok");
+    assert_eq!(relay, &None, "no relay grant without a relay secret");
     assert_eq!(initiator.addrs, vec!["10.0.0.1:7000".to_owned()]);
     assert_eq!(target, &P2pInfo::default());
     let alice = session.initiator_user_id;

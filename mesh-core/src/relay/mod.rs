@@ -1,0 +1,20 @@
+//! Sessions across networks, the parts agents and the server share: the
+//! relay's frames ([`wire`]), the per-party relay keys ([`grant`]), STUN
+//! Binding for address discovery ([`stun`]) and the server's sans-IO relay
+//! ([`server`]).
+//!
+//! One UDP port on the server answers STUN Binding requests (the agent's
+//! address as the server saw it: its server-reflexive candidate) and
+//! forwards the agents' QUIC datagrams between the two parties of a session
+//! when no direct path works. The same relay frames also travel as binary
+//! WebSocket messages on `GET /api/p2p/relay`, for agents whose UDP to the
+//! server is blocked. The relay never sees plaintext: the agents' pinned TLS
+//! 1.3 runs end to end inside the forwarded datagrams. The wire layout is in
+//! `docs/p2p.md` ("Across networks").
+
+pub mod grant;
+pub mod server;
+pub mod stun;
+pub mod wire;
+
+pub use wire::{RefuseCode, RelayFrame};

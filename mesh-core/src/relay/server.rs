@@ -1,0 +1,1 @@
+//! The server's relay, sans-IO (to be written).
