@@ -11,15 +11,22 @@
 //! Listening: the endpoint is bound first, so the connect can announce its
 //! address; it accepts sessions once it knows the peer id the server
 //! assigned in its welcome (and the new one after each reconnect).
+//!
+//! Across networks (both sides): after the welcome, the endpoint learns its
+//! address as the server sees it (STUN on the server's UDP port) and
+//! announces it beside its local ones (`p2p.announce`), again whenever it
+//! changes; sessions punch through NATs and fall back to the server's relay
+//! unless `--no-relay` (see `mesh_core::p2p::traversal`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
+use clap::Args;
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, EventStream};
-use mesh_core::p2p::{Identity, OutgoingSession, P2pEndpoint, P2pError};
+use mesh_core::p2p::{Identity, OutgoingSession, P2pEndpoint, P2pError, PathKind};
 use mesh_core::protocol::http::Peer;
 use mesh_core::protocol::{PeerId, SessionId, SessionKind};
 
@@ -29,6 +36,58 @@ use crate::resolve;
 /// How long connecting to a peer may take before it counts as unreachable
 /// (the agent side; the sending side takes `--connect-timeout`).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a new endpoint waits for its first STUN answer before it
+/// announces itself without a server-reflexive address.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(1);
+
+/// The options every P2P command shares.
+#[derive(Clone, Copy, Debug, Default, Args)]
+pub(crate) struct PathArgs {
+    /// Never use the server's relay: only direct paths (same network, or
+    /// through NATs that can be punched).
+    #[arg(long)]
+    pub(crate) no_relay: bool,
+}
+
+/// `direct` or `relayed`, as a person reads it.
+pub(crate) fn path_word(path: PathKind) -> &'static str {
+    match path {
+        PathKind::Direct => "direct",
+        PathKind::Relay => "relayed through the server",
+    }
+}
+
+/// Tells `endpoint` what the server offers for sessions across networks,
+/// waits (briefly) for its server-reflexive address, announces it, and
+/// keeps announcing it when it changes. The returned task stops that.
+pub(crate) async fn use_server(
+    client: &Client,
+    endpoint: &Arc<P2pEndpoint>,
+    announce: &[String],
+    opts: PathArgs,
+) -> tokio::task::JoinHandle<()> {
+    let mut paths = client.p2p_paths(true).await;
+    if opts.no_relay {
+        paths.relay = false;
+        paths.stream = None;
+    }
+    let discovering = paths.udp.is_some();
+    endpoint.use_server(paths);
+    let mut mapped = endpoint.mapped_addr();
+    if discovering {
+        let _ = tokio::time::timeout(DISCOVERY_WAIT, mapped.wait_for(Option::is_some)).await;
+        if mapped.borrow_and_update().is_some() {
+            client.announce_p2p(endpoint.p2p_info(announce.to_vec()));
+        }
+    }
+    let (client, endpoint, announce) = (client.clone(), endpoint.clone(), announce.to_vec());
+    tokio::spawn(async move {
+        while mapped.changed().await.is_ok() {
+            client.announce_p2p(endpoint.p2p_info(announce.clone()));
+        }
+    })
+}
 
 /// `--connect-timeout SECS` as a duration.
 pub(crate) fn timeout(secs: f64) -> anyhow::Result<Duration> {
@@ -50,15 +109,16 @@ pub(crate) fn explain(e: P2pError, peer: &str, addrs: &[String]) -> anyhow::Erro
     let at = addrs.join(", ");
     match e {
         P2pError::Timeout(d) => anyhow!(
-            "could not reach {peer}'s agent at {at} within {:.1} s: the two machines cannot reach \
-             each other directly (different networks, NAT or a firewall blocking UDP). Both must \
-             be on the same network or the agent must be reachable at an address it announces \
-             (`mesh agent --announce HOST:PORT`); relays are not supported yet",
+            "could not reach {peer}'s agent at {at} within {:.1} s: no direct path worked \
+             (NATs that cannot be punched, or a firewall blocking UDP) and the server's relay \
+             did not carry the session either (turned off with --no-relay or on the server, or \
+             the server unreachable). `mesh agent --announce HOST:PORT` publishes an address \
+             the sender can reach",
             d.as_secs_f64()
         ),
         P2pError::Unreachable(why) => anyhow!(
-            "could not reach {peer}'s agent at {at}: {why}. The two machines cannot reach each \
-             other directly; relays are not supported yet"
+            "could not reach {peer}'s agent at {at}: {why}. No direct path worked and the \
+             server's relay did not carry the session"
         ),
         P2pError::FingerprintMismatch { expected, got } => anyhow!(
             "the machine at {at} is not {peer}'s agent: its certificate is {got}, the server \
@@ -82,12 +142,14 @@ pub(crate) struct Opened {
 #[derive(Debug)]
 pub(crate) struct Link {
     client: Client,
-    endpoint: P2pEndpoint,
+    endpoint: Arc<P2pEndpoint>,
+    announcer: tokio::task::JoinHandle<()>,
 }
 
 impl Link {
     /// Tells the server the session is over, disconnects, closes the endpoint.
     pub(crate) async fn finish(self, session: SessionId) {
+        self.announcer.abort();
         self.client.close_p2p_session(session);
         self.client.close().await;
         self.endpoint.close();
@@ -101,13 +163,17 @@ pub(crate) async fn open(
     room_arg: Option<&str>,
     kind: SessionKind,
     connect_timeout: Duration,
+    opts: PathArgs,
 ) -> anyhow::Result<Opened> {
     let endpoint = P2pEndpoint::builder(identity(ctx)?)
         .connect_timeout(connect_timeout)
         .bind(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))
         .context("binding a UDP socket for QUIC")?;
+    let endpoint = Arc::new(endpoint);
     let info = endpoint.p2p_info(Vec::new());
     let (client, _events) = ctx.connect("mesh-cli", Some(info)).await?;
+    // Before the request: the target punches towards what we announced.
+    let announcer = use_server(&client, &endpoint, &[], opts).await;
     let result = async {
         let (me, _) = client
             .me()
@@ -119,7 +185,12 @@ pub(crate) async fn open(
             .with_context(|| format!("asking the server for a session with {peer_arg}"))?;
         let target = &grant.target;
         let session = endpoint
-            .connect_announced(target, grant.session.id, &grant.session_token)
+            .connect_announced(
+                target,
+                grant.session.id,
+                &grant.session_token,
+                grant.relay.as_ref(),
+            )
             .await
             .map_err(|e| {
                 client.close_p2p_session(grant.session.id);
@@ -132,9 +203,14 @@ pub(crate) async fn open(
         Ok((session, peer)) => Ok(Opened {
             session,
             peer,
-            link: Link { client, endpoint },
+            link: Link {
+                client,
+                endpoint,
+                announcer,
+            },
         }),
         Err(e) => {
+            announcer.abort();
             client.close().await;
             endpoint.close();
             Err(e)
@@ -150,6 +226,15 @@ pub(crate) struct Listener {
     pub(crate) events: EventStream,
     pub(crate) endpoint: Arc<P2pEndpoint>,
     pub(crate) addrs: Vec<String>,
+    announce: Vec<String>,
+    opts: PathArgs,
+    announcer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.announcer.abort();
+    }
 }
 
 impl Listener {
@@ -161,6 +246,7 @@ impl Listener {
         bind: SocketAddr,
         announce: &[String],
         kinds: Vec<SessionKind>,
+        opts: PathArgs,
     ) -> anyhow::Result<Self> {
         let jwks = ctx
             .api()?
@@ -175,18 +261,43 @@ impl Listener {
             .bind(bind)
             .with_context(|| format!("listening on UDP {bind}"))?;
         let info = endpoint.p2p_info(announce.to_vec());
-        let addrs = info.addrs.clone();
         let (client, events) = ctx.connect(device, Some(info)).await?;
         let (me, _) = client
             .me()
             .ok_or_else(|| anyhow!("the server did not welcome us"))?;
         endpoint.set_peer_id(me);
+        let endpoint = Arc::new(endpoint);
+        let announcer = use_server(&client, &endpoint, announce, opts).await;
+        let addrs = endpoint.p2p_info(announce.to_vec()).addrs;
         Ok(Self {
             client,
             events,
-            endpoint: Arc::new(endpoint),
+            endpoint,
             addrs,
+            announce: announce.to_vec(),
+            opts,
+            announcer,
         })
+    }
+
+    /// After a reconnect: the server may have restarted with other ports.
+    pub(crate) async fn reconnected(&mut self, me: PeerId) {
+        self.endpoint.set_peer_id(me);
+        self.announcer.abort();
+        self.announcer = use_server(&self.client, &self.endpoint, &self.announce, self.opts).await;
+    }
+
+    /// Starts expecting a session the server announced, when it is ours.
+    pub(crate) fn expect(
+        &self,
+        grant: &mesh_core::client::P2pSessionGrant,
+    ) -> Result<bool, P2pError> {
+        self.endpoint.expect_announced(
+            &grant.session,
+            &grant.initiator,
+            &grant.session_token,
+            grant.relay.as_ref(),
+        )
     }
 
     /// This connection's peer id (what senders target).

@@ -386,11 +386,23 @@ async fn the_peer_id_can_be_set_after_binding_and_replaced() {
         addrs: Vec::new(),
     };
     let other = session(SessionKind::File, PeerId::new(), second, 180);
-    assert!(!target.expect_announced(&other, &pinned).expect("checked"));
+    assert!(
+        !target
+            .expect_announced(&other, &pinned, "t", None)
+            .expect("checked")
+    );
     let mine = session(SessionKind::File, PeerId::new(), first, 180);
     let unpinned = mesh_core::protocol::P2pInfo::default();
-    assert!(target.expect_announced(&mine, &unpinned).is_err());
-    assert!(target.expect_announced(&mine, &pinned).expect("checked"));
+    assert!(
+        target
+            .expect_announced(&mine, &unpinned, "t", None)
+            .is_err()
+    );
+    assert!(
+        target
+            .expect_announced(&mine, &pinned, "t", None)
+            .expect("checked")
+    );
     let (out, inc) = try_session(first).await;
     assert!(out.is_ok() && inc.is_ok(), "{out:?} {inc:?}");
 

@@ -23,7 +23,7 @@ use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, Event};
 use mesh_core::p2p::{
     FileReport, FolderReport, Identity, IncomingSession, OutgoingSession, P2pEndpoint, P2pError,
-    Progress, ReceiveOptions, SendOptions,
+    PathKind, Progress, ReceiveOptions, SendOptions,
 };
 use mesh_core::protocol::{PeerId, SessionId, SessionKind};
 
@@ -69,6 +69,10 @@ pub struct AgentConfig {
     /// CA); none: the platform's roots.
     #[uniffi(default = None)]
     pub ca_cert_pem: Option<String>,
+    /// Never use the server's relay: only direct paths (same network, or
+    /// NATs that can be punched). Default false.
+    #[uniffi(default = false)]
+    pub no_relay: bool,
 }
 
 /// How far a transfer is.
@@ -100,10 +104,13 @@ pub struct TransferReport {
     pub blake3: String,
     /// Where a file transfer resumed from (0: from the start).
     pub resumed_from: u64,
+    /// How the session travelled: `direct` (between the agents) or
+    /// `relay` (through the server's relay, still end-to-end encrypted).
+    pub via: String,
 }
 
 impl TransferReport {
-    fn file(session: SessionId, r: &FileReport) -> Self {
+    fn file(session: SessionId, r: &FileReport, via: PathKind) -> Self {
         Self {
             session_id: session.to_string(),
             kind: SessionKind::File.as_str().into(),
@@ -112,10 +119,11 @@ impl TransferReport {
             files: 1,
             blake3: r.blake3.to_hex().to_string(),
             resumed_from: r.resumed_from,
+            via: via.as_str().into(),
         }
     }
 
-    fn folder(session: SessionId, r: &FolderReport) -> Self {
+    fn folder(session: SessionId, r: &FolderReport, via: PathKind) -> Self {
         Self {
             session_id: session.to_string(),
             kind: SessionKind::Folder.as_str().into(),
@@ -124,6 +132,7 @@ impl TransferReport {
             files: r.files.len() as u64,
             blake3: String::new(),
             resumed_from: 0,
+            via: via.as_str().into(),
         }
     }
 }
@@ -216,7 +225,7 @@ pub async fn start_agent(
             .accept_kinds(kinds)
             .connect_timeout(CONNECT_TIMEOUT)
             .bind(bind)?;
-        let info = endpoint.p2p_info(config.announce);
+        let info = endpoint.p2p_info(config.announce.clone());
         let addrs = info.addrs.clone();
         let mut builder = Client::builder()
             .server(server)
@@ -233,6 +242,7 @@ pub async fn start_agent(
         })?;
         endpoint.set_peer_id(me);
         let endpoint = Arc::new(endpoint);
+        use_server(&client, &endpoint, &config.announce, config.no_relay).await;
         let state = Arc::new(Receiving {
             dir: receive_dir,
             opts: ReceiveOptions::default().overwrite(config.overwrite),
@@ -267,6 +277,41 @@ struct Receiving {
     transfers: Arc<dyn TransferListener>,
 }
 
+/// Tells `endpoint` what the server offers for sessions across networks,
+/// waits up to a second for its server-reflexive address, announces it, and
+/// keeps announcing it when it changes (until the endpoint goes).
+async fn use_server(
+    client: &Client,
+    endpoint: &Arc<P2pEndpoint>,
+    announce: &[String],
+    no_relay: bool,
+) {
+    let mut paths = client.p2p_paths(true).await;
+    if no_relay {
+        paths.relay = false;
+        paths.stream = None;
+    }
+    let discovering = paths.udp.is_some();
+    endpoint.use_server(paths);
+    let mut mapped = endpoint.mapped_addr();
+    if discovering {
+        let wait = mapped.wait_for(Option::is_some);
+        let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
+        if mapped.borrow_and_update().is_some() {
+            client.announce_p2p(endpoint.p2p_info(announce.to_vec()));
+        }
+    }
+    let (client, weak, announce) = (client.clone(), Arc::downgrade(endpoint), announce.to_vec());
+    tokio::spawn(async move {
+        while mapped.changed().await.is_ok() {
+            let Some(endpoint) = weak.upgrade() else {
+                break;
+            };
+            client.announce_p2p(endpoint.p2p_info(announce.clone()));
+        }
+    });
+}
+
 /// Hands chat events to the app, and tells the endpoint which sessions to
 /// accept and which peer id it is.
 async fn pump(
@@ -281,7 +326,12 @@ async fn pump(
             Event::P2pSessionCreated(grant) => {
                 // One it cannot pin (no fingerprint announced) is refused
                 // when its initiator comes.
-                let _ = endpoint.expect_announced(&grant.session, &grant.initiator);
+                let _ = endpoint.expect_announced(
+                    &grant.session,
+                    &grant.initiator,
+                    &grant.session_token,
+                    grant.relay.as_ref(),
+                );
             }
             Event::P2pSessionClosed { session_id, .. } => endpoint.forget_session(*session_id),
             _ => {}
@@ -302,6 +352,7 @@ async fn accept(endpoint: Arc<P2pEndpoint>, state: Arc<Receiving>) {
 
 async fn receive(session: IncomingSession, state: Arc<Receiving>) {
     let id = session.session_id();
+    let via = session.path();
     let Some(dir) = &state.dir else {
         // Refused by the endpoint already (no kinds accepted).
         return;
@@ -311,11 +362,11 @@ async fn receive(session: IncomingSession, state: Arc<Receiving>) {
         SessionKind::File => session
             .receive_file(dir, &state.opts, progress)
             .await
-            .map(|r| TransferReport::file(id, &r)),
+            .map(|r| TransferReport::file(id, &r, via)),
         SessionKind::Folder => session
             .receive_folder(dir, &state.opts, progress)
             .await
-            .map(|r| TransferReport::folder(id, &r)),
+            .map(|r| TransferReport::folder(id, &r, via)),
         _ => return,
     };
     match result {
@@ -403,17 +454,18 @@ impl MeshAgent {
         let (client, endpoint) = (self.client.clone(), self.endpoint.clone());
         on_runtime(async move {
             let (session, id) = open(&client, &endpoint, room, target, kind).await?;
+            let via = session.path();
             let (path, opts) = (Path::new(&path), SendOptions::default());
             let progress = throttled(progress, id, "send");
             let report = match kind {
                 SessionKind::Folder => session
                     .send_folder(path, &opts, progress)
                     .await
-                    .map(|r| TransferReport::folder(id, &r)),
+                    .map(|r| TransferReport::folder(id, &r, via)),
                 _ => session
                     .send_file(path, &opts, progress)
                     .await
-                    .map(|r| TransferReport::file(id, &r)),
+                    .map(|r| TransferReport::file(id, &r, via)),
             };
             client.close_p2p_session(id);
             Ok(report?)
@@ -433,7 +485,12 @@ async fn open(
     let grant = client.request_p2p_session(room, target, kind).await?;
     let id = grant.session.id;
     match endpoint
-        .connect_announced(&grant.target, id, &grant.session_token)
+        .connect_announced(
+            &grant.target,
+            id,
+            &grant.session_token,
+            grant.relay.as_ref(),
+        )
         .await
     {
         Ok(session) => Ok((session, id)),

@@ -22,7 +22,7 @@ use serde_json::json;
 
 use crate::config::Ctx;
 use crate::output::{emit, human_bytes, progress_bar};
-use crate::p2p::Listener;
+use crate::p2p::{Listener, PathArgs, path_word};
 
 /// `mesh agent`.
 #[derive(Debug, Args)]
@@ -41,6 +41,8 @@ pub(crate) struct AgentArgs {
     /// Default: loopback and this machine's outgoing address, on the bound port.
     #[arg(long)]
     announce: Vec<String>,
+    #[command(flatten)]
+    paths: PathArgs,
 }
 
 /// Runs until Ctrl-C or until the server closes the connection for good.
@@ -64,7 +66,15 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
     } else {
         vec![SessionKind::Terminal]
     };
-    let mut listener = Listener::start(ctx, "mesh agent", args.bind, &args.announce, kinds).await?;
+    let mut listener = Listener::start(
+        ctx,
+        "mesh agent",
+        args.bind,
+        &args.announce,
+        kinds,
+        args.paths,
+    )
+    .await?;
     let user = ctx.saved.username.clone().unwrap_or_default();
     emit(
         ctx,
@@ -96,7 +106,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
             event = listener.events.next() => match event {
                 None => break Ok(()),
                 Some(Event::P2pSessionCreated(grant)) => {
-                    match listener.endpoint.expect_announced(&grant.session, &grant.initiator) {
+                    match listener.expect(&grant) {
                         Ok(true) => {
                             // Off the loop: the name takes a request.
                             let (ctx, http) = (ctx.clone(), listener.client.http().clone());
@@ -121,7 +131,7 @@ pub(crate) async fn run(ctx: &Ctx, args: AgentArgs) -> anyhow::Result<()> {
                 }
                 // Listen as the new peer id the server assigned.
                 Some(Event::Connected { peer_id, resumed: true, .. }) => {
-                    listener.endpoint.set_peer_id(peer_id);
+                    listener.reconnected(peer_id).await;
                     emit(&ctx, json!({"event": "reconnected", "peer_id": peer_id}),
                         || "reconnected".to_owned());
                 }
@@ -176,6 +186,7 @@ async fn handle(
     opts: ReceiveOptions,
 ) {
     let id = session.session_id();
+    let path = session.path();
     let claims = session.claims();
     let who = name_of(&http, claims.room_id, claims.initiator_user_id).await;
     let kind = session.kind();
@@ -194,15 +205,16 @@ async fn handle(
                     &ctx,
                     json!({
                         "event": "received", "kind": "file", "from": who, "session_id": id,
-                        "path": report.path, "size": report.size,
+                        "path": report.path, "size": report.size, "via": path.as_str(),
                         "blake3": report.blake3.to_hex().to_string(),
                         "resumed_from": report.resumed_from,
                     }),
                     || {
                         format!(
-                            "received {} ({}) from {who}",
+                            "received {} ({}) from {who}, {}",
                             report.path.display(),
-                            human_bytes(report.size)
+                            human_bytes(report.size),
+                            path_word(path)
                         )
                     },
                 );
@@ -222,7 +234,7 @@ async fn handle(
                     json!({
                         "event": "received", "kind": "folder", "from": who, "session_id": id,
                         "path": report.root, "files": report.files.len(), "dirs": report.dirs,
-                        "size": size,
+                        "size": size, "via": path.as_str(),
                     }),
                     || {
                         format!(
@@ -237,7 +249,7 @@ async fn handle(
             (SessionKind::Terminal, _) => {
                 emit(
                     &ctx,
-                    json!({"event": "terminal_started", "from": who, "session_id": id}),
+                    json!({"event": "terminal_started", "from": who, "session_id": id, "via": path.as_str()}),
                     || {
                         format!(
                             "-- {who} is sharing a terminal (view only; Ctrl-C stops the agent)"

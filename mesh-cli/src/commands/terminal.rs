@@ -38,6 +38,8 @@ pub(crate) struct ShareArgs {
     /// Seconds to try reaching the peer's agent before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     connect_timeout: f64,
+    #[command(flatten)]
+    paths: p2p::PathArgs,
     /// Let the viewer type into the terminal and resize it (default:
     /// read-only; on a terminal you are asked).
     #[arg(long)]
@@ -56,6 +58,8 @@ pub(crate) struct JoinArgs {
     /// An address (HOST:PORT) the sharer can reach this machine at; repeatable.
     #[arg(long)]
     announce: Vec<String>,
+    #[command(flatten)]
+    paths: p2p::PathArgs,
 }
 
 fn ask_control(peer: &str) -> anyhow::Result<bool> {
@@ -89,18 +93,22 @@ pub(crate) async fn share(ctx: &Ctx, args: ShareArgs) -> anyhow::Result<()> {
         args.room.as_deref(),
         SessionKind::Terminal,
         p2p::timeout(args.connect_timeout)?,
+        args.paths,
     )
     .await?;
     let peer = opened.peer.user.username.clone();
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();
+    let path = opened.session.path();
     let mode = if control { "with control" } else { "read-only" };
     emit(
         ctx,
-        json!({"event": "sharing", "with": peer, "session_id": id, "allow_control": control}),
+        json!({"event": "sharing", "with": peer, "session_id": id, "allow_control": control,
+            "path": path.as_str()}),
         || {
             format!(
-                "sharing a terminal with {peer} ({mode}); it ends when the program exits or {peer} leaves"
+                "sharing a terminal with {peer} ({mode}, {}); it ends when the program exits or {peer} leaves",
+                p2p::path_word(path)
             )
         },
     );
@@ -127,6 +135,7 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
         args.bind,
         &args.announce,
         vec![SessionKind::Terminal],
+        args.paths,
     )
     .await?;
     emit(
@@ -145,12 +154,12 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
             event = listener.events.next() => match event {
                 None => break Err(anyhow!("the server connection ended")),
                 Some(Event::P2pSessionCreated(grant)) => {
-                    if let Err(e) = listener.endpoint.expect_announced(&grant.session, &grant.initiator) {
+                    if let Err(e) = listener.expect(&grant) {
                         emit(ctx, json!({"event": "session_failed", "error": e.to_string()}),
                             || format!("ignoring a session: {e}"));
                     }
                 }
-                Some(Event::Connected { peer_id, resumed: true, .. }) => listener.endpoint.set_peer_id(peer_id),
+                Some(Event::Connected { peer_id, resumed: true, .. }) => listener.reconnected(peer_id).await,
                 Some(Event::Closed { error }) => {
                     break Err(match error {
                         Some(e) => anyhow::Error::new(e).context("the server closed the connection"),
@@ -180,7 +189,7 @@ pub(crate) async fn join(ctx: &Ctx, args: JoinArgs) -> anyhow::Result<()> {
     let id = incoming.session_id();
     emit(
         ctx,
-        json!({"event": "terminal_started", "session_id": id}),
+        json!({"event": "terminal_started", "session_id": id, "path": incoming.path().as_str()}),
         || "-- connected to the shared terminal; lines you type are sent".to_owned(),
     );
     let viewer = match incoming.view_terminal().await {

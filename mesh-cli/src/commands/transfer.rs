@@ -29,6 +29,8 @@ pub(crate) struct SendFileArgs {
     /// Seconds to try reaching the peer's agent before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     connect_timeout: f64,
+    #[command(flatten)]
+    paths: p2p::PathArgs,
     /// Send under another name.
     #[arg(long)]
     name: Option<String>,
@@ -47,6 +49,8 @@ pub(crate) struct SendFolderArgs {
     /// Seconds to try reaching the peer's agent before giving up.
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     connect_timeout: f64,
+    #[command(flatten)]
+    paths: p2p::PathArgs,
 }
 
 /// Sends one file.
@@ -65,11 +69,13 @@ pub(crate) async fn send_file(ctx: &Ctx, args: SendFileArgs) -> anyhow::Result<(
         args.room.as_deref(),
         SessionKind::File,
         timeout(args.connect_timeout)?,
+        args.paths,
     )
     .await?;
     let peer = opened.peer.user.username.clone();
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();
+    let path = opened.session.path();
     let label = args
         .path
         .file_name()
@@ -99,6 +105,7 @@ pub(crate) async fn send_file(ctx: &Ctx, args: SendFileArgs) -> anyhow::Result<(
             "size": report.size, "transferred": report.transferred,
             "resumed_from": report.resumed_from,
             "blake3": report.blake3.to_hex().to_string(), "seconds": secs,
+            "path": path.as_str(),
         }),
         || {
             let resumed = if report.resumed_from > 0 {
@@ -107,9 +114,10 @@ pub(crate) async fn send_file(ctx: &Ctx, args: SendFileArgs) -> anyhow::Result<(
                 String::new()
             };
             format!(
-                "sent {} ({}) to {peer} in {secs:.1} s{resumed}; the receiver verified it",
+                "sent {} ({}) to {peer} in {secs:.1} s{resumed}, {}; the receiver verified it",
                 report.name,
-                human_bytes(report.size)
+                human_bytes(report.size),
+                p2p::path_word(path)
             )
         },
     );
@@ -133,11 +141,13 @@ pub(crate) async fn send_folder(ctx: &Ctx, args: SendFolderArgs) -> anyhow::Resu
         args.room.as_deref(),
         SessionKind::Folder,
         timeout(args.connect_timeout)?,
+        args.paths,
     )
     .await?;
     let peer = opened.peer.user.username.clone();
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();
+    let path = opened.session.path();
     let bar = progress_bar(ctx, 0, &format!("-> {peer}"));
     let started = Instant::now();
     let p2p::Opened { session, link, .. } = opened;
@@ -158,13 +168,15 @@ pub(crate) async fn send_folder(ctx: &Ctx, args: SendFolderArgs) -> anyhow::Resu
         json!({
             "sent": report.root, "to": peer, "session_id": id, "files": report.files.len(),
             "dirs": report.dirs, "size": size, "skipped": report.skipped, "seconds": secs,
+            "path": path.as_str(),
         }),
         || {
             let mut text = format!(
-                "sent {} ({} files, {}) to {peer} in {secs:.1} s",
+                "sent {} ({} files, {}) to {peer} in {secs:.1} s, {}",
                 report.root.display(),
                 report.files.len(),
-                human_bytes(size)
+                human_bytes(size),
+                p2p::path_word(path)
             );
             if !report.skipped.is_empty() {
                 text.push_str(&format!(

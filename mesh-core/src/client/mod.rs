@@ -57,6 +57,8 @@ mod error;
 mod http;
 #[cfg(feature = "native-client")]
 mod native;
+#[cfg(all(feature = "native-client", feature = "p2p"))]
+mod relay;
 pub mod state;
 #[cfg(feature = "native-client")]
 mod tls;

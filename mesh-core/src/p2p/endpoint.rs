@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, timeout, timeout_at};
 
@@ -17,9 +17,12 @@ use super::folder::{self, FolderReport};
 use super::frame::{Frame, Hello, PROTOCOL_VERSION, Welcome};
 use super::identity::{fingerprint_of, normalise_fingerprint};
 use super::terminal::{self, TerminalCommand, TerminalPolicy, TerminalViewer};
+use super::traversal::bind::BindState;
+use super::traversal::socket::Mux;
+use super::traversal::{self, DIRECT_DELAY, PathKind, RELAY_DELAY, ServerPaths, Traversal};
 use super::{ErrorCode, Identity, P2pError, tls};
 use crate::auth::{AuthError, SessionClaims, TokenVerifier};
-use crate::protocol::{P2pInfo, P2pSession, PeerId, SessionId, SessionKind, Timestamp};
+use crate::protocol::{P2pInfo, P2pSession, PeerId, RelayGrant, SessionId, SessionKind, Timestamp};
 
 type Stream = Wire<quinn::RecvStream, quinn::SendStream>;
 type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
@@ -182,10 +185,29 @@ impl P2pEndpointBuilder {
     /// run inside a tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<P2pEndpoint, P2pError> {
         let server = tls::server_config(&self.identity, self.idle_timeout)?;
-        let endpoint = quinn::Endpoint::server(server, addr)
-            .map_err(|e| P2pError::Connection(format!("binding {addr}: {e}")))?;
+        let failed = |e: std::io::Error| P2pError::Connection(format!("binding {addr}: {e}"));
+        let socket = std::net::UdpSocket::bind(addr).map_err(failed)?;
+        socket.set_nonblocking(true).map_err(failed)?;
+        let mux = Mux::new(socket).map_err(failed)?;
+        let mut config = quinn::EndpointConfig::default();
+        // QUIC's fixed bit stays set, so the socket can tell QUIC from
+        // STUN and relay frames by the first byte (see `traversal::socket`).
+        config.grease_quic_bit(false);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            config,
+            Some(server),
+            mux.socket(),
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(failed)?;
+        let (mapped, _) = watch::channel(None);
         let shared = Arc::new(Shared {
             endpoint,
+            mux,
+            paths: Mutex::default(),
+            mapped,
+            discovery: Mutex::default(),
+            traversals: Mutex::default(),
             identity: self.identity,
             acceptor: self.acceptor.map(|verifier| Acceptor {
                 verifier,
@@ -219,6 +241,15 @@ struct Acceptor {
 
 struct Shared {
     endpoint: quinn::Endpoint,
+    /// The socket under `endpoint`, shared with the traversal tasks.
+    mux: Arc<Mux>,
+    /// What the server offers (see [`P2pEndpoint::use_server`]).
+    paths: Mutex<ServerPaths>,
+    /// The server-reflexive address, once discovered.
+    mapped: watch::Sender<Option<SocketAddr>>,
+    discovery: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Punching and relay binding of sessions this agent expects.
+    traversals: Mutex<HashMap<SessionId, Traversal>>,
     identity: Identity,
     acceptor: Option<Acceptor>,
     expected: Mutex<HashMap<SessionId, ExpectedSession>>,
@@ -266,6 +297,11 @@ impl fmt::Debug for P2pEndpoint {
 impl Drop for P2pEndpoint {
     fn drop(&mut self) {
         self.accept_task.abort();
+        if let Ok(mut d) = self.shared.discovery.lock()
+            && let Some(task) = d.take()
+        {
+            task.abort();
+        }
     }
 }
 
@@ -330,15 +366,58 @@ impl P2pEndpoint {
     /// fingerprint and `addrs`, or [`Self::reachable_addrs`] if `addrs` is
     /// empty.
     pub fn p2p_info(&self, addrs: Vec<String>) -> P2pInfo {
-        let addrs = if addrs.is_empty() {
+        let mut addrs = if addrs.is_empty() {
             self.reachable_addrs()
         } else {
             addrs
         };
+        if let Some(mapped) = *self.shared.mapped.borrow() {
+            let mapped = mapped.to_string();
+            if !addrs.contains(&mapped) {
+                addrs.push(mapped);
+            }
+        }
         P2pInfo {
             cert_fingerprint: Some(self.fingerprint().to_owned()),
             addrs,
         }
+    }
+
+    /// Uses what the server offers for sessions across networks (from its
+    /// welcome): discovers this endpoint's server-reflexive address by STUN
+    /// (see [`Self::mapped_addr`]) and relays sessions that find no direct
+    /// path. Call again after a reconnect; `ServerPaths::default()` turns
+    /// both off.
+    pub fn use_server(&self, paths: ServerPaths) {
+        let udp = paths.udp;
+        if let Ok(mut p) = self.shared.paths.lock() {
+            *p = paths;
+        }
+        self.shared.mux.set_server(udp, None);
+        if let Ok(mut d) = self.shared.discovery.lock() {
+            if let Some(old) = d.take() {
+                old.abort();
+            }
+            if let Some(server) = udp {
+                *d = Some(tokio::spawn(traversal::run_discovery(
+                    self.shared.mux.clone(),
+                    server,
+                    self.shared.mapped.clone(),
+                )));
+            }
+        }
+    }
+
+    /// This endpoint's address as the server sees it (its server-reflexive
+    /// candidate), updated when the mapping changes: announce it with
+    /// [`Self::p2p_info`], which includes it.
+    pub fn mapped_addr(&self) -> watch::Receiver<Option<SocketAddr>> {
+        self.shared.mapped.subscribe()
+    }
+
+    /// Side-traffic counters of the socket (relayed datagrams, punches).
+    pub fn socket_stats(&self) -> traversal::socket::Stats {
+        self.shared.mux.stats()
     }
 
     /// Sets this agent's peer id, the target accepted sessions must name:
@@ -367,16 +446,44 @@ impl P2pEndpoint {
     /// another peer (this agent is the initiator, or the announcement is
     /// for an earlier connection). The initiator's announced certificate
     /// is pinned.
+    ///
+    /// It also opens the paths the initiator may come by: `PUNCH` datagrams
+    /// to the initiator's candidates, and, with a `relay` grant and a server
+    /// that relays (see [`Self::use_server`]), a binding at the relay with
+    /// the session `token`.
     pub fn expect_announced(
         &self,
         session: &P2pSession,
         initiator: &P2pInfo,
+        token: &str,
+        relay: Option<&RelayGrant>,
     ) -> Result<bool, P2pError> {
         if self.peer_id() != Some(session.target_peer_id) {
             return Ok(false);
         }
         self.expect_session(ExpectedSession::from_announcement(session, initiator)?);
+        let paths = self.paths();
+        if let Some(t) = traversal::start(
+            &self.shared.mux,
+            &paths,
+            session.id,
+            token,
+            relay,
+            socket_addrs(&initiator.addrs),
+        ) && let Ok(mut map) = self.shared.traversals.lock()
+        {
+            map.retain(|_, t| !t.is_finished());
+            map.insert(session.id, t);
+        }
         Ok(true)
+    }
+
+    fn paths(&self) -> ServerPaths {
+        self.shared
+            .paths
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 
     /// Accept `session` when its initiator connects.
@@ -391,6 +498,13 @@ impl P2pEndpoint {
         if let Ok(mut map) = self.shared.expected.lock() {
             map.remove(&session);
         }
+        let gone = self
+            .shared
+            .traversals
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&session));
+        drop(gone);
     }
 
     /// The next incoming connection, once its `P2P_HELLO` is checked.
@@ -420,8 +534,27 @@ impl P2pEndpoint {
         session_id: SessionId,
         token: &str,
     ) -> Result<OutgoingSession, P2pError> {
+        self.connect_via(addrs, expected_fingerprint, session_id, token, None)
+            .await
+    }
+
+    /// [`Self::connect`], and with a `relay` grant (and a server that
+    /// relays, see [`Self::use_server`]) through the server's relay when no
+    /// direct address completed its handshake within [`RELAY_DELAY`] (at
+    /// once when every direct attempt failed). The relay is bound in
+    /// parallel from the start. The first handshake to complete wins; the
+    /// session's [`OutgoingSession::path`] says which.
+    pub async fn connect_via(
+        &self,
+        addrs: &[impl AsRef<str>],
+        expected_fingerprint: &str,
+        session_id: SessionId,
+        token: &str,
+        relay: Option<&RelayGrant>,
+    ) -> Result<OutgoingSession, P2pError> {
         let shared = &self.shared;
-        let deadline = Instant::now() + shared.connect_timeout;
+        let started = Instant::now();
+        let deadline = started + shared.connect_timeout;
         let timed_out = || P2pError::Timeout(shared.connect_timeout);
         let mut errors = Vec::new();
         let mut targets = Vec::new();
@@ -436,25 +569,60 @@ impl P2pEndpoint {
                 },
             }
         }
+        // The initiator sends no PUNCH: its handshake packets open its NAT.
+        let paths = self.paths();
+        let relayed = traversal::start(&shared.mux, &paths, session_id, token, relay, Vec::new());
+        let mut bound = relayed.as_ref().map(|t| t.bound.clone());
+        // Local candidates at once; public ones once the target's punches
+        // opened its NAT (see `traversal::punch`).
+        let (now, later): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            targets.into_iter().partition(|sa| is_local(sa.ip()));
+        let mut later = Some(later).filter(|l| !l.is_empty());
+        let direct_at = started + DIRECT_DELAY;
         let mut attempts = JoinSet::new();
-        for sa in targets {
-            let (config, verifier) =
-                tls::client_config(&shared.identity, expected_fingerprint, shared.idle_timeout)?;
-            match shared.endpoint.connect_with(config, sa, tls::SERVER_NAME) {
-                Ok(connecting) => {
-                    attempts.spawn(async move {
-                        connecting
-                            .await
-                            .map_err(|e| (sa, e.to_string(), verifier.mismatch()))
-                    });
-                }
-                Err(e) => errors.push(format!("{sa}: {e}")),
-            }
+        for sa in now {
+            self.attempt(&mut attempts, sa, expected_fingerprint, &mut errors)?;
         }
+        let relay_at = started + RELAY_DELAY;
+        let mut relay_tried = false;
         let mut mismatch = None;
         let conn = loop {
-            match timeout_at(deadline, attempts.join_next()).await {
-                Err(_) => {
+            let state = bound.as_ref().map(|b| b.borrow().clone());
+            if !relay_tried
+                && let (Some(t), Some(BindState::Bound(_))) = (&relayed, &state)
+                && (attempts.is_empty() || Instant::now() >= relay_at)
+            {
+                relay_tried = true;
+                tracing::debug!(session = %session_id, "trying the relay");
+                self.attempt(
+                    &mut attempts,
+                    t.relay_addr,
+                    expected_fingerprint,
+                    &mut errors,
+                )?;
+            }
+            let relay_pending =
+                !relay_tried && matches!(state, Some(BindState::Binding | BindState::Bound(_)));
+            if let Some(BindState::Refused(code, why)) = &state
+                && !relay_tried
+            {
+                errors.push(format!("relay: {} ({why})", code.as_str()));
+                relay_tried = true;
+            }
+            if attempts.is_empty() && !relay_pending && later.is_none() {
+                if let Some(got) = mismatch {
+                    return Err(P2pError::FingerprintMismatch {
+                        expected: normalise_fingerprint(expected_fingerprint),
+                        got,
+                    });
+                }
+                if errors.is_empty() {
+                    errors.push("no usable address".into());
+                }
+                return Err(P2pError::Unreachable(errors.join("; ")));
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
                     if let Some(got) = mismatch {
                         return Err(P2pError::FingerprintMismatch {
                             expected: normalise_fingerprint(expected_fingerprint),
@@ -463,28 +631,34 @@ impl P2pEndpoint {
                     }
                     return Err(timed_out());
                 }
-                Ok(None) => {
-                    if let Some(got) = mismatch {
-                        return Err(P2pError::FingerprintMismatch {
-                            expected: normalise_fingerprint(expected_fingerprint),
-                            got,
-                        });
+                joined = attempts.join_next(), if !attempts.is_empty() => match joined {
+                    Some(Ok(Ok(conn))) => break conn,
+                    Some(Ok(Err((sa, e, m)))) => {
+                        mismatch = mismatch.or(m);
+                        errors.push(format!("{sa}: {e}"));
                     }
-                    if errors.is_empty() {
-                        errors.push("no usable address".into());
+                    Some(Err(e)) => errors.push(e.to_string()),
+                    None => {}
+                },
+                changed = async { bound.as_mut().expect("guarded").changed().await },
+                    if relay_pending && bound.is_some() =>
+                {
+                    if changed.is_err() {
+                        bound = None;
                     }
-                    return Err(P2pError::Unreachable(errors.join("; ")));
                 }
-                Ok(Some(Ok(Ok(conn)))) => break conn,
-                Ok(Some(Ok(Err((sa, e, m))))) => {
-                    mismatch = mismatch.or(m);
-                    errors.push(format!("{sa}: {e}"));
+                _ = tokio::time::sleep_until(relay_at), if relay_pending && Instant::now() < relay_at => {}
+                _ = tokio::time::sleep_until(direct_at), if later.is_some() => {
+                    for sa in later.take().unwrap_or_default() {
+                        self.attempt(&mut attempts, sa, expected_fingerprint, &mut errors)?;
+                    }
                 }
-                Ok(Some(Err(e))) => errors.push(e.to_string()),
             }
         };
         // The losers are dropped (and so abandoned) with `attempts`.
         drop(attempts);
+        keep_route_while_open(&shared.mux, &conn);
+        drop(relayed);
 
         let hs = shared.handshake_timeout;
         let (w, r) = match timeout(hs, conn.open_bi()).await {
@@ -530,6 +704,30 @@ impl P2pEndpoint {
         }
     }
 
+    /// Starts one handshake to `sa` in `attempts`.
+    fn attempt(
+        &self,
+        attempts: &mut JoinSet<Result<quinn::Connection, (SocketAddr, String, Option<String>)>>,
+        sa: SocketAddr,
+        expected_fingerprint: &str,
+        errors: &mut Vec<String>,
+    ) -> Result<(), P2pError> {
+        let shared = &self.shared;
+        let (config, verifier) =
+            tls::client_config(&shared.identity, expected_fingerprint, shared.idle_timeout)?;
+        match shared.endpoint.connect_with(config, sa, tls::SERVER_NAME) {
+            Ok(connecting) => {
+                attempts.spawn(async move {
+                    connecting
+                        .await
+                        .map_err(|e| (sa, e.to_string(), verifier.mismatch()))
+                });
+            }
+            Err(e) => errors.push(format!("{sa}: {e}")),
+        }
+        Ok(())
+    }
+
     /// [`Self::connect`] to a peer as announced in `p2p.session.created`.
     pub async fn connect_to(
         &self,
@@ -537,27 +735,43 @@ impl P2pEndpoint {
         session_id: SessionId,
         token: &str,
     ) -> Result<OutgoingSession, P2pError> {
+        self.connect_to_via(peer, session_id, token, None).await
+    }
+
+    /// [`Self::connect_via`] to a peer as announced in `p2p.session.created`.
+    pub async fn connect_to_via(
+        &self,
+        peer: &P2pInfo,
+        session_id: SessionId,
+        token: &str,
+        relay: Option<&RelayGrant>,
+    ) -> Result<OutgoingSession, P2pError> {
         let fp = peer
             .cert_fingerprint
             .as_deref()
             .ok_or_else(|| P2pError::Tls("the peer announced no certificate fingerprint".into()))?;
-        self.connect(&peer.addrs, fp, session_id, token).await
+        self.connect_via(&peer.addrs, fp, session_id, token, relay)
+            .await
     }
 
     /// [`Self::connect_to`] right after the server granted the session: the
     /// target hears of it over its own connection to the server, maybe a
     /// moment after the initiator, and refuses it as `unknown_session`
     /// until then; this tries again a few times over about a second.
+    ///
+    /// With a `relay` grant, the relay is the fallback (see
+    /// [`Self::connect_via`]).
     pub async fn connect_announced(
         &self,
         peer: &P2pInfo,
         session_id: SessionId,
         token: &str,
+        relay: Option<&RelayGrant>,
     ) -> Result<OutgoingSession, P2pError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.connect_to(peer, session_id, token).await {
+            match self.connect_to_via(peer, session_id, token, relay).await {
                 Err(P2pError::Remote {
                     code: ErrorCode::UnknownSession,
                     ..
@@ -624,6 +838,35 @@ async fn accept_loop(shared: Arc<Shared>, tx: mpsc::Sender<Result<IncomingSessio
     }
 }
 
+/// Whether `ip` is on this machine or a local network (no NAT to punch).
+fn is_local(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            v4.is_loopback() || v4.is_private() || v4.is_link_local() || v4.is_unspecified()
+        }
+        std::net::IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.is_unique_local() || v6.is_unicast_link_local()
+        }
+    }
+}
+
+/// The candidates among `addrs` that are socket addresses (names are not
+/// punched).
+fn socket_addrs(addrs: &[String]) -> Vec<SocketAddr> {
+    addrs.iter().filter_map(|a| a.parse().ok()).collect()
+}
+
+/// A connection over the relay keeps its route until it closes.
+fn keep_route_while_open(mux: &Arc<Mux>, conn: &quinn::Connection) {
+    if let Some(session) = mux.claim_addr(conn.remote_address()) {
+        let (mux, conn) = (mux.clone(), conn.clone());
+        tokio::spawn(async move {
+            conn.closed().await;
+            mux.remove_session(session);
+        });
+    }
+}
+
 fn peer_fingerprint(conn: &quinn::Connection) -> Result<String, P2pError> {
     conn.peer_identity()
         .and_then(|id| {
@@ -648,6 +891,7 @@ async fn handshake(
         Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
         Err(_) => return Err(P2pError::Timeout(hs)),
     };
+    keep_route_while_open(&shared.mux, &conn);
     let fingerprint = peer_fingerprint(&conn)?;
     let (w, r) = match timeout(hs, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
@@ -894,6 +1138,12 @@ impl IncomingSession {
         self.session.conn.remote_address()
     }
 
+    /// Whether the session runs straight between the agents or through the
+    /// server's relay (then [`Self::remote_address`] is a synthetic one).
+    pub fn path(&self) -> PathKind {
+        PathKind::of(self.session.conn.remote_address())
+    }
+
     /// Receives the file of a `file` session into `dest_dir` (and nowhere
     /// else), calling `progress` as bytes arrive.
     pub async fn receive_file<F>(
@@ -989,6 +1239,12 @@ impl OutgoingSession {
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.session.conn.remote_address()
+    }
+
+    /// Whether the session runs straight between the agents or through the
+    /// server's relay (then [`Self::remote_address`] is a synthetic one).
+    pub fn path(&self) -> PathKind {
+        PathKind::of(self.session.conn.remote_address())
     }
 
     /// Sends the file at `path` (a `file` session), resuming where the

@@ -63,6 +63,7 @@ mod identity;
 pub mod path;
 mod terminal;
 pub mod tls;
+pub mod traversal;
 
 pub use endpoint::{
     ExpectedSession, IncomingSession, OutgoingSession, P2pEndpoint, P2pEndpointBuilder,
@@ -74,3 +75,4 @@ pub use identity::{Identity, fingerprint_of};
 pub use terminal::{
     TerminalCommand, TerminalEvent, TerminalPolicy, TerminalReader, TerminalViewer, TerminalWriter,
 };
+pub use traversal::{PathKind, RelayStream, ServerPaths, StreamOpener};
