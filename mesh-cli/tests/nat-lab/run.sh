@@ -165,7 +165,8 @@ nsx "$PUB" python3 -c '
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("192.0.2.1", 3479))
 while True:
-    d, a = s.recvfrom(100); s.sendto(("%s:%d" % a).encode(), a)' &
+    d, a = s.recvfrom(100); s.sendto(("%s:%d" % a).encode(), a)' 2>"$work/reflector.log" &
+disown  # killed with its namespace on exit (no job-control noise)
 reflect() { # ns local-port -> "ip:port" as the server sees it
   nsx "$1" python3 -c '
 import socket, sys, time
@@ -252,6 +253,7 @@ if [ "${MESH_LAB_TOPOLOGY_ONLY:-}" = 1 ]; then exit 0; fi
 # ----------------------------------------------------- server and agents
 mkdir -p "$work/data"
 nsx "$PUB" "$MESH_SERVER_BIN" --listen "$SERVER_IP:$PORT" --data "$work/data" >"$work/server.log" 2>&1 &
+disown
 for _ in $(seq 100); do
   nsx "$PUB" bash -c "exec 3<>/dev/tcp/$SERVER_IP/$PORT" 2>/dev/null && break
   sleep 0.1
@@ -287,6 +289,7 @@ for spec in "$HA2:bob" "$HB:carol" "$HC:dave"; do
   ns=${spec%%:*} user=${spec#*:}
   mkdir -p "$work/inbox-$user"
   T=0 mesh "$ns" "$user" --json agent --receive-dir "$work/inbox-$user" >"$work/agent-$user.log" 2>&1 &
+  disown
 done
 for user in bob carol dave; do wait_event "$work/agent-$user.log" ready 30; done
 agents_up=$(date +%s)
@@ -415,8 +418,24 @@ if wanted 6; then
   judge "6 terminal via relay (hA -> hC)" relay "$rc" "$work/send-6t.out" "$secs" "$extra" 0
 fi
 if wanted 7; then
-  # Stale and gone: the routers forget every mapping; still direct.
+  # Stale and gone: the routers forget every mapping (as after a router
+  # restart); still direct. -F drops the agents' TCP (WebSocket) entries
+  # too: the next packet from the server to a home meets a router that no
+  # longer knows the connection and answers with a RST, so the agent
+  # reconnects (a new peer id). Make that happen at once and the same way
+  # every run: a chat message makes the server write to every agent's
+  # connection; then wait for carol's agent to be back (its heartbeat, at
+  # most 15 s, finds the connection gone).
+  reconnects=$(grep -c '"event":"reconnected"' "$work/agent-carol.log" || true)
   for r in "$RA" "$RB" "$RC"; do nsx "$r" conntrack -F >/dev/null 2>&1; done
+  t7=$(date +%s)
+  mesh "$HA" alice --json send lab "routers flushed their conntrack tables" >/dev/null || fail "chat message"
+  deadline=$(( $(date +%s) + 60 ))
+  until [ "$(grep -c '"event":"reconnected"' "$work/agent-carol.log" || true)" -gt "$reconnects" ]; do
+    [ "$(date +%s)" -lt "$deadline" ] || fail "carol's agent did not reconnect within 60 s of conntrack -F"
+    sleep 0.2
+  done
+  echo "after conntrack -F: carol's agent reconnected in $(( $(date +%s) - t7 )) s"
   send_file "7 scenario 2 after conntrack -F" direct carol 7
 fi
 
