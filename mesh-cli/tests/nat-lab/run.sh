@@ -84,12 +84,12 @@ ip link add "lc$id" netns "$RC" type veth peer name "hc$id" netns "$HC"
 
 # Delay on the WAN links, both ways, so a punch resembles two home networks
 # (and simultaneous open has a real window). netem is a kernel option some
-# kernels lack (CONFIG_NET_SCH_NETEM); then the links have no added delay.
+# kernels lack (CONFIG_NET_SCH_NETEM); then nfq_delay.py stands in (below).
 netem=yes
 delay() { # ns dev
   if [ "$netem" = yes ] && ! nsx "$1" tc qdisc add dev "$2" root netem delay 10ms limit 10000 2>/dev/null; then
     netem=no
-    echo "note: no netem on this kernel ($(uname -r)); the WAN links have no added delay"
+    echo "note: no netem on this kernel ($(uname -r))"
   fi
 }
 
@@ -130,6 +130,24 @@ ip -n "$RA" link set "lx$id" up
 router "$RA" "wa$id" "$WAN_A/24" 198.51.100.1 "bra$id" 10.1.0.1/24
 router "$RB" "wb$id" "$WAN_B/25" 203.0.113.1 "lb$id" 10.2.0.1/24
 router "$RC" "wc$id" "$WAN_C/25" 203.0.113.129 "lc$id" 10.3.0.1/24 --random-fully
+
+# Without netem, the same 20 ms one way (two 10 ms WAN links) for UDP
+# between homes only, in pub's FORWARD chain (all it forwards is router to
+# router; the server is local to pub): nfq_delay.py holds each packet in an
+# NFQUEUE for 20 ms. Only the first 400 packets of a flow, which is where
+# a punch is decided, so bulk transfers do not go through Python.
+# MESH_LAB_NFQ_DELAY=0 turns it off.
+if [ "$netem" = no ] && [ "${MESH_LAB_NFQ_DELAY:-1}" != 0 ]; then
+  nsx "$PUB" python3 "$here/nfq_delay.py" 0 20 >"$work/nfq_delay.log" 2>&1 &
+  disown
+  for _ in $(seq 50); do grep -q "^nfq_delay: queue" "$work/nfq_delay.log" && break; sleep 0.1; done
+  grep -q "^nfq_delay: queue" "$work/nfq_delay.log" || { cat "$work/nfq_delay.log" >&2; echo "FAIL: nfq_delay did not start" >&2; exit 1; }
+  nsx "$PUB" iptables -A FORWARD -p udp -m connbytes --connbytes 0:400 --connbytes-dir both --connbytes-mode packets \
+    -j NFQUEUE --queue-num 0 --queue-bypass
+  netem="no; nfq_delay 20 ms one way on UDP between homes"
+elif [ "$netem" = no ]; then
+  echo "note: the links have no added delay (MESH_LAB_NFQ_DELAY=0)"
+fi
 
 home() { # ns dev addr gateway
   ip -n "$1" addr add "$3" dev "$2"
