@@ -21,7 +21,7 @@ step "system packages (Debian): the services the tests start, Chromium, the JVM"
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=""
-for pkg in coturn pebble nginx-light iptables iproute2 procps openssl ca-certificates libnss3-tools chromium chromium-driver libjna-java; do
+for pkg in coturn pebble nginx-light iptables iproute2 procps conntrack iputils-ping openssl ca-certificates libnss3-tools chromium chromium-driver libjna-java; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
@@ -155,6 +155,14 @@ else
   # run.sh prints its own time; it fails without root under CI=true.
   MESH_SERVER_BIN="$target_dir/debug/mesh-server" web-tests/lab/run.sh
 fi
+
+step "P2P NAT lab: mesh agents behind NAT routers (network namespaces; direct, hole punched, relayed over UDP and TCP; needs root)"
+# The real binaries: the CLI's debug build (cargo test built it; build it
+# again in case) and the server's from above. run.sh prints each scenario's
+# path and time and its own total; it fails without root under CI=true.
+cargo build -q -p mesh-cli --bin mesh -p mesh-server-bin --bin mesh-server
+MESH_BIN="$target_dir/debug/mesh" MESH_SERVER_BIN="$target_dir/debug/mesh-server" \
+  timeout 600 mesh-cli/tests/nat-lab/run.sh
 
 echo
 echo "all checks passed"
