@@ -214,9 +214,10 @@ pub(crate) async fn upgrade(
         return Err(Error::NotFound("this server has no relay".into()));
     };
     let accept = crate::ws::check_handshake(req.headers())?;
-    let slots = match crate::ws::hold_slots(state, client, &req) {
-        Ok(slots) => slots,
-        Err(refused) => return Ok(refused),
+    let Some(slots) = crate::ws::hold_slots(state, client, &req) else {
+        return Ok(crate::http::too_many_connections(
+            state.config.conn.max_per_addr,
+        ));
     };
     let mut limits = state.config.ws.clone();
     // One relay frame per message: a UDP datagram's worth.

@@ -168,13 +168,13 @@ pub(crate) type Slots = (
 
 /// The connection's slot in the connection caps: a WebSocket counts for as
 /// long as it is open, after the HTTP connection task has ended. Through a
-/// trusted proxy it also counts against its real client, which is refused
-/// (the `429` answer is the `Err`) past the per-address cap.
+/// trusted proxy it also counts against its real client: `None` past the
+/// per-address cap (answer [`crate::http::too_many_connections`] then).
 pub(crate) fn hold_slots<B>(
     state: &AppState,
     client: std::net::IpAddr,
     req: &Request<B>,
-) -> Result<Slots, Response<Body>> {
+) -> Option<Slots> {
     let slot = req
         .extensions()
         .get::<Arc<crate::conn::ConnSlot>>()
@@ -184,14 +184,12 @@ pub(crate) fn hold_slots<B>(
             Ok(s) => s,
             Err(()) => {
                 tracing::debug!(%client, "too many connections from one client behind the proxy: 429");
-                return Err(crate::http::too_many_connections(
-                    state.config.conn.max_per_addr,
-                ));
+                return None;
             }
         },
         None => None,
     };
-    Ok((slot, client_slot))
+    Some((slot, client_slot))
 }
 
 /// The `101` answer completing a WebSocket handshake.
@@ -215,9 +213,10 @@ pub(crate) async fn upgrade(
 ) -> Result<Response<Body>, Error> {
     let accept = check_handshake(req.headers())?;
     let identity = authenticate(state, &req, true).await?;
-    let (slot, client_slot) = match hold_slots(state, client, &req) {
-        Ok(slots) => slots,
-        Err(refused) => return Ok(refused),
+    let Some((slot, client_slot)) = hold_slots(state, client, &req) else {
+        return Ok(crate::http::too_many_connections(
+            state.config.conn.max_per_addr,
+        ));
     };
 
     let limits = state.config.ws.clone();
