@@ -581,3 +581,106 @@ async fn an_idle_relay_session_times_out() {
         assert!(Instant::now() < deadline, "the session never timed out");
     }
 }
+
+/// A session token and both relay keys for a session of `s`, made with the
+/// server's own signing keys and relay secret (as `p2p.session.created`
+/// would hand them out).
+fn grants_from_the_server(s: &Server) -> (Grant, Grant) {
+    let keys = KeyRing::load_or_generate(&s.dir.path().join("keys")).expect("the server's keys");
+    let secret = s
+        .service
+        .config()
+        .engine
+        .relay_secret
+        .clone()
+        .expect("the server relays");
+    let now = Timestamp::now();
+    let session = P2pSession {
+        id: SessionId::new(),
+        room_id: RoomId::new(),
+        kind: SessionKind::File,
+        initiator_peer_id: PeerId::new(),
+        target_peer_id: PeerId::new(),
+        initiator_user_id: UserId::new(),
+        target_user_id: UserId::new(),
+        state: SessionState::Pending,
+        created_at: now,
+        expires_at: now.saturating_add(Duration::from_secs(180)),
+    };
+    let token = issue_session_token(&keys, &session, now)
+        .expect("token")
+        .token;
+    let grant = |party| Grant {
+        sid: session.id,
+        party,
+        key: secret.key(session.id, party),
+        token: token.clone(),
+    };
+    (grant(RelayParty::Initiator), grant(RelayParty::Target))
+}
+
+#[tokio::test]
+async fn the_relay_websocket_works_over_https() {
+    use mesh_server_bin::tls::{CertStore, ServerTls, files};
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    use std::sync::Arc;
+
+    common::install_ring();
+    let ca = common::tls::TestCa::new("relay test CA");
+    let pems = tempfile::tempdir().expect("temp dir");
+    let leaf = ca.leaf(&["localhost"]);
+    let (cert, key) = (pems.path().join("cert.pem"), pems.path().join("key.pem"));
+    std::fs::write(&cert, &leaf.cert_pem).expect("cert");
+    std::fs::write(&key, &leaf.key_pem).expect("key");
+    let certs = CertStore::new();
+    tokio::spawn(files::watch(files::Config::new(&cert, &key), certs.clone()).expect("loads"));
+    let s = Server::start(|c| c.tls = Some(ServerTls::new(certs).expect("tls"))).await;
+    let (ga, gb) = grants_from_the_server(&s);
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(ca.pem().as_bytes()).expect("CA"))
+        .expect("root");
+    let client = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect(s.addr).await.expect("connect");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(client))
+        .connect(ServerName::try_from("localhost").expect("name"), tcp)
+        .await
+        .expect("TLS handshake");
+    let url = format!("wss://localhost:{}/api/p2p/relay", s.addr.port());
+    let (mut a, _) = tokio_tungstenite::client_async(url, tls)
+        .await
+        .expect("relay wss");
+    a.send(Message::Binary(ga.bind().into()))
+        .await
+        .expect("send");
+    let bound = tokio::time::timeout(WAIT, a.next())
+        .await
+        .expect("in time")
+        .expect("open")
+        .expect("ok");
+    assert!(is_bound(&bound.into_data(), ga.sid));
+    let b = udp_client(s.udp).await;
+    assert!(is_bound(&ask(&b, &gb.bind()).await, gb.sid));
+    let frame = gb.data(b"\xc0 over udp, out over wss");
+    b.send(&frame).await.expect("send");
+    let got = loop {
+        let m = tokio::time::timeout(WAIT, a.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("ok");
+        if let Message::Binary(data) = m {
+            break data;
+        }
+    };
+    assert_eq!(got.to_vec(), frame);
+    let frame = ga.data(b"\xc0 over wss, out over udp");
+    a.send(Message::Binary(frame.clone().into()))
+        .await
+        .expect("send");
+    assert_eq!(recv(&b).await, frame);
+}
