@@ -10,33 +10,47 @@
 //! [`Config::trusted_proxies`], the client address is the one the proxy
 //! forwards (see [`TrustedProxies`]).
 //!
+//! With a UDP socket too ([`Listeners`]), the server answers STUN Binding
+//! requests and relays P2P sessions on it, and on `GET /api/p2p/relay`
+//! (see [`P2pConfig`] and `docs/p2p.md`, "Across networks: the relay").
+//!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
 //! let config = mesh_server_bin::Config::new("./mesh-data");
 //! mesh_server_bin::run(listener, config, tokio::signal::ctrl_c()).await?;
+//!
+//! // HTTP and WebSockets, plus STUN and the relay on a UDP port.
+//! let listeners = mesh_server_bin::Listeners::bind("127.0.0.1:0".parse()?, None).await?;
+//! let config = mesh_server_bin::Config::new("./mesh-data");
+//! mesh_server_bin::run(listeners, config, tokio::signal::ctrl_c()).await?;
 //! # Ok(()) }
 //! ```
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use mesh_core::auth::KeyRing;
 use mesh_core::auth::turn::IceConfig;
+use mesh_core::auth::{KeyRing, TokenVerifier};
+use mesh_core::protocol::P2pServerInfo;
+use mesh_core::relay::grant::RelaySecret;
+use mesh_core::relay::server::Relay;
 use mesh_core::service::{Service, ServiceConfig};
 use mesh_core::storage::sled::{CheckReport, SledStore, SledStoreError};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 mod conn;
 mod http;
 mod proxy;
 mod redirect;
+mod relay;
 pub mod tls;
 mod web;
 mod ws;
@@ -44,6 +58,7 @@ mod ws;
 pub use conn::ConnLimits;
 pub use proxy::{BadCidr, ProxyNet, TrustedProxies};
 pub use redirect::serve_redirect;
+pub use relay::P2pConfig;
 pub use tls::ServerTls;
 pub use ws::WsLimits;
 
@@ -72,6 +87,8 @@ pub struct Config {
     /// The ICE servers `GET /api/rtc/ice-servers` hands out, and the TURN
     /// secret (see [`load_or_create_turn_secret`]).
     pub ice: IceConfig,
+    /// The UDP port (STUN, relay) and the relay's budgets.
+    pub p2p: P2pConfig,
 }
 
 impl Config {
@@ -90,6 +107,7 @@ impl Config {
                 turn_ttl: Duration::from_secs(3600),
                 ..IceConfig::default()
             },
+            p2p: P2pConfig::default(),
         }
     }
 }
@@ -104,6 +122,52 @@ pub(crate) struct AppState {
     /// Held by every connection task; shutdown waits until all are dropped
     /// (the mini-redis `shutdown_complete` pattern).
     pub(crate) alive: mpsc::Sender<()>,
+    /// The relay, when the server has a UDP socket.
+    pub(crate) relay: Option<Arc<relay::RelayHub>>,
+}
+
+/// The sockets a server serves on: TCP for HTTP and WebSockets, and
+/// optionally UDP for STUN Binding and the relay.
+#[derive(Debug)]
+pub struct Listeners {
+    pub tcp: TcpListener,
+    pub udp: Option<UdpSocket>,
+}
+
+impl Listeners {
+    /// Binds `tcp`, then UDP on `udp`, by default on the TCP listener's IP
+    /// and bound port number (so with port 0 both get the same number when
+    /// it is free for UDP too).
+    pub async fn bind(tcp: SocketAddr, udp: Option<SocketAddr>) -> anyhow::Result<Self> {
+        let tcp_listener = TcpListener::bind(tcp)
+            .await
+            .with_context(|| format!("binding {tcp}"))?;
+        let udp = match udp {
+            Some(addr) => addr,
+            None => tcp_listener.local_addr()?,
+        };
+        let udp = UdpSocket::bind(udp)
+            .await
+            .with_context(|| format!("binding UDP {udp}"))?;
+        Ok(Self {
+            tcp: tcp_listener,
+            udp: Some(udp),
+        })
+    }
+
+    /// The UDP socket's bound port.
+    pub fn udp_port(&self) -> Option<u16> {
+        self.udp
+            .as_ref()
+            .and_then(|u| u.local_addr().ok())
+            .map(|a| a.port())
+    }
+}
+
+impl From<TcpListener> for Listeners {
+    fn from(tcp: TcpListener) -> Self {
+        Self { tcp, udp: None }
+    }
 }
 
 /// Opens the data folder: the sled database and the signing keys.
@@ -127,10 +191,23 @@ pub fn open_service(config: &Config) -> anyhow::Result<Service> {
     };
     let keys = KeyRing::load_or_generate(&config.data_dir.join("keys"))
         .context("loading the signing keys")?;
+    let mut service_config = config.service.clone();
+    if let Some(port) = config.p2p.udp_port {
+        let engine = &mut service_config.engine;
+        engine.p2p_server = Some(P2pServerInfo {
+            udp_port: Some(port),
+            relay: config.p2p.relay,
+        });
+        engine.relay_secret = if config.p2p.relay {
+            Some(RelaySecret::generate().map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?)
+        } else {
+            None
+        };
+    }
     let service = Service::builder()
         .store(store)
         .keys(keys)
-        .config(config.service.clone())
+        .config(service_config)
         .build()?;
     Ok(service)
 }
@@ -267,34 +344,70 @@ pub fn check_data(data: &Path) -> anyhow::Result<CheckOutput> {
     })
 }
 
-/// Serves mesh on `listener` until `shutdown` resolves, then closes
+/// Serves mesh on `listeners` (a `TcpListener`, or [`Listeners`] with a
+/// UDP socket for STUN and the relay) until `shutdown` resolves, then closes
 /// WebSockets with 1001 and waits (up to [`Config::shutdown_grace`]) for
 /// connections to finish.
+///
+/// The welcome announces the UDP socket's bound port
+/// ([`P2pConfig::udp_port`] is set here).
 pub async fn run(
-    listener: TcpListener,
-    config: Config,
+    listeners: impl Into<Listeners>,
+    mut config: Config,
     shutdown: impl Future<Output = impl Sized>,
 ) -> anyhow::Result<()> {
+    let listeners = listeners.into();
+    config.p2p.udp_port = listeners.udp_port();
     let service = open_service(&config)?;
-    serve(listener, service, config, shutdown).await
+    serve(listeners, service, config, shutdown).await
 }
 
-/// Like [`run`], with a service built by the caller.
+/// Like [`run`], with a service built by the caller (with [`open_service`]
+/// after setting [`P2pConfig::udp_port`] to the UDP socket's port, so that
+/// the welcome announces it and the relay keys are handed out).
 pub async fn serve(
-    listener: TcpListener,
+    listeners: impl Into<Listeners>,
     service: Service,
     config: Config,
     shutdown: impl Future<Output = impl Sized>,
 ) -> anyhow::Result<()> {
+    let Listeners { tcp: listener, udp } = listeners.into();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, mut all_done) = mpsc::channel::<()>(1);
     let timers = tokio::spawn(service.clone().run_timers());
     let grace = config.shutdown_grace;
+    let relay = match udp {
+        Some(udp) => {
+            let verifier =
+                TokenVerifier::from_jwks(&service.keys()).context("the relay's token verifier")?;
+            let secret = service.config().engine.relay_secret.clone();
+            if let Ok(addr) = udp.local_addr() {
+                tracing::info!(
+                    "STUN {} on UDP {addr}",
+                    if secret.is_some() {
+                        "and relay"
+                    } else {
+                        "(relay off)"
+                    }
+                );
+            }
+            let relay = Relay::new(secret, verifier, config.p2p.limits.clone(), Instant::now());
+            let hub = Arc::new(relay::RelayHub::new(
+                relay,
+                Arc::new(udp),
+                config.p2p.stream_queue,
+            ));
+            tokio::spawn(relay::udp_loop(hub.clone(), stop_rx.clone()));
+            Some(hub)
+        }
+        None => None,
+    };
     let state = Arc::new(AppState {
         service,
         config,
         shutdown: stop_rx,
         alive: alive_tx,
+        relay,
     });
     tracing::debug!(addr = ?listener.local_addr(), "serving");
     let counter = Arc::new(ConnCounter::default());

@@ -154,6 +154,22 @@ struct Args {
     /// Seconds a TURN credential stays valid [default: 3600].
     #[arg(long, env = "MESH_TURN_TTL_SECS")]
     turn_ttl_secs: Option<u64>,
+    /// UDP address for address discovery (STUN Binding) and the P2P relay;
+    /// announced to agents in the welcome [default: the IP and port of --listen].
+    #[arg(long, env = "MESH_UDP_LISTEN", value_name = "ADDR")]
+    udp_listen: Option<SocketAddr>,
+    /// Do not relay P2P sessions (STUN is still answered; relay binds are
+    /// refused `disabled`, and agents are told the server does not relay).
+    #[arg(
+        long,
+        env = "MESH_NO_RELAY",
+        action = clap::ArgAction::SetTrue,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    no_relay: bool,
+    /// Seconds a relayed session may go without traffic before it ends [default: 30].
+    #[arg(long, env = "MESH_RELAY_IDLE_SECS", value_name = "SECS")]
+    relay_idle_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +248,11 @@ impl Args {
             anyhow::ensure!(secs >= 1, "--turn-ttl-secs must be at least 1");
             config.ice.turn_ttl = Duration::from_secs(secs);
         }
+        config.p2p.relay = !self.no_relay;
+        if let Some(secs) = self.relay_idle_secs {
+            anyhow::ensure!(secs >= 1, "--relay-idle-secs must be at least 1");
+            config.p2p.limits.idle_timeout = Duration::from_secs(secs);
+        }
         if !config.ice.turn_urls.is_empty() {
             let file = self
                 .turn_secret_file
@@ -275,6 +296,14 @@ fn check(data: &Path) -> ExitCode {
 #[tokio::main]
 async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = args.config()?;
+    // The UDP port before the service: the welcome announces its number.
+    // (A UDP socket is not listening in the sense that matters here: a
+    // server that refuses its data still accepts no connection.)
+    let udp_addr = args.udp_listen.unwrap_or(args.listen);
+    let udp = tokio::net::UdpSocket::bind(udp_addr)
+        .await
+        .with_context(|| format!("binding UDP {udp_addr} (--udp-listen)"))?;
+    config.p2p.udp_port = Some(udp.local_addr()?.port());
     // The data folder first: a server that refuses its data never listens.
     let service = mesh_server_bin::open_service(&config)?;
     let challenges = tls_setup(&args, &mut config)?;
@@ -314,7 +343,11 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             std::future::pending::<()>(),
         ));
     }
-    mesh_server_bin::serve(listener, service, config, shutdown_signal()).await
+    let listeners = mesh_server_bin::Listeners {
+        tcp: listener,
+        udp: Some(udp),
+    };
+    mesh_server_bin::serve(listeners, service, config, shutdown_signal()).await
 }
 
 /// HTTPS from the flags: the certificate files (watched for changes), or

@@ -72,7 +72,7 @@ impl Default for WsLimits {
 }
 
 impl WsLimits {
-    fn tungstenite_config(&self) -> WebSocketConfig {
+    pub(crate) fn tungstenite_config(&self) -> WebSocketConfig {
         WebSocketConfig::default()
             .read_buffer_size(self.read_buffer_bytes)
             .write_buffer_size(self.write_buffer_bytes)
@@ -133,13 +133,9 @@ fn bad_upgrade(msg: &str) -> Error {
     Error::InvalidRequest(format!("not a WebSocket upgrade: {msg}"))
 }
 
-/// `GET /ws`: checks the token (401 before the upgrade) and upgrades.
-pub(crate) async fn upgrade(
-    state: &AppState,
-    client: std::net::IpAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Error> {
-    let headers = req.headers();
+/// Checks a WebSocket upgrade request's headers; the `Sec-WebSocket-Accept`
+/// value.
+pub(crate) fn check_handshake(headers: &http::HeaderMap) -> Result<String, Error> {
     let has_token = |name: header::HeaderName, token: &str| {
         headers
             .get(name)
@@ -161,12 +157,24 @@ pub(crate) async fn upgrade(
     let key = headers
         .get(header::SEC_WEBSOCKET_KEY)
         .ok_or_else(|| bad_upgrade("missing Sec-WebSocket-Key"))?;
-    let accept = derive_accept_key(key.as_bytes());
-    let identity = authenticate(state, &req, true).await?;
-    // The connection's slot in the connection caps: the WebSocket counts
-    // for as long as it is open, after the HTTP connection task has ended.
-    // Through a trusted proxy it also counts against its real client,
-    // which is refused here past the per-address cap.
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// What a WebSocket holds in the connection caps while it is open.
+pub(crate) type Slots = (
+    Option<Arc<crate::conn::ConnSlot>>,
+    Option<Arc<crate::conn::ConnSlot>>,
+);
+
+/// The connection's slot in the connection caps: a WebSocket counts for as
+/// long as it is open, after the HTTP connection task has ended. Through a
+/// trusted proxy it also counts against its real client: `None` past the
+/// per-address cap (answer [`crate::http::too_many_connections`] then).
+pub(crate) fn hold_slots<B>(
+    state: &AppState,
+    client: std::net::IpAddr,
+    req: &Request<B>,
+) -> Option<Slots> {
     let slot = req
         .extensions()
         .get::<Arc<crate::conn::ConnSlot>>()
@@ -176,12 +184,39 @@ pub(crate) async fn upgrade(
             Ok(s) => s,
             Err(()) => {
                 tracing::debug!(%client, "too many connections from one client behind the proxy: 429");
-                return Ok(crate::http::too_many_connections(
-                    state.config.conn.max_per_addr,
-                ));
+                return None;
             }
         },
         None => None,
+    };
+    Some((slot, client_slot))
+}
+
+/// The `101` answer completing a WebSocket handshake.
+pub(crate) fn switching_protocols(accept: &str) -> Response<Body> {
+    let mut response = Response::new(Body::default());
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = response.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Ok(v) = HeaderValue::from_str(accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    response
+}
+
+/// `GET /ws`: checks the token (401 before the upgrade) and upgrades.
+pub(crate) async fn upgrade(
+    state: &AppState,
+    client: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
+    let accept = check_handshake(req.headers())?;
+    let identity = authenticate(state, &req, true).await?;
+    let Some((slot, client_slot)) = hold_slots(state, client, &req) else {
+        return Ok(crate::http::too_many_connections(
+            state.config.conn.max_per_addr,
+        ));
     };
 
     let limits = state.config.ws.clone();
@@ -221,15 +256,7 @@ pub(crate) async fn upgrade(
         run_connection(ws, peer, conn, rx, queued_bytes, close, heartbeat, shutdown).await;
     });
 
-    let mut response = Response::new(Body::default());
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = response.headers_mut();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
-        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
-    }
-    Ok(response)
+    Ok(switching_protocols(&accept))
 }
 
 type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -239,7 +266,7 @@ type WsSink = futures_util::stream::SplitSink<Ws, Message>;
 /// `None` when the connection is already gone (I/O error, reset) and
 /// nothing can be sent. tungstenite ends the stream at the first error, so
 /// every `Some` closes the connection.
-fn close_for(e: &tungstenite::Error) -> Option<(CloseCode, String)> {
+pub(crate) fn close_for(e: &tungstenite::Error) -> Option<(CloseCode, String)> {
     use tungstenite::error::ProtocolError as P;
     match e {
         tungstenite::Error::Capacity(_) => Some((

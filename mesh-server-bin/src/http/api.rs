@@ -58,6 +58,10 @@ pub(super) async fn route(
             Method::GET => crate::ws::upgrade(state, client, req).await,
             _ => Err(not_allowed()),
         },
+        ["api", "p2p", "relay"] => match method {
+            Method::GET => crate::relay::upgrade(state, client, req).await,
+            _ => Err(not_allowed()),
+        },
         ["api", "auth", "register"] => match method {
             Method::POST => {
                 let body: RegisterRequest = read_json(req, max).await?;

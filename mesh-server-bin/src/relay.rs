@@ -1,0 +1,336 @@
+//! The relay's IO: the UDP socket (STUN Binding and relay frames) and the
+//! `GET /api/p2p/relay` WebSocket, both driving one sans-IO
+//! [`mesh_core::relay::server::Relay`].
+//!
+//! The UDP socket is read by one task: each datagram goes through the relay
+//! under a std `Mutex` (held for a hash lookup and, on a `BIND`, at most one
+//! signature check: never across an `.await`), and what it says is sent with
+//! `try_send_to`. A datagram that would block is dropped, as the network
+//! would drop it; QUIC retransmits.
+//!
+//! A relay WebSocket carries exactly the relay frames, one per binary
+//! message. Frames for it wait in a bounded queue; when the queue is full a
+//! frame is dropped (datagram semantics), never buffered without bound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use mesh_core::Error;
+use mesh_core::protocol::Timestamp;
+use mesh_core::relay::server::{Action, Relay, RelayLimits, Sink};
+use mesh_core::relay::wire;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
+
+use crate::AppState;
+use crate::http::Body;
+
+/// Settings of the relay and the UDP port.
+#[derive(Clone, Debug)]
+pub struct P2pConfig {
+    /// The UDP port announced in `system.welcome` (`p2p.udp_port`): the
+    /// bound port of the UDP socket the server is given (see
+    /// [`crate::Listeners`]; [`crate::run`] sets it). `None`: no UDP port,
+    /// and no relay.
+    pub udp_port: Option<u16>,
+    /// Whether the server relays sessions (`--no-relay` turns it off: STUN
+    /// is still answered, `BIND`s are refused `disabled`, no relay keys are
+    /// handed out, and the welcome says `relay: false`).
+    pub relay: bool,
+    /// Budgets and the idle time-out of relayed sessions.
+    pub limits: RelayLimits,
+    /// Relay frames queued for one relay WebSocket before more are dropped.
+    pub stream_queue: usize,
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        Self {
+            udp_port: None,
+            relay: true,
+            limits: RelayLimits::default(),
+            stream_queue: 256,
+        }
+    }
+}
+
+/// The relay and the ways out of it, shared by the UDP task and every relay
+/// WebSocket.
+#[derive(Debug)]
+pub(crate) struct RelayHub {
+    relay: Mutex<Relay>,
+    udp: Arc<UdpSocket>,
+    streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    next_stream: AtomicU64,
+    stream_queue: usize,
+}
+
+impl RelayHub {
+    pub(crate) fn new(relay: Relay, udp: Arc<UdpSocket>, stream_queue: usize) -> Self {
+        Self {
+            relay: Mutex::new(relay),
+            udp,
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            stream_queue: stream_queue.max(1),
+        }
+    }
+
+    fn relay(&self) -> MutexGuard<'_, Relay> {
+        // The relay's state stays consistent between calls: a panic in one
+        // (there is none to expect) must not stop relaying.
+        self.relay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<u64, mpsc::Sender<Bytes>>> {
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// One datagram or binary message from `from`. `owned` is `bytes` as
+    /// `Bytes` when the caller has it (a WebSocket message), so forwarding
+    /// to a WebSocket does not copy.
+    fn handle(&self, from: Sink, bytes: &[u8], owned: Option<&Bytes>) {
+        let action = self
+            .relay()
+            .handle(Instant::now(), Timestamp::now(), from, bytes);
+        match action {
+            Action::Nothing => {}
+            Action::Reply(reply) => self.send(from, &reply, None),
+            Action::Forward { to } => self.send(to, bytes, owned),
+            Action::Send(frames) => {
+                for (to, frame) in frames {
+                    self.send(to, &frame, None);
+                }
+            }
+        }
+    }
+
+    fn send(&self, to: Sink, bytes: &[u8], owned: Option<&Bytes>) {
+        match to {
+            Sink::Udp(addr) => {
+                if let Err(e) = self.udp.try_send_to(bytes, addr)
+                    && e.kind() != std::io::ErrorKind::WouldBlock
+                {
+                    tracing::debug!(%addr, error = %e, "relay UDP send failed");
+                }
+            }
+            Sink::Stream(id) => {
+                let tx = self.streams().get(&id).cloned();
+                if let Some(tx) = tx {
+                    let b = owned
+                        .cloned()
+                        .unwrap_or_else(|| Bytes::copy_from_slice(bytes));
+                    // Full: dropped, as a datagram would be.
+                    let _ = tx.try_send(b);
+                }
+            }
+        }
+    }
+
+    fn expire(&self) {
+        // Each ended session is logged by the relay.
+        let _ = self.relay().expire(Instant::now());
+    }
+
+    fn open_stream(&self) -> (u64, mpsc::Receiver<Bytes>) {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.stream_queue);
+        self.streams().insert(id, tx);
+        (id, rx)
+    }
+
+    fn close_stream(&self, id: u64) {
+        self.streams().remove(&id);
+        self.relay().stream_closed(id);
+    }
+}
+
+/// Reads the UDP socket until shutdown: STUN and relay frames into the
+/// relay, and idle sessions out of it.
+pub(crate) async fn udp_loop(hub: Arc<RelayHub>, mut shutdown: watch::Receiver<bool>) {
+    let mut buf = vec![0u8; wire::MAX_FRAME + 1];
+    let idle = hub.relay().limits().idle_timeout;
+    let mut tick =
+        tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut error_warned: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            received = hub.udp.recv_from(&mut buf) => match received {
+                Ok((n, from)) => hub.handle(Sink::Udp(normalize(from)), &buf[..n], None),
+                Err(e) => {
+                    // ICMP errors for earlier sends (port unreachable) show
+                    // up here on some systems: not this socket's fault.
+                    if error_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                        tracing::warn!(error = %e, "UDP receive failed");
+                        error_warned = Some(Instant::now());
+                    }
+                    if !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                    ) {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            },
+            _ = tick.tick() => hub.expire(),
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// An IPv4 peer on a dual-stack socket is reported as `::ffff:a.b.c.d`;
+/// STUN answers it as IPv4.
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// `GET /api/p2p/relay`: upgrades to a relay WebSocket. No bearer token:
+/// every `BIND` carries its session token and party key.
+pub(crate) async fn upgrade(
+    state: &AppState,
+    client: std::net::IpAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Error> {
+    let Some(hub) = state.relay.clone() else {
+        return Err(Error::NotFound("this server has no relay".into()));
+    };
+    let accept = crate::ws::check_handshake(req.headers())?;
+    let Some(slots) = crate::ws::hold_slots(state, client, &req) else {
+        return Ok(crate::http::too_many_connections(
+            state.config.conn.max_per_addr,
+        ));
+    };
+    let mut limits = state.config.ws.clone();
+    // One relay frame per message: a UDP datagram's worth.
+    limits.max_message_bytes = wire::MAX_FRAME;
+    let heartbeat = state.service.config().engine.heartbeat_interval;
+    let shutdown = state.shutdown.clone();
+    let alive = state.alive.clone();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let _alive = alive;
+        let _slots = slots;
+        let upgraded = match on_upgrade.await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::debug!(error = %e, "relay upgrade failed");
+                return;
+            }
+        };
+        let ws = WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            Some(limits.tungstenite_config()),
+        )
+        .await;
+        let (id, rx) = hub.open_stream();
+        run_stream(ws, &hub, id, rx, heartbeat, shutdown).await;
+        hub.close_stream(id);
+    });
+    Ok(crate::ws::switching_protocols(&accept))
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// One relay WebSocket: binary messages into the relay, queued frames out,
+/// pings every `heartbeat`; closed after three heartbeats without a word
+/// from the client.
+async fn run_stream(
+    ws: Ws,
+    hub: &RelayHub,
+    id: u64,
+    mut rx: mpsc::Receiver<Bytes>,
+    heartbeat: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let (mut sink, mut stream) = ws.split();
+    let mut ping = tokio::time::interval(heartbeat);
+    ping.tick().await;
+    let mut heard = Instant::now();
+    let close: (WsCloseCode, String) = loop {
+        tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Binary(b))) => {
+                    heard = Instant::now();
+                    hub.handle(Sink::Stream(id), &b, Some(&b));
+                }
+                Some(Ok(Message::Text(_))) => break (
+                    WsCloseCode::Unsupported,
+                    "relay frames are binary messages".into(),
+                ),
+                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                    heard = Instant::now();
+                }
+                Some(Ok(Message::Close(_))) | None => {
+                    // tungstenite answers the close itself; flush it.
+                    let _ = sink.close().await;
+                    return;
+                }
+                Some(Err(e)) => match crate::ws::close_for(&e) {
+                    Some((code, reason)) => break (WsCloseCode::from(code.code()), reason),
+                    None => return,
+                },
+            },
+            frame = rx.recv() => {
+                let Some(frame) = frame else { break (WsCloseCode::Normal, String::new()) };
+                if sink.feed(Message::Binary(frame)).await.is_err() {
+                    return;
+                }
+                while let Ok(frame) = rx.try_recv() {
+                    if sink.feed(Message::Binary(frame)).await.is_err() {
+                        return;
+                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if heard.elapsed() > heartbeat * 3 {
+                    break (WsCloseCode::Away, "no word from the client".into());
+                }
+                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                    return;
+                }
+            }
+            _ = shutdown.changed() => break (WsCloseCode::Away, "server shutting down".into()),
+        }
+    };
+    tracing::debug!(stream = id, code = u16::from(close.0), reason = %close.1, "closing a relay WebSocket");
+    let frame = CloseFrame {
+        code: close.0,
+        reason: close.1.into(),
+    };
+    let finish = async {
+        let _ = sink.send(Message::Close(Some(frame))).await;
+        // Read (and drop) what the client still sends until its close:
+        // dropping the socket with unread data would reset it, and the
+        // client could lose our close frame.
+        while let Some(Ok(message)) = stream.next().await {
+            if message.is_close() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), finish).await;
+}
