@@ -392,11 +392,7 @@ pub async fn serve(
                 );
             }
             let relay = Relay::new(secret, verifier, config.p2p.limits.clone(), Instant::now());
-            let hub = Arc::new(relay::RelayHub::new(
-                relay,
-                Arc::new(udp),
-                config.p2p.stream_queue,
-            ));
+            let hub = Arc::new(relay::RelayHub::new(relay, Arc::new(udp), &config.p2p));
             tokio::spawn(relay::udp_loop(hub.clone(), stop_rx.clone()));
             Some(hub)
         }

@@ -155,7 +155,7 @@ struct Args {
     #[arg(long, env = "MESH_TURN_TTL_SECS")]
     turn_ttl_secs: Option<u64>,
     /// UDP address for address discovery (STUN Binding) and the P2P relay;
-    /// announced to agents in the welcome [default: the IP and port of --listen].
+    /// announced to agents in the welcome [default: the IP of --listen and the port number TCP bound].
     #[arg(long, env = "MESH_UDP_LISTEN", value_name = "ADDR")]
     udp_listen: Option<SocketAddr>,
     /// Do not relay P2P sessions (STUN is still answered; relay binds are
@@ -296,10 +296,23 @@ fn check(data: &Path) -> ExitCode {
 #[tokio::main]
 async fn serve(args: Args) -> anyhow::Result<()> {
     let mut config = args.config()?;
-    // The UDP port before the service: the welcome announces its number.
-    // (A UDP socket is not listening in the sense that matters here: a
-    // server that refuses its data still accepts no connection.)
-    let udp_addr = args.udp_listen.unwrap_or(args.listen);
+    // The ports before the service, whose welcome announces the UDP port
+    // (by default the TCP port's number, known once TCP is bound). TCP is
+    // bound but not listening yet: a server that refuses its data still
+    // never accepts a connection.
+    let tcp = if args.listen.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }?;
+    #[cfg(unix)]
+    tcp.set_reuseaddr(true)?;
+    tcp.bind(args.listen)
+        .with_context(|| format!("binding {}", args.listen))?;
+    let udp_addr = match args.udp_listen {
+        Some(addr) => addr,
+        None => tcp.local_addr()?,
+    };
     let udp = tokio::net::UdpSocket::bind(udp_addr)
         .await
         .with_context(|| format!("binding UDP {udp_addr} (--udp-listen)"))?;
@@ -307,9 +320,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     // The data folder first: a server that refuses its data never listens.
     let service = mesh_server_bin::open_service(&config)?;
     let challenges = tls_setup(&args, &mut config)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("binding {}", args.listen))?;
+    let listener = tcp
+        .listen(1024)
+        .with_context(|| format!("listening on {}", args.listen))?;
     let addr = listener.local_addr()?;
     if !args.trusted_proxy.is_empty() {
         let nets: Vec<String> = args.trusted_proxy.iter().map(ToString::to_string).collect();

@@ -9,12 +9,14 @@
 //! would drop it; QUIC retransmits.
 //!
 //! A relay WebSocket carries exactly the relay frames, one per binary
-//! message. Frames for it wait in a bounded queue; when the queue is full a
-//! frame is dropped (datagram semantics), never buffered without bound.
+//! message. Frames for it wait in a queue bounded in frames and bytes
+//! ([`P2pConfig::stream_queue`], [`P2pConfig::stream_queue_bytes`]); when
+//! it is full a frame is dropped (datagram semantics), never buffered
+//! without bound.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,8 @@ pub struct P2pConfig {
     pub limits: RelayLimits,
     /// Relay frames queued for one relay WebSocket before more are dropped.
     pub stream_queue: usize,
+    /// Bytes queued for one relay WebSocket before more frames are dropped.
+    pub stream_queue_bytes: usize,
 }
 
 impl Default for P2pConfig {
@@ -62,8 +66,17 @@ impl Default for P2pConfig {
             relay: true,
             limits: RelayLimits::default(),
             stream_queue: 256,
+            stream_queue_bytes: 1024 * 1024,
         }
     }
+}
+
+/// A relay WebSocket's outgoing queue, bounded in frames (the channel) and
+/// in bytes (`queued`).
+#[derive(Debug)]
+struct StreamOut {
+    tx: mpsc::Sender<Bytes>,
+    queued: Arc<AtomicUsize>,
 }
 
 /// The relay and the ways out of it, shared by the UDP task and every relay
@@ -72,19 +85,21 @@ impl Default for P2pConfig {
 pub(crate) struct RelayHub {
     relay: Mutex<Relay>,
     udp: Arc<UdpSocket>,
-    streams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    streams: Mutex<HashMap<u64, StreamOut>>,
     next_stream: AtomicU64,
     stream_queue: usize,
+    stream_queue_bytes: usize,
 }
 
 impl RelayHub {
-    pub(crate) fn new(relay: Relay, udp: Arc<UdpSocket>, stream_queue: usize) -> Self {
+    pub(crate) fn new(relay: Relay, udp: Arc<UdpSocket>, config: &P2pConfig) -> Self {
         Self {
             relay: Mutex::new(relay),
             udp,
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
-            stream_queue: stream_queue.max(1),
+            stream_queue: config.stream_queue.max(1),
+            stream_queue_bytes: config.stream_queue_bytes,
         }
     }
 
@@ -94,7 +109,7 @@ impl RelayHub {
         self.relay.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn streams(&self) -> MutexGuard<'_, HashMap<u64, mpsc::Sender<Bytes>>> {
+    fn streams(&self) -> MutexGuard<'_, HashMap<u64, StreamOut>> {
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -127,13 +142,17 @@ impl RelayHub {
                 }
             }
             Sink::Stream(id) => {
-                let tx = self.streams().get(&id).cloned();
-                if let Some(tx) = tx {
-                    let b = owned
-                        .cloned()
-                        .unwrap_or_else(|| Bytes::copy_from_slice(bytes));
-                    // Full: dropped, as a datagram would be.
-                    let _ = tx.try_send(b);
+                let streams = self.streams();
+                let Some(out) = streams.get(&id) else { return };
+                // Full: dropped, as a datagram would be.
+                if out.queued.load(Ordering::Relaxed) + bytes.len() > self.stream_queue_bytes {
+                    return;
+                }
+                let b = owned
+                    .cloned()
+                    .unwrap_or_else(|| Bytes::copy_from_slice(bytes));
+                if out.tx.try_send(b).is_ok() {
+                    out.queued.fetch_add(bytes.len(), Ordering::Relaxed);
                 }
             }
         }
@@ -144,11 +163,18 @@ impl RelayHub {
         let _ = self.relay().expire(Instant::now());
     }
 
-    fn open_stream(&self) -> (u64, mpsc::Receiver<Bytes>) {
+    fn open_stream(&self) -> (u64, mpsc::Receiver<Bytes>, Arc<AtomicUsize>) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.stream_queue);
-        self.streams().insert(id, tx);
-        (id, rx)
+        let queued = Arc::new(AtomicUsize::new(0));
+        self.streams().insert(
+            id,
+            StreamOut {
+                tx,
+                queued: queued.clone(),
+            },
+        );
+        (id, rx, queued)
     }
 
     fn close_stream(&self, id: u64) {
@@ -170,19 +196,19 @@ pub(crate) async fn udp_loop(hub: Arc<RelayHub>, mut shutdown: watch::Receiver<b
         tokio::select! {
             received = hub.udp.recv_from(&mut buf) => match received {
                 Ok((n, from)) => hub.handle(Sink::Udp(normalize(from)), &buf[..n], None),
+                // ICMP errors for earlier sends (a party's port closed)
+                // show up here on some systems: not this socket's fault.
+                Err(e) if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+                ) => tracing::debug!(error = %e, "UDP receive: an earlier send bounced"),
                 Err(e) => {
-                    // ICMP errors for earlier sends (port unreachable) show
-                    // up here on some systems: not this socket's fault.
                     if error_warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
                         tracing::warn!(error = %e, "UDP receive failed");
                         error_warned = Some(Instant::now());
                     }
-                    if !matches!(
-                        e.kind(),
-                        std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
-                    ) {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
+                    // Out of buffers and the like: back off, don't spin.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             },
             _ = tick.tick() => hub.expire(),
@@ -242,8 +268,8 @@ pub(crate) async fn upgrade(
             Some(limits.tungstenite_config()),
         )
         .await;
-        let (id, rx) = hub.open_stream();
-        run_stream(ws, &hub, id, rx, heartbeat, shutdown).await;
+        let (id, rx, queued) = hub.open_stream();
+        run_stream(ws, &hub, id, (rx, queued), heartbeat, shutdown).await;
         hub.close_stream(id);
     });
     Ok(crate::ws::switching_protocols(&accept))
@@ -258,7 +284,7 @@ async fn run_stream(
     ws: Ws,
     hub: &RelayHub,
     id: u64,
-    mut rx: mpsc::Receiver<Bytes>,
+    (mut rx, queued): (mpsc::Receiver<Bytes>, Arc<AtomicUsize>),
     heartbeat: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -292,10 +318,12 @@ async fn run_stream(
             },
             frame = rx.recv() => {
                 let Some(frame) = frame else { break (WsCloseCode::Normal, String::new()) };
+                queued.fetch_sub(frame.len(), Ordering::Relaxed);
                 if sink.feed(Message::Binary(frame)).await.is_err() {
                     return;
                 }
                 while let Ok(frame) = rx.try_recv() {
+                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
                     if sink.feed(Message::Binary(frame)).await.is_err() {
                         return;
                     }
