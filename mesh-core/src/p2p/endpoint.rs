@@ -363,14 +363,17 @@ impl P2pEndpoint {
     }
 
     /// What to announce to the server (`system.hello`'s `p2p`): the
-    /// fingerprint and `addrs`, or [`Self::reachable_addrs`] if `addrs` is
-    /// empty.
+    /// fingerprint and `addrs`; if `addrs` is empty, [`Self::reachable_addrs`]
+    /// and the server-reflexive address once known ([`Self::mapped_addr`]).
+    /// Addresses given explicitly replace all of these.
     pub fn p2p_info(&self, addrs: Vec<String>) -> P2pInfo {
-        let mut addrs = if addrs.is_empty() {
-            self.reachable_addrs()
-        } else {
-            addrs
-        };
+        if !addrs.is_empty() {
+            return P2pInfo {
+                cert_fingerprint: Some(self.fingerprint().to_owned()),
+                addrs,
+            };
+        }
+        let mut addrs = self.reachable_addrs();
         if let Some(mapped) = *self.shared.mapped.borrow() {
             let mapped = mapped.to_string();
             if !addrs.contains(&mapped) {
