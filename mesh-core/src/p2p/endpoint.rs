@@ -25,6 +25,9 @@ use crate::auth::{AuthError, SessionClaims, TokenVerifier};
 use crate::protocol::{P2pInfo, P2pSession, PeerId, RelayGrant, SessionId, SessionKind, Timestamp};
 
 type Stream = Wire<quinn::RecvStream, quinn::SendStream>;
+/// Handshakes racing: each ends with the connection, or the address, the
+/// error and the certificate fingerprint that did not match (if that was it).
+type Attempts = JoinSet<Result<quinn::Connection, (SocketAddr, String, Option<String>)>>;
 type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// How long a side that sent the last frame waits for the peer to close
@@ -710,7 +713,7 @@ impl P2pEndpoint {
     /// Starts one handshake to `sa` in `attempts`.
     fn attempt(
         &self,
-        attempts: &mut JoinSet<Result<quinn::Connection, (SocketAddr, String, Option<String>)>>,
+        attempts: &mut Attempts,
         sa: SocketAddr,
         expected_fingerprint: &str,
         errors: &mut Vec<String>,
