@@ -376,6 +376,7 @@ struct Cursor {
 ///     user: me,
 ///     server_time: now,
 ///     heartbeat_ms: 15_000,
+///     p2p: None,
 /// };
 /// let frame = OutgoingFrame::reply(hello["id"].as_str().map(String::from), welcome);
 /// client.frame_received(&frame.to_json(), now);
