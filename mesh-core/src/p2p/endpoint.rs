@@ -707,7 +707,7 @@ impl P2pEndpoint {
     /// Starts one handshake to `sa` in `attempts`.
     fn attempt(
         &self,
-        attempts: &mut JoinSet<Result<quinn::Connection, (SocketAddr, String, Option<String>)>>,
+        attempts: &mut JoinSet<Attempt>,
         sa: SocketAddr,
         expected_fingerprint: &str,
         errors: &mut Vec<String>,
@@ -789,6 +789,10 @@ impl P2pEndpoint {
         self.shared.endpoint.close(CLOSE_DONE.into(), b"closing");
     }
 }
+
+/// One direct or relayed handshake: the connection, or the address, the
+/// error and the certificate fingerprint seen when it was not the pinned one.
+type Attempt = Result<quinn::Connection, (SocketAddr, String, Option<String>)>;
 
 /// The local address the system would use to reach another network (no
 /// packet is sent: connecting a UDP socket only picks a route). `None` when
