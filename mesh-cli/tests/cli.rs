@@ -81,10 +81,12 @@ async fn start_https_server() -> Server {
 
 impl Server {
     async fn start(&mut self) {
-        let listener = tokio::net::TcpListener::bind(self.addr)
+        // TCP and, on the same port number, UDP (STUN and the P2P relay),
+        // as the real binary binds them.
+        let listener = mesh_server_bin::Listeners::bind(self.addr, None)
             .await
             .expect("bind");
-        self.addr = listener.local_addr().expect("addr");
+        self.addr = listener.tcp.local_addr().expect("addr");
         self.url = match &self.tls {
             None => format!("http://{}", self.addr),
             Some(_) => format!("https://localhost:{}", self.addr.port()),
@@ -430,8 +432,10 @@ async fn an_agent_receives_files_and_nested_folders() {
         .await;
     assert_eq!(sent["size"], 1_500_000);
     assert_eq!(sent["to"], "bob");
+    assert_eq!(sent["path"], "direct", "one machine: {sent}");
     let received = agent.wait("received").await;
     assert_eq!(received["from"], "alice");
+    assert_eq!(received["via"], "direct");
     assert_eq!(received["blake3"], sent["blake3"]);
     assert_eq!(
         std::fs::read(inbox.join("report.bin")).expect("received file"),
@@ -516,6 +520,73 @@ async fn an_agent_receives_files_and_nested_folders() {
     assert!(
         err.contains("could not reach bob's agent at 127.0.0.1:9")
             && err.contains("no direct path worked"),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_nobody_reaches_directly_receives_through_the_relay() {
+    let server = start_server().await;
+    let (alice, bob) = two_users_in_a_room(&server).await;
+    let work = tempfile::tempdir().expect("temp dir");
+    let inbox = work.path().join("inbox");
+    // The agent announces only an address nothing answers at (a
+    // documentation address): no direct path can work.
+    let mut agent = bob.spawn(&[
+        "agent",
+        "--receive-dir",
+        inbox.to_str().expect("utf-8"),
+        "--announce",
+        "192.0.2.1:9",
+    ]);
+    agent.wait("ready").await;
+    let body = bytes(3_000_000, 9);
+    let source = work.path().join("far.bin");
+    write(source.clone(), &body);
+    let sent = alice
+        .json(&["send-file", "bob", source.to_str().expect("utf-8")])
+        .await;
+    assert_eq!(sent["path"], "relay", "{sent}");
+    let received = agent.wait("received").await;
+    assert_eq!(received["via"], "relay");
+    assert_eq!(
+        std::fs::read(inbox.join("far.bin")).expect("received file"),
+        body
+    );
+    let (ok, out, err) = alice
+        .run_with(&["send-file", "bob", source.to_str().expect("utf-8")], "")
+        .await;
+    assert!(!ok, "refused: the file exists; {out}");
+    assert!(err.contains("exists"), "{err}");
+
+    // A folder and a terminal through the relay too.
+    let tree = work.path().join("tree");
+    write(tree.join("a/b.txt"), b"relayed");
+    let sent = alice
+        .json(&["send-folder", "bob", tree.to_str().expect("utf-8")])
+        .await;
+    assert_eq!(sent["path"], "relay", "{sent}");
+    assert_eq!(agent.wait("received").await["kind"], "folder");
+    assert_eq!(
+        std::fs::read(inbox.join("tree/a/b.txt")).expect("received"),
+        b"relayed"
+    );
+
+    // Without the relay there is no path: a clear error, quickly.
+    let err = alice
+        .fails(&[
+            "send-file",
+            "bob",
+            source.to_str().expect("utf-8"),
+            "--name",
+            "other.bin",
+            "--no-relay",
+            "--connect-timeout",
+            "1",
+        ])
+        .await;
+    assert!(
+        err.contains("could not reach bob's agent at 192.0.2.1:9") && err.contains("--no-relay"),
         "{err}"
     );
 }

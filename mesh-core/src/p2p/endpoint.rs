@@ -25,6 +25,9 @@ use crate::auth::{AuthError, SessionClaims, TokenVerifier};
 use crate::protocol::{P2pInfo, P2pSession, PeerId, RelayGrant, SessionId, SessionKind, Timestamp};
 
 type Stream = Wire<quinn::RecvStream, quinn::SendStream>;
+/// Handshakes racing: each ends with the connection, or the address, the
+/// error and the certificate fingerprint that did not match (if that was it).
+type Attempts = JoinSet<Result<quinn::Connection, (SocketAddr, String, Option<String>)>>;
 type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// How long a side that sent the last frame waits for the peer to close
@@ -363,14 +366,17 @@ impl P2pEndpoint {
     }
 
     /// What to announce to the server (`system.hello`'s `p2p`): the
-    /// fingerprint and `addrs`, or [`Self::reachable_addrs`] if `addrs` is
-    /// empty.
+    /// fingerprint and `addrs`; if `addrs` is empty, [`Self::reachable_addrs`]
+    /// and the server-reflexive address once known ([`Self::mapped_addr`]).
+    /// Addresses given explicitly replace all of these.
     pub fn p2p_info(&self, addrs: Vec<String>) -> P2pInfo {
-        let mut addrs = if addrs.is_empty() {
-            self.reachable_addrs()
-        } else {
-            addrs
-        };
+        if !addrs.is_empty() {
+            return P2pInfo {
+                cert_fingerprint: Some(self.fingerprint().to_owned()),
+                addrs,
+            };
+        }
+        let mut addrs = self.reachable_addrs();
         if let Some(mapped) = *self.shared.mapped.borrow() {
             let mapped = mapped.to_string();
             if !addrs.contains(&mapped) {
@@ -707,7 +713,7 @@ impl P2pEndpoint {
     /// Starts one handshake to `sa` in `attempts`.
     fn attempt(
         &self,
-        attempts: &mut JoinSet<Attempt>,
+        attempts: &mut Attempts,
         sa: SocketAddr,
         expected_fingerprint: &str,
         errors: &mut Vec<String>,
@@ -789,10 +795,6 @@ impl P2pEndpoint {
         self.shared.endpoint.close(CLOSE_DONE.into(), b"closing");
     }
 }
-
-/// One direct or relayed handshake: the connection, or the address, the
-/// error and the certificate fingerprint seen when it was not the pinned one.
-type Attempt = Result<quinn::Connection, (SocketAddr, String, Option<String>)>;
 
 /// The local address the system would use to reach another network (no
 /// packet is sent: connecting a UDP socket only picks a route). `None` when

@@ -48,16 +48,7 @@ fn encode(msg: &stun_rs::StunMessage) -> Vec<u8> {
 /// with `from` as XOR-MAPPED-ADDRESS. `None` for anything that is not a
 /// Binding request (which the server then ignores).
 pub fn answer(bytes: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
-    if !is_stun(bytes) {
-        return None;
-    }
-    let (msg, _) = MessageDecoderBuilder::default()
-        .build()
-        .decode(bytes)
-        .ok()?;
-    if msg.method() != BINDING || msg.class() != MessageClass::Request {
-        return None;
-    }
+    let msg = decode_binding(bytes, MessageClass::Request)?;
     let reply = StunMessageBuilder::new(BINDING, MessageClass::SuccessResponse)
         .with_transaction_id(*msg.transaction_id())
         .with_attribute(XorMappedAddress::from(from))
@@ -66,8 +57,8 @@ pub fn answer(bytes: &[u8], from: SocketAddr) -> Option<Vec<u8>> {
     (!out.is_empty()).then_some(out)
 }
 
-/// A Binding success response's transaction id and mapped address.
-pub fn parse_response(bytes: &[u8]) -> Option<(TxId, SocketAddr)> {
+/// `bytes` as a Binding message of `class`; `None` for anything else.
+fn decode_binding(bytes: &[u8], class: MessageClass) -> Option<stun_rs::StunMessage> {
     if !is_stun(bytes) {
         return None;
     }
@@ -75,9 +66,12 @@ pub fn parse_response(bytes: &[u8]) -> Option<(TxId, SocketAddr)> {
         .build()
         .decode(bytes)
         .ok()?;
-    if msg.method() != BINDING || msg.class() != MessageClass::SuccessResponse {
-        return None;
-    }
+    (msg.method() == BINDING && msg.class() == class).then_some(msg)
+}
+
+/// A Binding success response's transaction id and mapped address.
+pub fn parse_response(bytes: &[u8]) -> Option<(TxId, SocketAddr)> {
+    let msg = decode_binding(bytes, MessageClass::SuccessResponse)?;
     let attr = msg.get::<XorMappedAddress>()?;
     let addr = *attr.as_xor_mapped_address().ok()?.socket_address();
     Some((*msg.transaction_id().as_bytes(), addr))
