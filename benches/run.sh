@@ -6,7 +6,7 @@
 #   ./benches/run.sh fanout          # one figure (fanout, latency, memory,
 #                                    # durable, logins, churn, p2p,
 #                                    # login-memory, held, tls-churn,
-#                                    # tls-fanout; tls: both)
+#                                    # tls-fanout, p2p-relay; tls: both)
 #   ./benches/run.sh all --quick     # smoke test: small sizes, short windows
 #
 # Micro-benchmarks (criterion) are separate: cargo bench -p mesh-benches

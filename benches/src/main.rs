@@ -31,6 +31,7 @@ mod logins;
 mod memory;
 mod p2p;
 mod proc;
+mod relay;
 mod report;
 mod stats;
 mod tls;
@@ -92,11 +93,23 @@ enum Cmd {
     TlsFanout,
     /// 10 and 11: the cost of TLS.
     Tls,
+    /// 12. P2P file bytes/s through mesh-server's relay vs direct; CPU/GiB; TTFB.
+    P2pRelay,
     /// Every figure, in this order.
     All,
     /// The bare tokio-tungstenite broadcast server (started by the tool).
     #[command(hide = true)]
     BaselineServer,
+    /// mesh-server (the library) with a UDP port and the relay's budgets
+    /// lifted, for the relay figure (started by the tool).
+    #[command(hide = true)]
+    RelayServer {
+        #[arg(long)]
+        data: PathBuf,
+        /// Keep the relay's default budgets (64 MiB/s per session).
+        #[arg(long)]
+        stock_limits: bool,
+    },
     /// argon2id verifications/s on N threads (started by the tool).
     #[command(hide = true)]
     Argon2Bound {
@@ -107,7 +120,7 @@ enum Cmd {
     },
 }
 
-const ALL: [&str; 11] = [
+const ALL: [&str; 12] = [
     "fanout",
     "latency",
     "memory",
@@ -119,6 +132,7 @@ const ALL: [&str; 11] = [
     "held",
     "tls-churn",
     "tls-fanout",
+    "p2p-relay",
 ];
 
 fn main() -> anyhow::Result<()> {
@@ -134,6 +148,10 @@ fn main() -> anyhow::Result<()> {
                 .block_on(baseline::serve());
         }
         Cmd::Argon2Bound { threads, secs } => return logins::bound(threads, secs),
+        Cmd::RelayServer {
+            ref data,
+            stock_limits,
+        } => return relay::serve(data.clone(), stock_limits),
         _ => {}
     }
     let names: Vec<&str> = match args.command {
@@ -149,6 +167,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::TlsChurn => vec!["tls-churn"],
         Cmd::TlsFanout => vec!["tls-fanout"],
         Cmd::Tls => vec!["tls-churn", "tls-fanout"],
+        Cmd::P2pRelay => vec!["p2p-relay"],
         _ => ALL.to_vec(),
     };
 
@@ -257,6 +276,7 @@ async fn run_one(name: &str, ctx: &Ctx) -> anyhow::Result<Figure> {
         "held" => held::run(ctx).await,
         "tls-churn" => tls::run_churn(ctx).await,
         "tls-fanout" => tls::run_fanout(ctx).await,
+        "p2p-relay" => relay::run(ctx).await,
         other => anyhow::bail!("no figure named {other:?}"),
     }
 }

@@ -61,22 +61,7 @@ async fn timed<F: Future<Output = anyhow::Result<()>>>(f: F) -> anyhow::Result<T
 pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
     let size = if ctx.quick { 64 * MIB } else { 512 * MIB };
     let rounds = if ctx.quick { 2 } else { 5 };
-    let shm = Path::new("/dev/shm");
-    let (parent, medium) = if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
-        (shm.to_path_buf(), "tmpfs (/dev/shm)".to_owned())
-    } else {
-        (
-            ctx.data_parent.clone(),
-            format!(
-                "{} (not tmpfs: disk speed counts)",
-                ctx.data_parent.display()
-            ),
-        )
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("mesh-bench-p2p-")
-        .tempdir_in(&parent)
-        .with_context(|| format!("a temporary folder in {}", parent.display()))?;
+    let (dir, medium) = scratch(ctx, "mesh-bench-p2p-")?;
     let src = dir.path().join("payload.bin");
     let dest = dir.path().join("inbox");
     std::fs::create_dir(&dest)?;
@@ -87,49 +72,11 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
 
     // No server in this figure: let the two agents use every core.
     let cores = ctx.pin.cores.max(1);
-    if ctx.pin.load.is_some() {
-        let all = format!("0-{}", cores - 1);
-        let ok = std::process::Command::new("taskset")
-            .args(["-a", "-cp", &all, &std::process::id().to_string()])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            eprintln!("   could not unpin the load tool; the transfers share its cores");
-        }
-    }
-    // A runtime of its own, with one worker per core, on a thread started
-    // after unpinning (threads inherit the affinity of their parent).
-    let (tx, rx) = tokio::sync::oneshot::channel();
     let (src2, dest2) = (src.clone(), dest.clone());
-    std::thread::spawn(move || {
-        let result = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .build()
-            .map_err(anyhow::Error::from)
-            .and_then(|rt| {
-                let r = rt.block_on(measure(&src2, &dest2, size as u64, rounds));
-                rt.shutdown_timeout(Duration::from_secs(1));
-                r
-            });
-        let _ = tx.send(result);
-    });
-    let result = rx.await.context("the measuring thread died");
-    // Pin back. `taskset -a` fails when a thread exits while it runs (the
-    // measuring runtime's threads are going away): try again a few times.
-    if ctx.pin.load.is_some() {
-        let mut tries = 0;
-        while let Err(e) = ctx.pin.pin_self() {
-            tries += 1;
-            if tries == 5 {
-                eprintln!("   could not pin the load tool back ({e:#})");
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-    let m = result??;
+    let m = on_every_core(ctx, move || async move {
+        measure(&src2, &dest2, size as u64, rounds).await
+    })
+    .await?;
     drop(dir);
 
     let list = |v: &[f64]| {
@@ -272,8 +219,85 @@ async fn measure(src: &Path, dest: &Path, size: u64, rounds: usize) -> anyhow::R
     Ok(m)
 }
 
+/// A temporary folder for the transferred files: on tmpfs (`/dev/shm`)
+/// when there is one, so that the figure is about the transfer, not the
+/// disk; and a few words saying where it is.
+pub(crate) fn scratch(ctx: &Ctx, prefix: &str) -> anyhow::Result<(tempfile::TempDir, String)> {
+    let shm = Path::new("/dev/shm");
+    let (parent, medium) = if shm.is_dir() && tempfile::tempdir_in(shm).is_ok() {
+        (shm.to_path_buf(), "tmpfs (/dev/shm)".to_owned())
+    } else {
+        (
+            ctx.data_parent.clone(),
+            format!(
+                "{} (not tmpfs: disk speed counts)",
+                ctx.data_parent.display()
+            ),
+        )
+    };
+    let dir = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(&parent)
+        .with_context(|| format!("a temporary folder in {}", parent.display()))?;
+    Ok((dir, medium))
+}
+
+/// Runs `f` unpinned, on a runtime of its own with one worker per core
+/// (the load tool is pinned to the other cores than the server's while the
+/// other figures run; it is unpinned for this and pinned back after).
+pub(crate) async fn on_every_core<T, F, Fut>(ctx: &Ctx, f: F) -> anyhow::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let cores = ctx.pin.cores.max(1);
+    if ctx.pin.load.is_some() {
+        let all = format!("0-{}", cores - 1);
+        let ok = std::process::Command::new("taskset")
+            .args(["-a", "-cp", &all, &std::process::id().to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            eprintln!("   could not unpin the load tool; the transfers share its cores");
+        }
+    }
+    // A runtime of its own, with one worker per core, on a thread started
+    // after unpinning (threads inherit the affinity of their parent).
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let result = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                let r = rt.block_on(f());
+                rt.shutdown_timeout(Duration::from_secs(1));
+                r
+            });
+        let _ = tx.send(result);
+    });
+    let result = rx.await.context("the measuring thread died");
+    // Pin back. `taskset -a` fails when a thread exits while it runs (the
+    // measuring runtime's threads are going away): try again a few times.
+    if ctx.pin.load.is_some() {
+        let mut tries = 0;
+        while let Err(e) = ctx.pin.pin_self() {
+            tries += 1;
+            if tries == 5 {
+                eprintln!("   could not pin the load tool back ({e:#})");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    result?
+}
+
 /// Writes `len` pseudo-random (incompressible) bytes.
-fn write_file(path: &Path, len: usize) -> anyhow::Result<()> {
+pub(crate) fn write_file(path: &Path, len: usize) -> anyhow::Result<()> {
     use std::io::Write as _;
     let mut f = std::io::BufWriter::with_capacity(BUF, std::fs::File::create(path)?);
     let mut state = 0x9e37_79b9_7f4a_7c15u64;

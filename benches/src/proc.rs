@@ -100,6 +100,10 @@ pub(crate) enum ServerKind {
     Mesh { bin: PathBuf, flags: Vec<String> },
     /// The bare tokio-tungstenite broadcast server (this binary).
     Baseline,
+    /// mesh-server's library with a UDP port, serving from this binary
+    /// (`mesh-load relay-server`); the relay's budgets lifted unless
+    /// `stock_limits`.
+    Relay { stock_limits: bool },
 }
 
 impl Server {
@@ -137,6 +141,25 @@ impl Server {
                 vec!["baseline-server".to_owned()],
                 None,
             ),
+            ServerKind::Relay { stock_limits } => {
+                let dir = tempfile::Builder::new()
+                    .prefix("mesh-bench-relay-")
+                    .tempdir_in(data_parent)
+                    .context("creating the server's data folder")?;
+                let mut args = vec![
+                    "relay-server".to_owned(),
+                    "--data".to_owned(),
+                    dir.path().display().to_string(),
+                ];
+                if *stock_limits {
+                    args.push("--stock-limits".to_owned());
+                }
+                (
+                    std::env::current_exe().context("finding this binary")?,
+                    args,
+                    Some(dir),
+                )
+            }
         };
         let mut cmd = match cpus {
             Some(cpus) => {

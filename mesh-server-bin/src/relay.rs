@@ -2,11 +2,15 @@
 //! `GET /api/p2p/relay` WebSocket, both driving one sans-IO
 //! [`mesh_core::relay::server::Relay`].
 //!
-//! The UDP socket is read by one task: each datagram goes through the relay
-//! under a std `Mutex` (held for a hash lookup and, on a `BIND`, at most one
-//! signature check: never across an `.await`), and what it says is sent with
-//! `try_send_to`. A datagram that would block is dropped, as the network
-//! would drop it; QUIC retransmits.
+//! The UDP socket is read by one task, in batches as quinn reads its own
+//! (quinn-udp: `recvmmsg` and GRO, so a burst of same-sized datagrams from
+//! one agent arrives as one buffer): each datagram goes through the relay
+//! under a std `Mutex` (held for hash lookups and, on a `BIND`, at most one
+//! signature check: never across an `.await`), and runs of datagrams
+//! forwarded to the same party leave as one GSO send, unchanged. A send
+//! that would block is dropped, as the network would drop it; QUIC
+//! retransmits. The socket's buffers are raised to [`SOCKET_BUFFER`]
+//! (within the system's `net.core.rmem_max`/`wmem_max`).
 //!
 //! A relay WebSocket carries exactly the relay frames, one per binary
 //! message. Frames for it wait in a queue bounded in frames and bytes
@@ -15,6 +19,7 @@
 //! without bound.
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,6 +43,13 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::AppState;
 use crate::http::Body;
+
+/// The UDP socket's send and receive buffers, asked of the system (which
+/// caps them at `net.core.rmem_max` / `wmem_max`).
+pub(crate) const SOCKET_BUFFER: usize = 4 << 20;
+
+/// Datagrams read per receive call (each may hold a GRO batch).
+const RECV_BATCH: usize = 16;
 
 /// Settings of the relay and the UDP port.
 #[derive(Clone, Debug)]
@@ -132,6 +144,70 @@ impl RelayHub {
         }
     }
 
+    /// A received buffer from `from`: one datagram, or a GRO batch of
+    /// datagrams `stride` bytes long (the last may be shorter). Runs of
+    /// datagrams forwarded to the same UDP party leave as one GSO send.
+    fn handle_batch(&self, udp: &UdpIo, from: Sink, data: &[u8], stride: usize) {
+        let stride = if stride == 0 {
+            data.len().max(1)
+        } else {
+            stride
+        };
+        // A run: (destination, start, end) of datagrams forwarded unchanged.
+        let mut run: Option<(SocketAddr, usize, usize)> = None;
+        let mut actions = Vec::new();
+        {
+            let mut relay = self.relay();
+            let (now, unix_now) = (Instant::now(), Timestamp::now());
+            let mut start = 0;
+            for seg in data.chunks(stride) {
+                let end = start + seg.len();
+                match relay.handle(now, unix_now, from, seg) {
+                    Action::Forward { to: Sink::Udp(to) } => match &mut run {
+                        Some((dest, run_start, run_end))
+                            if *dest == to
+                                && *run_end == start
+                                && udp.fits(*run_end - *run_start, stride) =>
+                        {
+                            *run_end = end;
+                        }
+                        _ => {
+                            if let Some(done) = run.replace((to, start, end)) {
+                                actions.push(Out::Run(done));
+                            }
+                        }
+                    },
+                    Action::Nothing => {}
+                    other => {
+                        if let Some(done) = run.take() {
+                            actions.push(Out::Run(done));
+                        }
+                        actions.push(Out::Action(other, start, end));
+                    }
+                }
+                start = end;
+            }
+        }
+        if let Some(done) = run {
+            actions.push(Out::Run(done));
+        }
+        for out in actions {
+            match out {
+                Out::Run((to, start, end)) => udp.send(to, &data[start..end], stride),
+                Out::Action(Action::Forward { to }, start, end) => {
+                    self.send(to, &data[start..end], None)
+                }
+                Out::Action(Action::Reply(reply), _, _) => self.send(from, &reply, None),
+                Out::Action(Action::Send(frames), _, _) => {
+                    for (to, frame) in frames {
+                        self.send(to, &frame, None);
+                    }
+                }
+                Out::Action(Action::Nothing, _, _) => {}
+            }
+        }
+    }
+
     fn send(&self, to: Sink, bytes: &[u8], owned: Option<&Bytes>) {
         match to {
             Sink::Udp(addr) => {
@@ -183,10 +259,77 @@ impl RelayHub {
     }
 }
 
+/// What one received buffer makes the relay do, once its lock is released.
+enum Out {
+    /// Forward `data[start..end]` (whole datagrams) to a UDP party.
+    Run((SocketAddr, usize, usize)),
+    /// Any other action, for the datagram at `data[start..end]`.
+    Action(Action, usize, usize),
+}
+
+/// The UDP socket with quinn-udp's batched IO.
+struct UdpIo {
+    socket: Arc<UdpSocket>,
+    state: quinn_udp::UdpSocketState,
+}
+
+impl UdpIo {
+    fn new(socket: Arc<UdpSocket>) -> std::io::Result<Self> {
+        let state = quinn_udp::UdpSocketState::new((&*socket).into())?;
+        // Best effort: the system caps them.
+        let _ = state.set_recv_buffer_size((&*socket).into(), SOCKET_BUFFER);
+        let _ = state.set_send_buffer_size((&*socket).into(), SOCKET_BUFFER);
+        Ok(Self { socket, state })
+    }
+
+    /// Whether a run of `len` bytes can take one more `stride` datagram
+    /// in one GSO send.
+    fn fits(&self, len: usize, stride: usize) -> bool {
+        let segments = len / stride.max(1) + 1;
+        segments <= self.state.max_gso_segments() && len + stride <= u16::MAX as usize - 8
+    }
+
+    /// Sends whole datagrams of `stride` bytes (the last may be shorter) to
+    /// `to`, as one GSO send when there are several. Dropped if the socket
+    /// would block.
+    fn send(&self, to: SocketAddr, contents: &[u8], stride: usize) {
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents,
+            segment_size: (contents.len() > stride).then_some(stride),
+            src_ip: None,
+        };
+        let sent = self.socket.try_io(tokio::io::Interest::WRITABLE, || {
+            self.state.send((&*self.socket).into(), &transmit)
+        });
+        if let Err(e) = sent
+            && e.kind() != std::io::ErrorKind::WouldBlock
+        {
+            tracing::debug!(%to, error = %e, "relay UDP send failed");
+        }
+    }
+}
+
 /// Reads the UDP socket until shutdown: STUN and relay frames into the
 /// relay, and idle sessions out of it.
 pub(crate) async fn udp_loop(hub: Arc<RelayHub>, mut shutdown: watch::Receiver<bool>) {
-    let mut buf = vec![0u8; wire::MAX_FRAME + 1];
+    let udp = match UdpIo::new(hub.udp.clone()) {
+        Ok(udp) => udp,
+        Err(e) => {
+            tracing::error!(error = %e, "the UDP socket cannot be used: no STUN, no relay over UDP");
+            return;
+        }
+    };
+    // One slot per datagram, large enough for a GRO batch when the system
+    // coalesces (64 KiB), else for the largest frame.
+    let slot = if udp.state.gro_segments() > 1 {
+        u16::MAX as usize
+    } else {
+        wire::MAX_FRAME + 1
+    };
+    let mut storage = vec![vec![0u8; slot]; RECV_BATCH];
+    let mut meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
     let idle = hub.relay().limits().idle_timeout;
     let mut tick =
         tokio::time::interval((idle / 4).clamp(Duration::from_millis(50), Duration::from_secs(1)));
@@ -194,8 +337,17 @@ pub(crate) async fn udp_loop(hub: Arc<RelayHub>, mut shutdown: watch::Receiver<b
     let mut error_warned: Option<Instant> = None;
     loop {
         tokio::select! {
-            received = hub.udp.recv_from(&mut buf) => match received {
-                Ok((n, from)) => hub.handle(Sink::Udp(normalize(from)), &buf[..n], None),
+            received = udp.socket.async_io(tokio::io::Interest::READABLE, || {
+                let mut bufs: Vec<IoSliceMut<'_>> =
+                    storage.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+                udp.state.recv((&*udp.socket).into(), &mut bufs, &mut meta)
+            }) => match received {
+                Ok(n) => {
+                    for (m, buf) in meta.iter().zip(&storage).take(n) {
+                        let len = m.len.min(buf.len());
+                        hub.handle_batch(&udp, Sink::Udp(normalize(m.addr)), &buf[..len], m.stride);
+                    }
+                }
                 // ICMP errors for earlier sends (a party's port closed)
                 // show up here on some systems: not this socket's fault.
                 Err(e) if matches!(

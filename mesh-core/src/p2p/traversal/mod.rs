@@ -200,14 +200,7 @@ pub(crate) fn start(
     let relay_addr = mux.add_session(session, ctl_tx);
     let (bound_tx, bound_rx) = watch::channel(BindState::Binding);
     let now = Instant::now().into_std();
-    // The target binds after its punch window: the socket's TTL is low
-    // during it.
-    let bind_at = if punch.is_empty() {
-        now
-    } else {
-        now + punch::WINDOW
-    };
-    let binding = binding.map(|frame| Binding::new(&frame, paths.udp.is_some(), bind_at));
+    let binding = binding.map(|frame| Binding::new(&frame, paths.udp.is_some(), now));
     if binding.is_none() {
         bound_tx.send_replace(BindState::Failed);
     }
@@ -249,6 +242,14 @@ async fn drive(
     bound: watch::Sender<BindState>,
 ) {
     let started = Instant::now();
+    // The first BIND leaves before the TTL goes down for the punches (its
+    // retransmissions during the window may not reach the server). With a
+    // UDP port, a new binding's first output is that BIND.
+    if let (Some(b), Some(server)) = (binding.as_mut(), paths.udp)
+        && let Some(BindOutput::SendUdp(frame)) = b.poll(Instant::now().into_std())
+    {
+        mux.send_raw(server, frame);
+    }
     let mut low_ttl = puncher.poll_timeout().map(|_| mux.low_ttl(punch::TTL));
     let mut opening: Option<Pin<Box<dyn Future<Output = io::Result<RelayStream>> + Send>>> = None;
     loop {

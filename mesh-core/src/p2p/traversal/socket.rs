@@ -36,6 +36,11 @@ use crate::relay::{RefuseCode, RelayFrame};
 /// At most this many relayed datagrams wait for quinn to read them.
 const MAX_QUEUED: usize = 4096;
 
+/// The socket's send and receive buffers, asked of the system (which caps
+/// them at `net.core.rmem_max` / `wmem_max`): bursts of relayed datagrams
+/// must not overflow the default ~200 KiB.
+const SOCKET_BUFFER: usize = 4 << 20;
+
 /// The synthetic address quinn uses for `session`'s relayed path.
 pub fn relay_addr(session: SessionId, v6: bool) -> SocketAddr {
     let b = session.as_bytes();
@@ -146,6 +151,11 @@ impl Mux {
     pub fn new(socket: std::net::UdpSocket) -> io::Result<Arc<Self>> {
         let v6 = socket.local_addr()?.is_ipv6();
         let ttl = if v6 { None } else { socket.try_clone().ok() };
+        if let Ok(state) = quinn::udp::UdpSocketState::new((&socket).into()) {
+            // Best effort: the system caps them.
+            let _ = state.set_recv_buffer_size((&socket).into(), SOCKET_BUFFER);
+            let _ = state.set_send_buffer_size((&socket).into(), SOCKET_BUFFER);
+        }
         let normal_ttl = ttl.as_ref().and_then(|s| s.ttl().ok()).unwrap_or(64);
         let inner = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket)?;
         Ok(Arc::new(Self {
@@ -376,6 +386,9 @@ impl Mux {
     }
 
     /// Wraps a transmit to a relayed path's address in `DATA` frames.
+    ///
+    /// Over UDP, a GSO batch stays one: each segment gets its header and the
+    /// batch leaves as one send of `segment + 17`-byte segments.
     fn send_relayed(
         &self,
         route: Route,
@@ -387,6 +400,29 @@ impl Mux {
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
+        if let (Some(Carrier::Udp), Some(server)) = (route.carrier, server) {
+            let chunks = transmit.contents.len().div_ceil(seg);
+            let mut batch = Vec::with_capacity(transmit.contents.len() + chunks * DATA_HEADER);
+            for chunk in transmit.contents.chunks(seg) {
+                batch.extend_from_slice(&header);
+                batch.extend_from_slice(chunk);
+            }
+            let sent = self.inner.try_send(&Transmit {
+                destination: server,
+                ecn: transmit.ecn,
+                contents: &batch,
+                segment_size: (chunks > 1).then_some(seg + DATA_HEADER),
+                src_ip: None,
+            });
+            let mut st = self.lock();
+            match sent {
+                Ok(()) => st.stats.relayed_out += chunks as u64,
+                // quinn waits for the socket and sends the batch again.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Err(e),
+                Err(_) => st.stats.relay_dropped += chunks as u64,
+            }
+            return Ok(());
+        }
         let mut st_stats_out = 0u64;
         let mut dropped = 0u64;
         let mut first = true;
