@@ -144,42 +144,45 @@ class P2pTest(unittest.IsolatedAsyncioTestCase):
             with open(os.path.join(report.path, rel), "rb") as f:
                 self.assertEqual(f.read(), data)
 
-    async def test_a_file_goes_through_the_relay_when_no_direct_path_answers(self):
+    async def test_the_relay_reaches_an_agent_no_direct_path_reaches(self):
+        # Two senders to one receiver that announces only UNREACHABLE, at the
+        # same time (the test waits for the slower one only): alice's session
+        # goes through the server's relay; carol's, with no_relay, fails with
+        # a clear error once the agent's connect timeout (10 s) is up.
         inbox = self.tmpdir()
         alice, _, alice_transfers = await self.agent()
+        carol, _, carol_transfers = await self.agent(no_relay=True)
         bob, _, bob_transfers = await self.agent(receive_dir=inbox, announce=[UNREACHABLE])
         room = await self.shared_room(alice, bob)
+        await carol.client().join_room(room.id)
         src = os.path.join(self.tmpdir(), "relayed.bin")
         content = os.urandom(256 * 1024 + 3)
         with open(src, "wb") as f:
             f.write(content)
-
-        sent = await alice.send_file(room.id, bob.peer_id(), src, alice_transfers)
-        self.assertEqual((sent.via, sent.size), ("relay", len(content)))
-        what, report = await bob_transfers.next_done()
-        self.assertEqual(what, "received", report)
-        self.assertEqual((report.via, report.session_id), ("relay", sent.session_id))
-        self.assertEqual(report.blake3, sent.blake3)
-        with open(report.path, "rb") as f:
-            self.assertEqual(f.read(), content)
-
-    async def test_without_the_relay_an_unreachable_agent_is_a_clear_error(self):
-        # Fails once the connect timeout (10 s in the agent) is up: no hang.
-        inbox = self.tmpdir()
-        alice, _, alice_transfers = await self.agent(no_relay=True)
-        bob, _, bob_transfers = await self.agent(receive_dir=inbox, announce=[UNREACHABLE])
-        room = await self.shared_room(alice, bob)
-        src = os.path.join(self.tmpdir(), "stuck.bin")
-        with open(src, "wb") as f:
+        stuck = os.path.join(self.tmpdir(), "stuck.bin")
+        with open(stuck, "wb") as f:
             f.write(b"never sent")
 
-        with self.assertRaises(mesh.MeshError.P2p) as caught:
-            await asyncio.wait_for(
-                alice.send_file(room.id, bob.peer_id(), src, alice_transfers), 2 * TIMEOUT
-            )
-        self.assertIn(caught.exception.code, ("timeout", "unreachable"), caught.exception.reason)
-        self.assertEqual(os.listdir(inbox), [])
-        self.assertEqual(alice_transfers.progress, [])
+        async def relayed():
+            sent = await alice.send_file(room.id, bob.peer_id(), src, alice_transfers)
+            self.assertEqual((sent.via, sent.size), ("relay", len(content)))
+            what, report = await bob_transfers.next_done()
+            self.assertEqual(what, "received", report)
+            self.assertEqual((report.via, report.session_id), ("relay", sent.session_id))
+            self.assertEqual(report.blake3, sent.blake3)
+            with open(report.path, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+        async def without_relay():
+            with self.assertRaises(mesh.MeshError.P2p) as caught:
+                await asyncio.wait_for(
+                    carol.send_file(room.id, bob.peer_id(), stuck, carol_transfers), 2 * TIMEOUT
+                )
+            self.assertIn(caught.exception.code, ("timeout", "unreachable"), caught.exception.reason)
+            self.assertEqual(carol_transfers.progress, [])
+
+        await asyncio.gather(relayed(), without_relay())
+        self.assertEqual(os.listdir(inbox), ["relayed.bin"])
 
     async def test_an_existing_file_is_refused_and_left_alone(self):
         inbox = self.tmpdir()
