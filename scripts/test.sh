@@ -101,7 +101,7 @@ PYTHONPATH=bindings/mesh-ffi/generated/python MESH_SERVER_BIN="$target_dir/debug
   timeout 300 python3 -m unittest discover -s bindings/mesh-ffi/tests -v
 echo "python binding took $(( $(date +%s) - bindings_start )) s"
 
-step "Kotlin binding (uniffi): the chat test from a Kotlin main (kotlinc from npm, JNA from Debian)"
+step "Kotlin binding (uniffi): the chat test and the P2P transfers (direct, relayed) from one Kotlin main (kotlinc from npm, JNA from Debian)"
 bindings_start=$(date +%s)
 (cd bindings/mesh-ffi/tests/kotlin && npm ci --no-audit --no-fund --loglevel=error)
 MESH_SERVER_BIN="$target_dir/debug/mesh-server" timeout 300 bindings/mesh-ffi/tests/kotlin/run.sh

@@ -1,6 +1,9 @@
 """P2P transfers between two agents through the generated Python binding:
 real QUIC on loopback, sessions granted by a real mesh-server, progress
-reported through the listener. Desktop targets only (as the binding).
+reported through the listener; each report says the path it took (`via`):
+`direct` on loopback, `relay` through the server's relay when the receiver
+announces only an address nobody answers at (and a clear error instead with
+`no_relay`). Desktop targets only (as the binding).
 
 Run by scripts/test.sh with the other binding tests (see test_chat.py).
 """
@@ -15,6 +18,11 @@ import mesh_ffi as mesh
 from support import PASSWORD, TIMEOUT, Listener, Server, name
 
 MIB = 1024 * 1024
+
+# A documentation address (RFC 5737). An agent that announces only it (given
+# addresses replace the discovered ones, the server-reflexive one too) gets
+# no answer to the sender's direct attempts: only the relay reaches it.
+UNREACHABLE = "192.0.2.1:9"
 
 
 class Transfers(mesh.TransferListener):
@@ -52,7 +60,7 @@ class P2pTest(unittest.IsolatedAsyncioTestCase):
         self.addCleanup(d.cleanup)
         return d.name
 
-    async def agent(self, receive_dir=None):
+    async def agent(self, receive_dir=None, announce=(), no_relay=False):
         api = mesh.MeshApi(self.server.url)
         auth = await api.register(name(), PASSWORD, None)
         loop = asyncio.get_running_loop()
@@ -62,8 +70,9 @@ class P2pTest(unittest.IsolatedAsyncioTestCase):
             receive_dir=receive_dir,
             overwrite=False,
             bind="127.0.0.1:0",
-            announce=[],
+            announce=list(announce),
             device_name="python agent",
+            no_relay=no_relay,
         )
         agent = await mesh.start_agent(self.server.url, auth.token, config, listener, transfers)
         self.addAsyncCleanup(agent.shutdown)
@@ -88,9 +97,11 @@ class P2pTest(unittest.IsolatedAsyncioTestCase):
         sent = await alice.send_file(room.id, bob.peer_id(), src, alice_transfers)
         self.assertEqual((sent.kind, sent.size, sent.files), ("file", len(content), 1))
         self.assertEqual(sent.resumed_from, 0)
+        self.assertEqual(sent.via, "direct")
 
         what, report = await bob_transfers.next_done()
         self.assertEqual(what, "received", report)
+        self.assertEqual(report.via, "direct")
         self.assertEqual(report.session_id, sent.session_id)
         self.assertEqual(report.blake3, sent.blake3)
         self.assertEqual(os.path.dirname(report.path), os.path.realpath(inbox))
@@ -124,13 +135,54 @@ class P2pTest(unittest.IsolatedAsyncioTestCase):
                 f.write(data)
 
         sent = await alice.send_folder(room.id, bob.peer_id(), src, alice_transfers)
-        self.assertEqual((sent.kind, sent.files), ("folder", 2))
+        self.assertEqual((sent.kind, sent.files, sent.via), ("folder", 2, "direct"))
         what, report = await bob_transfers.next_done()
         self.assertEqual(what, "received", report)
+        self.assertEqual(report.via, "direct")
         self.assertEqual(report.path, os.path.join(os.path.realpath(inbox), "album"))
         for rel, data in files.items():
             with open(os.path.join(report.path, rel), "rb") as f:
                 self.assertEqual(f.read(), data)
+
+    async def test_the_relay_reaches_an_agent_no_direct_path_reaches(self):
+        # Two senders to one receiver that announces only UNREACHABLE, at the
+        # same time (the test waits for the slower one only): alice's session
+        # goes through the server's relay; carol's, with no_relay, fails with
+        # a clear error once the agent's connect timeout (10 s) is up.
+        inbox = self.tmpdir()
+        alice, _, alice_transfers = await self.agent()
+        carol, _, carol_transfers = await self.agent(no_relay=True)
+        bob, _, bob_transfers = await self.agent(receive_dir=inbox, announce=[UNREACHABLE])
+        room = await self.shared_room(alice, bob)
+        await carol.client().join_room(room.id)
+        src = os.path.join(self.tmpdir(), "relayed.bin")
+        content = os.urandom(256 * 1024 + 3)
+        with open(src, "wb") as f:
+            f.write(content)
+        stuck = os.path.join(self.tmpdir(), "stuck.bin")
+        with open(stuck, "wb") as f:
+            f.write(b"never sent")
+
+        async def relayed():
+            sent = await alice.send_file(room.id, bob.peer_id(), src, alice_transfers)
+            self.assertEqual((sent.via, sent.size), ("relay", len(content)))
+            what, report = await bob_transfers.next_done()
+            self.assertEqual(what, "received", report)
+            self.assertEqual((report.via, report.session_id), ("relay", sent.session_id))
+            self.assertEqual(report.blake3, sent.blake3)
+            with open(report.path, "rb") as f:
+                self.assertEqual(f.read(), content)
+
+        async def without_relay():
+            with self.assertRaises(mesh.MeshError.P2p) as caught:
+                await asyncio.wait_for(
+                    carol.send_file(room.id, bob.peer_id(), stuck, carol_transfers), 2 * TIMEOUT
+                )
+            self.assertIn(caught.exception.code, ("timeout", "unreachable"), caught.exception.reason)
+            self.assertEqual(carol_transfers.progress, [])
+
+        await asyncio.gather(relayed(), without_relay())
+        self.assertEqual(os.listdir(inbox), ["relayed.bin"])
 
     async def test_an_existing_file_is_refused_and_left_alone(self):
         inbox = self.tmpdir()

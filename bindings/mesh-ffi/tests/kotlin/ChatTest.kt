@@ -1,16 +1,14 @@
-// The chat scenario and a P2P file transfer through the generated Kotlin
-// binding (JNA + coroutines),
-// against a real mesh-server on a free port. Run by
+// The chat scenario through the generated Kotlin binding (JNA + coroutines),
+// against a real mesh-server on a free port, then the P2P transfers of
+// P2pTest.kt against the same server. Run by
 // bindings/mesh-ffi/tests/kotlin/run.sh (scripts/test.sh calls it).
 
-import java.io.File
 import java.nio.file.Files
 import java.util.UUID
 import java.util.concurrent.LinkedBlockingQueue
 import java.util.concurrent.TimeUnit
 import kotlin.concurrent.thread
 import kotlinx.coroutines.runBlocking
-import uniffi.mesh_ffi.AgentConfig
 import uniffi.mesh_ffi.MeshApi
 import uniffi.mesh_ffi.MeshEvent
 import uniffi.mesh_ffi.MeshException
@@ -19,7 +17,6 @@ import uniffi.mesh_ffi.TransferListener
 import uniffi.mesh_ffi.TransferProgress
 import uniffi.mesh_ffi.TransferReport
 import uniffi.mesh_ffi.connect
-import uniffi.mesh_ffi.startAgent
 
 const val PASSWORD = "correct horse battery"
 
@@ -87,8 +84,10 @@ fun main(args: Array<String>) {
     try {
         runBlocking { chat(url) }
         println("kotlin chat test: ok")
-        runBlocking { transfer(url) }
-        println("kotlin file transfer test: ok")
+        runBlocking { p2pDirect(url) }
+        println("kotlin P2P test, direct: ok")
+        runBlocking { p2pRelayed(url) }
+        println("kotlin P2P test, relayed: ok")
     } finally {
         server.destroy()
         server.waitFor(10, TimeUnit.SECONDS)
@@ -149,41 +148,4 @@ suspend fun chat(url: String) {
     bob.shutdown()
     val closed = aliceEvents.waitFor { it as? MeshEvent.Closed }
     check(closed.error == null) { "$closed" }
-}
-
-/** Two P2P agents: a file goes from one to the other over QUIC. */
-suspend fun transfer(url: String) {
-    val api = MeshApi(url)
-    val tmp = Files.createTempDirectory("mesh-kt-p2p-").toFile()
-    try {
-        val inbox = File(tmp, "inbox")
-        fun config(who: String, receive: File?) = AgentConfig(
-            File(tmp, "$who-identity").path, receive?.path, false, "127.0.0.1:0", listOf(), "kotlin"
-        )
-        val aliceTransfers = Transfers()
-        val bobTransfers = Transfers()
-        val alice = startAgent(url, api.register(name(), PASSWORD, null).token,
-            config("alice", null), Events(), aliceTransfers)
-        val bob = startAgent(url, api.register(name(), PASSWORD, null).token,
-            config("bob", inbox), Events(), bobTransfers)
-        val room = alice.client().createRoom("files", null, false)
-        bob.client().joinRoom(room.id)
-
-        val src = File(tmp, "notes.bin")
-        val content = ByteArray(2 * 1024 * 1024 + 7) { (it * 31 % 251).toByte() }
-        src.writeBytes(content)
-        val sent = alice.sendFile(room.id, bob.peerId()!!, src.path, aliceTransfers)
-        check(sent.size == content.size.toULong()) { "$sent" }
-        val received = bobTransfers.next() as? TransferReport ?: throw AssertionError("receive failed")
-        check(received.blake3 == sent.blake3) { "$received vs $sent" }
-        check(File(received.path).readBytes().contentEquals(content)) { "content differs" }
-        val last = aliceTransfers.progress.last()
-        check(last.done == last.total && last.total == content.size.toULong()) { "$last" }
-        check(bobTransfers.progress.isNotEmpty()) { "no receive progress" }
-
-        alice.shutdown()
-        bob.shutdown()
-    } finally {
-        tmp.deleteRecursively()
-    }
 }
