@@ -37,10 +37,6 @@ use crate::resolve;
 /// (the agent side; the sending side takes `--connect-timeout`).
 pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a new endpoint waits for its first STUN answer before it
-/// announces itself without a server-reflexive address.
-const DISCOVERY_WAIT: Duration = Duration::from_secs(1);
-
 /// The options every P2P command shares.
 #[derive(Clone, Copy, Debug, Default, Args)]
 pub(crate) struct PathArgs {
@@ -56,37 +52,6 @@ pub(crate) fn path_word(path: PathKind) -> &'static str {
         PathKind::Direct => "direct",
         PathKind::Relay => "relayed through the server",
     }
-}
-
-/// Tells `endpoint` what the server offers for sessions across networks,
-/// waits (briefly) for its server-reflexive address, announces it, and
-/// keeps announcing it when it changes. The returned task stops that.
-pub(crate) async fn use_server(
-    client: &Client,
-    endpoint: &Arc<P2pEndpoint>,
-    announce: &[String],
-    opts: PathArgs,
-) -> tokio::task::JoinHandle<()> {
-    let mut paths = client.p2p_paths(true).await;
-    if opts.no_relay {
-        paths.relay = false;
-        paths.stream = None;
-    }
-    let discovering = paths.udp.is_some();
-    endpoint.use_server(paths);
-    let mut mapped = endpoint.mapped_addr();
-    if discovering {
-        let _ = tokio::time::timeout(DISCOVERY_WAIT, mapped.wait_for(Option::is_some)).await;
-        if mapped.borrow_and_update().is_some() {
-            client.announce_p2p(endpoint.p2p_info(announce.to_vec()));
-        }
-    }
-    let (client, endpoint, announce) = (client.clone(), endpoint.clone(), announce.to_vec());
-    tokio::spawn(async move {
-        while mapped.changed().await.is_ok() {
-            client.announce_p2p(endpoint.p2p_info(announce.clone()));
-        }
-    })
 }
 
 /// `--connect-timeout SECS` as a duration.
@@ -173,7 +138,7 @@ pub(crate) async fn open(
     let info = endpoint.p2p_info(Vec::new());
     let (client, _events) = ctx.connect("mesh-cli", Some(info)).await?;
     // Before the request: the target punches towards what we announced.
-    let announcer = use_server(&client, &endpoint, &[], opts).await;
+    let announcer = client.attach_p2p(&endpoint, &[], !opts.no_relay).await;
     let result = async {
         let (me, _) = client
             .me()
@@ -267,7 +232,7 @@ impl Listener {
             .ok_or_else(|| anyhow!("the server did not welcome us"))?;
         endpoint.set_peer_id(me);
         let endpoint = Arc::new(endpoint);
-        let announcer = use_server(&client, &endpoint, announce, opts).await;
+        let announcer = client.attach_p2p(&endpoint, announce, !opts.no_relay).await;
         let addrs = endpoint.p2p_info(announce.to_vec()).addrs;
         Ok(Self {
             client,
@@ -284,7 +249,10 @@ impl Listener {
     pub(crate) async fn reconnected(&mut self, me: PeerId) {
         self.endpoint.set_peer_id(me);
         self.announcer.abort();
-        self.announcer = use_server(&self.client, &self.endpoint, &self.announce, self.opts).await;
+        self.announcer = self
+            .client
+            .attach_p2p(&self.endpoint, &self.announce, !self.opts.no_relay)
+            .await;
     }
 
     /// Starts expecting a session the server announced, when it is ours.

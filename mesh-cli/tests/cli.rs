@@ -530,14 +530,14 @@ async fn an_agent_nobody_reaches_directly_receives_through_the_relay() {
     let (alice, bob) = two_users_in_a_room(&server).await;
     let work = tempfile::tempdir().expect("temp dir");
     let inbox = work.path().join("inbox");
-    // The agent announces only an address nothing answers at (a
-    // documentation address): no direct path can work.
+    // The agent announces only an address nothing answers at (a local
+    // port nothing reads): no direct path can work.
     let mut agent = bob.spawn(&[
         "agent",
         "--receive-dir",
         inbox.to_str().expect("utf-8"),
         "--announce",
-        "192.0.2.1:9",
+        "127.0.0.1:9",
     ]);
     agent.wait("ready").await;
     let body = bytes(3_000_000, 9);
@@ -586,7 +586,7 @@ async fn an_agent_nobody_reaches_directly_receives_through_the_relay() {
         ])
         .await;
     assert!(
-        err.contains("could not reach bob's agent at 192.0.2.1:9") && err.contains("--no-relay"),
+        err.contains("could not reach bob's agent at 127.0.0.1:9") && err.contains("--no-relay"),
         "{err}"
     );
 }

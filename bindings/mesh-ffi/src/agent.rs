@@ -242,7 +242,12 @@ pub async fn start_agent(
         })?;
         endpoint.set_peer_id(me);
         let endpoint = Arc::new(endpoint);
-        use_server(&client, &endpoint, &config.announce, config.no_relay).await;
+        // Re-announces on its own; it ends with the endpoint.
+        drop(
+            client
+                .attach_p2p(&endpoint, &config.announce, !config.no_relay)
+                .await,
+        );
         let state = Arc::new(Receiving {
             dir: receive_dir,
             opts: ReceiveOptions::default().overwrite(config.overwrite),
@@ -275,41 +280,6 @@ struct Receiving {
     dir: Option<PathBuf>,
     opts: ReceiveOptions,
     transfers: Arc<dyn TransferListener>,
-}
-
-/// Tells `endpoint` what the server offers for sessions across networks,
-/// waits up to a second for its server-reflexive address, announces it, and
-/// keeps announcing it when it changes (until the endpoint goes).
-async fn use_server(
-    client: &Client,
-    endpoint: &Arc<P2pEndpoint>,
-    announce: &[String],
-    no_relay: bool,
-) {
-    let mut paths = client.p2p_paths(true).await;
-    if no_relay {
-        paths.relay = false;
-        paths.stream = None;
-    }
-    let discovering = paths.udp.is_some();
-    endpoint.use_server(paths);
-    let mut mapped = endpoint.mapped_addr();
-    if discovering {
-        let wait = mapped.wait_for(Option::is_some);
-        let _ = tokio::time::timeout(Duration::from_secs(1), wait).await;
-        if mapped.borrow_and_update().is_some() {
-            client.announce_p2p(endpoint.p2p_info(announce.to_vec()));
-        }
-    }
-    let (client, weak, announce) = (client.clone(), Arc::downgrade(endpoint), announce.to_vec());
-    tokio::spawn(async move {
-        while mapped.changed().await.is_ok() {
-            let Some(endpoint) = weak.upgrade() else {
-                break;
-            };
-            client.announce_p2p(endpoint.p2p_info(announce.clone()));
-        }
-    });
 }
 
 /// Hands chat events to the app, and tells the endpoint which sessions to

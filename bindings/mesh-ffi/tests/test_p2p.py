@@ -19,10 +19,11 @@ from support import PASSWORD, TIMEOUT, Listener, Server, name
 
 MIB = 1024 * 1024
 
-# A documentation address (RFC 5737). An agent that announces only it (given
+# A local port nothing reads (nothing leaves the machine). An agent that
+# announces only it (given
 # addresses replace the discovered ones, the server-reflexive one too) gets
 # no answer to the sender's direct attempts: only the relay reaches it.
-UNREACHABLE = "192.0.2.1:9"
+UNREACHABLE = "127.0.0.1:9"
 
 
 class Transfers(mesh.TransferListener):

@@ -6,6 +6,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -14,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::TlsConfig;
 use super::native::Client;
-use crate::p2p::{RelayStream, ServerPaths, StreamOpener};
+use crate::p2p::{P2pEndpoint, RelayStream, ServerPaths, StreamOpener};
 use crate::relay::wire::MAX_FRAME;
 
 /// Relay frames queued each way on the WebSocket; more are dropped, as a
@@ -50,6 +51,50 @@ impl Client {
             relay: info.relay,
             stream,
         }
+    }
+}
+
+/// How long [`Client::attach_p2p`] waits for the first STUN answer.
+const DISCOVERY_WAIT: Duration = Duration::from_secs(1);
+
+impl Client {
+    /// Points `endpoint` at what this server offers across networks
+    /// ([`Self::p2p_paths`]; the relay only if `relay`), waits up to a
+    /// second for its server-reflexive address and announces it
+    /// (`p2p.announce`, with `announce` as the explicit addresses, see
+    /// `P2pEndpoint::p2p_info`), then keeps announcing it when it changes
+    /// until the returned task is aborted or the endpoint is gone. Call it
+    /// after connecting, and again after a reconnect.
+    pub async fn attach_p2p(
+        &self,
+        endpoint: &Arc<P2pEndpoint>,
+        announce: &[String],
+        relay: bool,
+    ) -> tokio::task::JoinHandle<()> {
+        let mut paths = self.p2p_paths(true).await;
+        if !relay {
+            paths.relay = false;
+            paths.stream = None;
+        }
+        let discovering = paths.udp.is_some();
+        endpoint.use_server(paths);
+        let mut mapped = endpoint.mapped_addr();
+        if discovering {
+            let first = mapped.wait_for(Option::is_some);
+            let _ = tokio::time::timeout(DISCOVERY_WAIT, first).await;
+            if mapped.borrow_and_update().is_some() {
+                self.announce_p2p(endpoint.p2p_info(announce.to_vec()));
+            }
+        }
+        let (client, weak, announce) = (self.clone(), Arc::downgrade(endpoint), announce.to_vec());
+        tokio::spawn(async move {
+            while mapped.changed().await.is_ok() {
+                let Some(endpoint) = weak.upgrade() else {
+                    break;
+                };
+                client.announce_p2p(endpoint.p2p_info(announce.clone()));
+            }
+        })
     }
 }
 

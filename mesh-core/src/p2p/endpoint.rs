@@ -862,12 +862,18 @@ fn socket_addrs(addrs: &[String]) -> Vec<SocketAddr> {
     addrs.iter().filter_map(|a| a.parse().ok()).collect()
 }
 
-/// A connection over the relay keeps its route until it closes.
+/// How long a closed relayed connection keeps its route: QUIC's closing
+/// state, in which it repeats its `CONNECTION_CLOSE` to the peer.
+const ROUTE_DRAIN: Duration = Duration::from_secs(3);
+
+/// A connection over the relay keeps its route until it closed (and its
+/// goodbye had time to reach the peer).
 fn keep_route_while_open(mux: &Arc<Mux>, conn: &quinn::Connection) {
     if let Some(session) = mux.claim_addr(conn.remote_address()) {
         let (mux, conn) = (mux.clone(), conn.clone());
         tokio::spawn(async move {
             conn.closed().await;
+            tokio::time::sleep(ROUTE_DRAIN).await;
             mux.remove_session(session);
         });
     }

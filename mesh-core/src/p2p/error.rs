@@ -159,7 +159,7 @@ pub enum P2pError {
     },
     /// No address answered within the connect timeout.
     #[error(
-        "could not reach the peer within {0:?} (direct connections only; NAT traversal and relays are not supported yet)"
+        "could not reach the peer within {0:?}: no direct path worked and the server's relay did not carry the session (off, or out of reach)"
     )]
     Timeout(std::time::Duration),
     /// Every address failed (or none was usable).

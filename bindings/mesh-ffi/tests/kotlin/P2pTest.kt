@@ -12,11 +12,12 @@ import uniffi.mesh_ffi.TransferReport
 import uniffi.mesh_ffi.startAgent
 
 /**
- * A documentation address (RFC 5737). An agent that announces only it (given
+ * A local port nothing reads (nothing leaves the machine). An agent that
+ * announces only it (given
  * addresses replace the discovered ones) gets no answer to the sender's
  * direct attempts: only the server's relay reaches it.
  */
-const val UNREACHABLE = "192.0.2.1:9"
+const val UNREACHABLE = "127.0.0.1:9"
 
 /** Two agents in a shared room: alice sends, bob (announcing [bobAnnounce]) receives. */
 class Agents(private val url: String, private val tmp: File, private val bobAnnounce: List<String>) {
