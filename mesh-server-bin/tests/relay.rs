@@ -356,22 +356,7 @@ async fn bad_binds_are_refused_with_their_code() {
     // A token for another session (a session of the same server) with
     // this session's key.
     let keys = KeyRing::load_or_generate(&s.dir.path().join("keys")).expect("the server's keys");
-    let now = Timestamp::now();
-    let other = P2pSession {
-        id: SessionId::new(),
-        room_id: RoomId::new(),
-        kind: SessionKind::File,
-        initiator_peer_id: PeerId::new(),
-        target_peer_id: PeerId::new(),
-        initiator_user_id: UserId::new(),
-        target_user_id: UserId::new(),
-        state: SessionState::Pending,
-        created_at: now,
-        expires_at: now.saturating_add(Duration::from_secs(180)),
-    };
-    let other_token = issue_session_token(&keys, &other, now)
-        .expect("token")
-        .token;
+    let (other, other_token) = signed_session(&keys);
     let wrong_session = Grant {
         token: other_token,
         ..Grant::of(&to_alice)
@@ -383,6 +368,7 @@ async fn bad_binds_are_refused_with_their_code() {
 
     // This session's token, expired: signed by the server's own keys with
     // the session's id and an `exp` in the past.
+    let now = Timestamp::now();
     let mut expired = other.clone();
     expired.id = ga.sid;
     expired.expires_at = Timestamp::from_unix_millis(now.unix_millis() - 60_000);
@@ -582,18 +568,8 @@ async fn an_idle_relay_session_times_out() {
     }
 }
 
-/// A session token and both relay keys for a session of `s`, made with the
-/// server's own signing keys and relay secret (as `p2p.session.created`
-/// would hand them out).
-fn grants_from_the_server(s: &Server) -> (Grant, Grant) {
-    let keys = KeyRing::load_or_generate(&s.dir.path().join("keys")).expect("the server's keys");
-    let secret = s
-        .service
-        .config()
-        .engine
-        .relay_secret
-        .clone()
-        .expect("the server relays");
+/// A new session of nobody's and its token, signed with `keys`.
+fn signed_session(keys: &KeyRing) -> (P2pSession, String) {
     let now = Timestamp::now();
     let session = P2pSession {
         id: SessionId::new(),
@@ -607,9 +583,25 @@ fn grants_from_the_server(s: &Server) -> (Grant, Grant) {
         created_at: now,
         expires_at: now.saturating_add(Duration::from_secs(180)),
     };
-    let token = issue_session_token(&keys, &session, now)
+    let token = issue_session_token(keys, &session, now)
         .expect("token")
         .token;
+    (session, token)
+}
+
+/// A session token and both relay keys for a session of `s`, made with the
+/// server's own signing keys and relay secret (as `p2p.session.created`
+/// would hand them out).
+fn grants_from_the_server(s: &Server) -> (Grant, Grant) {
+    let keys = KeyRing::load_or_generate(&s.dir.path().join("keys")).expect("the server's keys");
+    let secret = s
+        .service
+        .config()
+        .engine
+        .relay_secret
+        .clone()
+        .expect("the server relays");
+    let (session, token) = signed_session(&keys);
     let grant = |party| Grant {
         sid: session.id,
         party,
