@@ -23,9 +23,11 @@
 //!   unless the sharer passes a [`TerminalPolicy`] allowing control.
 //!
 //! The frame layout is in [`frame`] and `docs/p2p.md`. Connections are
-//! direct (loopback, LAN, or any routable address); NAT traversal and relays
-//! come later. An unreachable peer is a [`P2pError::Timeout`] after the
-//! endpoint's connect timeout.
+//! direct where the network allows (loopback, LAN, a routable address, or
+//! through NATs after hole punching) and otherwise go through the server's
+//! relay, still end-to-end encrypted ([`traversal`],
+//! [`P2pEndpoint::use_server`]). An unreachable peer is a
+//! [`P2pError::Timeout`] after the endpoint's connect timeout.
 //!
 //! ```no_run
 //! # async fn demo(
