@@ -13,7 +13,11 @@
 //! `docs/p2p.md` ("Across networks").
 
 pub mod grant;
+// STUN and the relay itself are for the server and for agents; a chat
+// client (the wasm binding) needs only the frames and grants.
+#[cfg(any(feature = "server", feature = "p2p"))]
 pub mod server;
+#[cfg(any(feature = "server", feature = "p2p"))]
 pub mod stun;
 pub mod wire;
 
