@@ -143,12 +143,27 @@ impl Listeners {
             .await
             .with_context(|| format!("binding {tcp}"))?;
         let udp = match udp {
-            Some(addr) => addr,
-            None => tcp_listener.local_addr()?,
+            Some(addr) => UdpSocket::bind(addr)
+                .await
+                .with_context(|| format!("binding UDP {addr}"))?,
+            None => {
+                let same = tcp_listener.local_addr()?;
+                match UdpSocket::bind(same).await {
+                    Ok(udp) => udp,
+                    // Port 0 picked a TCP port whose number is taken for
+                    // UDP: any free UDP port will do.
+                    Err(_) if tcp.port() == 0 => {
+                        let any = SocketAddr::new(same.ip(), 0);
+                        UdpSocket::bind(any)
+                            .await
+                            .with_context(|| format!("binding UDP {any}"))?
+                    }
+                    Err(e) => {
+                        return Err(anyhow::Error::new(e).context(format!("binding UDP {same}")));
+                    }
+                }
+            }
         };
-        let udp = UdpSocket::bind(udp)
-            .await
-            .with_context(|| format!("binding UDP {udp}"))?;
         Ok(Self {
             tcp: tcp_listener,
             udp: Some(udp),

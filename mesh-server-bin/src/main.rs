@@ -313,9 +313,22 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         Some(addr) => addr,
         None => tcp.local_addr()?,
     };
-    let udp = tokio::net::UdpSocket::bind(udp_addr)
-        .await
-        .with_context(|| format!("binding UDP {udp_addr} (--udp-listen)"))?;
+    let udp = match tokio::net::UdpSocket::bind(udp_addr).await {
+        Ok(udp) => udp,
+        // `--listen HOST:0` picked a free TCP port whose number is taken
+        // for UDP: any free UDP port will do (the welcome announces it).
+        Err(_) if args.udp_listen.is_none() && args.listen.port() == 0 => {
+            let any = SocketAddr::new(udp_addr.ip(), 0);
+            tokio::net::UdpSocket::bind(any)
+                .await
+                .with_context(|| format!("binding UDP {any}"))?
+        }
+        Err(e) => {
+            return Err(
+                anyhow::Error::new(e).context(format!("binding UDP {udp_addr} (--udp-listen)"))
+            );
+        }
+    };
     config.p2p.udp_port = Some(udp.local_addr()?.port());
     // The data folder first: a server that refuses its data never listens.
     let service = mesh_server_bin::open_service(&config)?;
