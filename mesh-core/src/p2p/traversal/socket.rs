@@ -570,12 +570,73 @@ impl MeshSocket {
             }
             let st = st.get_or_insert_with(|| self.0.lock());
             let stride = if m.stride == 0 { len.max(1) } else { m.stride };
+            // The common case on a relayed path: a batch of DATA frames of
+            // one session from the server. Unwrapped where it lies and
+            // handed to quinn as one batch from the synthetic address.
+            if let Some((from, unwrapped)) = unwrap_relayed(st, m.addr, &mut bufs[i][..len], stride)
+            {
+                if kept != i {
+                    let (lo, hi) = bufs.split_at_mut(i);
+                    lo[kept][..unwrapped].copy_from_slice(&hi[0][..unwrapped]);
+                }
+                meta[kept] = RecvMeta {
+                    addr: from,
+                    len: unwrapped,
+                    stride: stride - DATA_HEADER,
+                    ecn: m.ecn,
+                    dst_ip: m.dst_ip,
+                };
+                kept += 1;
+                continue;
+            }
             for seg in bufs[i][..len].chunks(stride) {
                 self.0.handle_other(st, m.addr, seg);
             }
         }
         kept
     }
+}
+
+/// If `buf` is a batch of `stride`-byte `DATA` frames (the last may be
+/// shorter) from the server, all of one session with a relayed route:
+/// moves their payloads to the front of `buf`, back to back (the batch's
+/// new stride is `stride - DATA_HEADER`), and returns the session's
+/// synthetic address and the payloads' length. Otherwise `None`, and
+/// `buf` is unchanged.
+fn unwrap_relayed(
+    st: &mut State,
+    from: SocketAddr,
+    buf: &mut [u8],
+    stride: usize,
+) -> Option<(SocketAddr, usize)> {
+    if st.server != Some(from) || stride <= DATA_HEADER {
+        return None;
+    }
+    let header: [u8; DATA_HEADER] = buf.get(..DATA_HEADER)?.try_into().ok()?;
+    if header[0] != crate::relay::wire::DATA {
+        return None;
+    }
+    // Every segment: a DATA frame of the same session, with a payload.
+    let same = buf
+        .chunks(stride)
+        .all(|seg| seg.len() > DATA_HEADER && seg[..DATA_HEADER] == header);
+    if !same {
+        return None;
+    }
+    let session = SessionId::from_bytes(header[1..].try_into().ok()?);
+    let addr = *st.by_session.get(&session)?;
+    let mut at = 0;
+    let mut segments = 0u64;
+    let mut start = 0;
+    while start < buf.len() {
+        let end = (start + stride).min(buf.len());
+        buf.copy_within(start + DATA_HEADER..end, at);
+        at += end - start - DATA_HEADER;
+        segments += 1;
+        start = end;
+    }
+    st.stats.relayed_in += segments;
+    Some((addr, at))
 }
 
 /// Moves queued relayed datagrams into quinn's buffers.
@@ -626,6 +687,64 @@ mod tests {
         ] {
             assert!(!is_relay_addr(plain.parse().expect("addr")), "{plain}");
         }
+    }
+
+    #[test]
+    fn a_batch_of_data_frames_is_unwrapped_in_place() {
+        let server: SocketAddr = "192.0.2.1:8000".parse().expect("addr");
+        let (one, two) = (SessionId::new(), SessionId::new());
+        let mut st = State {
+            server: Some(server),
+            ..State::default()
+        };
+        let addr = relay_addr(one, false);
+        st.by_session.insert(one, addr);
+        let frame = |s: SessionId, fill: u8, n: usize| {
+            let mut f = data_header(s).to_vec();
+            f.extend(std::iter::repeat_n(fill, n));
+            f
+        };
+        // Three segments of 10 payload bytes and a last one of 4.
+        let mut batch = [
+            frame(one, 1, 10),
+            frame(one, 2, 10),
+            frame(one, 3, 10),
+            frame(one, 4, 4),
+        ]
+        .concat();
+        let stride = DATA_HEADER + 10;
+        assert_eq!(
+            unwrap_relayed(&mut st, server, &mut batch, stride),
+            Some((addr, 34))
+        );
+        let want: Vec<u8> = [[1u8; 10], [2; 10], [3; 10]]
+            .concat()
+            .into_iter()
+            .chain([4; 4])
+            .collect();
+        assert_eq!(&batch[..34], &want[..]);
+        assert_eq!(st.stats.relayed_in, 4);
+
+        // Left alone: another session in the batch, a session with no
+        // route, a source that is not the server, a frame that is not DATA.
+        let mixed = [frame(one, 1, 10), frame(two, 2, 10)].concat();
+        let unknown = frame(two, 1, 10);
+        let mut punch = RelayFrame::Punch {
+            session: one,
+            nonce: 1,
+        }
+        .to_vec();
+        for (mut buf, from) in [
+            (mixed, server),
+            (unknown, server),
+            (frame(one, 1, 10), "192.0.2.9:8000".parse().expect("addr")),
+        ] {
+            let before = buf.clone();
+            assert_eq!(unwrap_relayed(&mut st, from, &mut buf, stride), None);
+            assert_eq!(buf, before);
+        }
+        let len = punch.len();
+        assert_eq!(unwrap_relayed(&mut st, server, &mut punch, len), None);
     }
 
     #[tokio::test]
