@@ -49,7 +49,7 @@ use anyhow::{Context as _, ensure};
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, Event, HttpApi};
 use mesh_core::p2p::{
-    IncomingSession, OutgoingSession, P2pEndpoint, PathKind, ReceiveOptions, SendOptions,
+    IncomingSession, OutgoingSession, P2pEndpoint, PathKind, PathStats, ReceiveOptions, SendOptions,
 };
 use mesh_core::protocol::http::{CreateRoomRequest, RegisterRequest};
 use mesh_core::protocol::{P2pInfo, PeerId, RoomId, SessionKind};
@@ -131,6 +131,8 @@ struct Run {
     agents_cpu: f64,
     /// The server process.
     server_cpu: f64,
+    /// The sender's QUIC path at the end.
+    quic: PathStats,
 }
 
 /// A user's agent: its server connection and its endpoint.
@@ -336,6 +338,7 @@ impl Pair {
             })
             .await
         });
+        let monitor = out.monitor();
         let sent = out
             .send_file(src, &SendOptions::default(), |_| {})
             .await
@@ -350,6 +353,7 @@ impl Pair {
                 .map_or(secs, |t| t.duration_since(at).as_secs_f64()),
             agents_cpu: cpu_secs(std::process::id()) - cpu0,
             server_cpu: cpu_secs(self.server_pid) - server0,
+            quic: monitor.stats(),
         };
         self.initiator.client.close_p2p_session(grant.session.id);
         ensure!(
@@ -511,6 +515,23 @@ async fn measure(
     Ok(m)
 }
 
+fn quic_list(runs: &[Run]) -> String {
+    runs.iter()
+        .map(|r| {
+            let q = r.quic;
+            format!(
+                "{:.2} ms, {} KiB, {}, {}/{}",
+                q.rtt.as_secs_f64() * 1000.0,
+                q.cwnd / 1024,
+                q.congestion_events,
+                q.lost_packets,
+                q.sent_packets
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
     let size = if ctx.quick { 64 * MIB } else { 512 * MIB };
     let rounds = if ctx.quick { 1 } else { 3 };
@@ -665,6 +686,15 @@ pub(crate) async fn run(ctx: &Ctx) -> anyhow::Result<Figure> {
                 m.udp_direct.in_datagrams,
                 m.udp_direct.rcvbuf_errors,
                 m.udp_direct.sndbuf_errors
+            ),
+        )
+        .detail(
+            "quic",
+            format!(
+                "the sender's QUIC path at each round's end (rtt, cwnd, congestion events, lost/sent packets): \
+                 relay {}; direct {}",
+                quic_list(&m.relay),
+                quic_list(&m.direct)
             ),
         )
         .detail("stock", stock)

@@ -19,7 +19,9 @@ use super::identity::{fingerprint_of, normalise_fingerprint};
 use super::terminal::{self, TerminalCommand, TerminalPolicy, TerminalViewer};
 use super::traversal::bind::BindState;
 use super::traversal::socket::Mux;
-use super::traversal::{self, DIRECT_DELAY, PathKind, RELAY_DELAY, ServerPaths, Traversal};
+use super::traversal::{
+    self, DIRECT_DELAY, PathKind, PathMonitor, RELAY_DELAY, ServerPaths, Traversal,
+};
 use super::{ErrorCode, Identity, P2pError, tls};
 use crate::auth::{AuthError, SessionClaims, TokenVerifier};
 use crate::protocol::{P2pInfo, P2pSession, PeerId, RelayGrant, SessionId, SessionKind, Timestamp};
@@ -1150,6 +1152,11 @@ impl IncomingSession {
         self.session.conn.remote_address()
     }
 
+    /// The session's QUIC path figures, also after a transfer consumed it.
+    pub fn monitor(&self) -> PathMonitor {
+        PathMonitor(self.session.conn.clone())
+    }
+
     /// Whether the session runs straight between the agents or through the
     /// server's relay (then [`Self::remote_address`] is a synthetic one).
     pub fn path(&self) -> PathKind {
@@ -1251,6 +1258,11 @@ impl OutgoingSession {
     /// The peer's address.
     pub fn remote_address(&self) -> SocketAddr {
         self.session.conn.remote_address()
+    }
+
+    /// The session's QUIC path figures, also after a transfer consumed it.
+    pub fn monitor(&self) -> PathMonitor {
+        PathMonitor(self.session.conn.clone())
     }
 
     /// Whether the session runs straight between the agents or through the

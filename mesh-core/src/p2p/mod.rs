@@ -77,4 +77,4 @@ pub use identity::{Identity, fingerprint_of};
 pub use terminal::{
     TerminalCommand, TerminalEvent, TerminalPolicy, TerminalReader, TerminalViewer, TerminalWriter,
 };
-pub use traversal::{PathKind, RelayStream, ServerPaths, StreamOpener};
+pub use traversal::{PathKind, PathMonitor, PathStats, RelayStream, ServerPaths, StreamOpener};

@@ -82,6 +82,46 @@ impl PathKind {
     }
 }
 
+/// A session's QUIC path, for diagnostics: kept by the caller while the
+/// session itself is consumed by a transfer (see
+/// `OutgoingSession::monitor`).
+#[derive(Clone, Debug)]
+pub struct PathMonitor(pub(crate) quinn::Connection);
+
+impl PathMonitor {
+    /// The path's figures now.
+    pub fn stats(&self) -> PathStats {
+        let s = self.0.stats();
+        PathStats {
+            kind: PathKind::of(self.0.remote_address()),
+            rtt: s.path.rtt,
+            cwnd: s.path.cwnd,
+            congestion_events: s.path.congestion_events,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            lost_bytes: s.path.lost_bytes,
+            mtu: s.path.current_mtu,
+        }
+    }
+}
+
+/// Figures of a session's QUIC path (QUIC's own estimates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PathStats {
+    pub kind: PathKind,
+    /// Smoothed round-trip time.
+    pub rtt: Duration,
+    /// Congestion window, bytes.
+    pub cwnd: u64,
+    /// Times the congestion controller cut the window.
+    pub congestion_events: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub lost_bytes: u64,
+    /// The path's current maximum UDP payload.
+    pub mtu: u16,
+}
+
 impl fmt::Display for PathKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
