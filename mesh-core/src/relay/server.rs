@@ -1105,6 +1105,55 @@ mod tests {
     }
 
     #[test]
+    fn state_stays_bounded_under_floods_from_many_sources() {
+        let limits = RelayLimits {
+            max_sessions: 50,
+            ..RelayLimits::default()
+        };
+        let idle = limits.idle_timeout;
+        let mut lab = Lab::new(limits);
+        let from = |i: u32| Sink::Udp(SocketAddr::from((i.to_be_bytes(), 40_000)));
+        // STUN from three times as many addresses as the limiter keeps,
+        // slow enough for the global rate: it never holds more.
+        let request = stun::binding_request([1; 12]);
+        let mut answered = 0;
+        for i in 0..3 * SOURCE_LIMITER_CAPACITY as u32 {
+            lab.advance(Duration::from_millis(1));
+            if matches!(lab.send(from(0x0a00_0000 + i), &request), Action::Reply(_)) {
+                answered += 1;
+            }
+            assert!(lab.relay.sources.sources.len() <= SOURCE_LIMITER_CAPACITY);
+        }
+        assert!(answered > 2 * SOURCE_LIMITER_CAPACITY, "{answered}");
+        // Valid half-bound sessions, each from its own address and users:
+        // never more than `max_sessions`; the rest are refused.
+        let mut refused = 0;
+        for i in 0..200 {
+            lab.advance(Duration::from_millis(1));
+            let (sid, token) = lab.session(None, 180);
+            match refused_code(&lab.bind(from(0x0b00_0000 + i), sid, RelayParty::Initiator, &token))
+            {
+                Some(RefuseCode::OverBudget) => refused += 1,
+                None => {}
+                other => panic!("{other:?}"),
+            }
+            assert!(lab.relay.sessions.len() <= 50);
+            assert!(lab.relay.users.len() <= 2 * 50);
+        }
+        assert_eq!(refused, 150);
+        // Left alone, they all go, and with them every user's share.
+        lab.advance(idle + Duration::from_secs(1));
+        let _ = lab.relay.expire(lab.now);
+        assert_eq!(lab.relay.sessions.len(), 0);
+        assert_eq!(lab.relay.users.len(), 0);
+        let (sid, token) = lab.session(None, 180);
+        assert_eq!(
+            lab.bind(udp(9), sid, RelayParty::Initiator, &token),
+            bound(sid)
+        );
+    }
+
+    #[test]
     fn garbage_is_ignored() {
         let mut lab = Lab::new(RelayLimits::default());
         let (sid, _) = lab.session(None, 180);
