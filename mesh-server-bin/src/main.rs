@@ -170,6 +170,21 @@ struct Args {
     /// Seconds a relayed session may go without traffic before it ends [default: 30].
     #[arg(long, env = "MESH_RELAY_IDLE_SECS", value_name = "SECS")]
     relay_idle_secs: Option<u64>,
+    /// MiB per second one relayed session may move, both ways together;
+    /// more is dropped [default: 64].
+    #[arg(long, env = "MESH_RELAY_SESSION_MIBPS", value_name = "MIB")]
+    relay_session_mibps: Option<u64>,
+    /// MiB per second one user may relay across all its sessions [default: 128].
+    #[arg(long, env = "MESH_RELAY_USER_MIBPS", value_name = "MIB")]
+    relay_user_mibps: Option<u64>,
+    /// GiB one relayed session may move in all; past it the session ends
+    /// [default: 8].
+    #[arg(long, env = "MESH_RELAY_SESSION_GIB", value_name = "GIB")]
+    relay_session_gib: Option<u64>,
+    /// Seconds a P2P session grant (its token) stays valid for connecting;
+    /// a connected session outlives it [default: 180].
+    #[arg(long, env = "MESH_P2P_SESSION_TTL_SECS", value_name = "SECS")]
+    p2p_session_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -252,6 +267,36 @@ impl Args {
         if let Some(secs) = self.relay_idle_secs {
             anyhow::ensure!(secs >= 1, "--relay-idle-secs must be at least 1");
             config.p2p.limits.idle_timeout = Duration::from_secs(secs);
+        }
+        const MIB: u64 = 1 << 20;
+        if let Some(mib) = self.relay_session_mibps {
+            anyhow::ensure!(
+                (1..=1 << 20).contains(&mib),
+                "--relay-session-mibps must be between 1 and 1048576"
+            );
+            config.p2p.limits.session_rate = mib * MIB;
+        }
+        if let Some(mib) = self.relay_user_mibps {
+            anyhow::ensure!(
+                (1..=1 << 20).contains(&mib),
+                "--relay-user-mibps must be between 1 and 1048576"
+            );
+            config.p2p.limits.user_rate = mib * MIB;
+        }
+        if let Some(gib) = self.relay_session_gib {
+            anyhow::ensure!(
+                (1..=1 << 20).contains(&gib),
+                "--relay-session-gib must be between 1 and 1048576"
+            );
+            config.p2p.limits.session_bytes = gib << 30;
+        }
+        if let Some(secs) = self.p2p_session_ttl_secs {
+            let max = mesh_core::auth::tokens::MAX_CAPABILITY_TTL.as_secs();
+            anyhow::ensure!(
+                (5..=max).contains(&secs),
+                "--p2p-session-ttl-secs must be between 5 and {max}"
+            );
+            config.service.engine.session_ttl = Duration::from_secs(secs);
         }
         if !config.ice.turn_urls.is_empty() {
             let file = self
