@@ -99,6 +99,10 @@ pub(crate) fn explain(e: P2pError, peer: &str, addrs: &[String]) -> anyhow::Erro
 pub(crate) struct Opened {
     pub(crate) session: OutgoingSession,
     pub(crate) peer: Peer,
+    /// From asking the server for the session until the peer's agent
+    /// answered over the chosen path (QUIC and TLS handshake, hello): the
+    /// time to the first byte, less one round trip.
+    pub(crate) connect_time: Duration,
     /// Must stay alive while the session runs.
     pub(crate) link: Link,
 }
@@ -144,6 +148,7 @@ pub(crate) async fn open(
             .me()
             .ok_or_else(|| anyhow!("the server did not welcome us"))?;
         let (room, peer) = resolve::peer(client.http(), peer_arg, room_arg, me).await?;
+        let asked = std::time::Instant::now();
         let grant = client
             .request_p2p_session(room, peer.peer_id, kind)
             .await
@@ -161,13 +166,14 @@ pub(crate) async fn open(
                 client.close_p2p_session(grant.session.id);
                 explain(e, &peer.user.username, &target.addrs)
             })?;
-        Ok::<_, anyhow::Error>((session, peer))
+        Ok::<_, anyhow::Error>((session, peer, asked.elapsed()))
     }
     .await;
     match result {
-        Ok((session, peer)) => Ok(Opened {
+        Ok((session, peer, connect_time)) => Ok(Opened {
             session,
             peer,
+            connect_time,
             link: Link {
                 client,
                 endpoint,

@@ -433,6 +433,10 @@ async fn an_agent_receives_files_and_nested_folders() {
     assert_eq!(sent["size"], 1_500_000);
     assert_eq!(sent["to"], "bob");
     assert_eq!(sent["path"], "direct", "one machine: {sent}");
+    let connect = sent["connect_seconds"].as_f64().expect("connect_seconds");
+    let whole = sent["seconds"].as_f64().expect("seconds");
+    assert!(connect > 0.0 && connect < 10.0, "{sent}");
+    assert!(whole > 0.0, "{sent}");
     let received = agent.wait("received").await;
     assert_eq!(received["from"], "alice");
     assert_eq!(received["via"], "direct");
@@ -547,6 +551,8 @@ async fn an_agent_nobody_reaches_directly_receives_through_the_relay() {
         .json(&["send-file", "bob", source.to_str().expect("utf-8")])
         .await;
     assert_eq!(sent["path"], "relay", "{sent}");
+    let connect = sent["connect_seconds"].as_f64().expect("connect_seconds");
+    assert!(connect > 0.0 && connect < 10.0, "{sent}");
     let received = agent.wait("received").await;
     assert_eq!(received["via"], "relay");
     assert_eq!(

@@ -70,17 +70,66 @@ impl Server {
         }
     }
 
+    fn remote(&self) -> Remote {
+        Remote {
+            addr: self.addr,
+            udp: self.udp,
+        }
+    }
+
     async fn token(&self, username: &str) -> String {
-        let req = mesh_core::protocol::http::RegisterRequest {
-            username: username.into(),
-            password: "correct horse battery".into(),
-            ..Default::default()
-        };
-        self.service
-            .register(req, None)
+        self.remote().register(username).await
+    }
+
+    async fn ws(&self, token: &str) -> (WsClient, Value) {
+        self.remote().ws(token).await
+    }
+
+    /// Alice asks for a session with bob: both `p2p.session.created`
+    /// payloads, alice's first.
+    async fn session(&self) -> (Value, Value) {
+        let (to_alice, to_bob, _) = self.remote().session("alice", "bob").await;
+        (to_alice, to_bob)
+    }
+}
+
+/// A server reached over the network only: this process's own, or the NAT
+/// lab's (`lab_*` tests).
+#[derive(Clone, Copy)]
+struct Remote {
+    /// HTTP and WebSockets.
+    addr: SocketAddr,
+    /// STUN and the relay.
+    udp: SocketAddr,
+}
+
+/// The connections that keep a session's parties (and so the session) up.
+struct Parties {
+    initiator: WsClient,
+    target: WsClient,
+    room: Value,
+}
+
+impl Parties {
+    /// One more session between the same two connections.
+    async fn another(&mut self) -> (Value, Value) {
+        Remote::another_session(&mut self.initiator, &mut self.target, &self.room).await
+    }
+}
+
+impl Remote {
+    /// Registers `username` over HTTP; its access token.
+    async fn register(&self, username: &str) -> String {
+        let r = http_client()
+            .post(format!("http://{}/api/auth/register", self.addr))
+            .json(&json!({"username": username, "password": "correct horse battery"}))
+            .send()
             .await
-            .expect("register")
-            .token
+            .expect("register");
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.expect("json");
+        assert_eq!(status, 201, "register {username}: {body}");
+        body["token"].as_str().expect("token").to_owned()
     }
 
     async fn ws(&self, token: &str) -> (WsClient, Value) {
@@ -94,10 +143,11 @@ impl Server {
         (client, welcome)
     }
 
-    /// Alice asks for a session with bob: both `p2p.session.created`
-    /// payloads, alice's first.
-    async fn session(&self) -> (Value, Value) {
-        let (a, b) = (self.token("alice").await, self.token("bob").await);
+    /// `initiator` (registered now) asks for a session with `target`: both
+    /// `p2p.session.created` payloads, the initiator's first, and the
+    /// connections that keep the session up.
+    async fn session(&self, initiator: &str, target: &str) -> (Value, Value, Parties) {
+        let (a, b) = (self.register(initiator).await, self.register(target).await);
         let (mut wa, welcome) = self.ws(&a).await;
         assert_eq!(
             welcome["payload"]["p2p"]["udp_port"],
@@ -119,6 +169,17 @@ impl Server {
         let room = room["room"]["id"].clone();
         let joined = wb.request("room.join", json!({"room_id": room}), "j").await;
         assert_eq!(joined["type"], "room.joined", "{joined}");
+        let (to_a, to_b) = Self::another_session(&mut wa, &mut wb, &room).await;
+        let parties = Parties {
+            initiator: wa,
+            target: wb,
+            room,
+        };
+        (to_a, to_b, parties)
+    }
+
+    /// One more session between two connections in `room`.
+    async fn another_session(wa: &mut WsClient, wb: &mut WsClient, room: &Value) -> (Value, Value) {
         let created = wa
             .request(
                 "p2p.session.request",
@@ -127,12 +188,13 @@ impl Server {
             )
             .await;
         assert_eq!(created["type"], "p2p.session.created", "{created}");
-        let to_bob = wb.expect("p2p.session.created").await;
-        (created["payload"].clone(), to_bob["payload"].clone())
+        let to_b = wb.expect("p2p.session.created").await;
+        (created["payload"].clone(), to_b["payload"].clone())
     }
 }
 
 /// What a party needs to bind: session id, party, key and token.
+#[derive(Clone)]
 struct Grant {
     sid: SessionId,
     party: RelayParty,
@@ -175,7 +237,12 @@ impl Grant {
 }
 
 async fn udp_client(server: SocketAddr) -> UdpSocket {
-    let s = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let any = if server.ip().is_loopback() {
+        "127.0.0.1:0"
+    } else {
+        "0.0.0.0:0"
+    };
+    let s = UdpSocket::bind(any).await.expect("bind");
     s.connect(server).await.expect("connect");
     s
 }
@@ -483,34 +550,8 @@ async fn a_server_that_does_not_relay_says_so_and_still_answers_stun() {
 async fn garbage_and_a_flood_leave_the_server_serving() {
     let s = Server::start(|_| {}).await;
     let flood = udp_client(s.udp).await;
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let cookie = 0x2112_a442_u32.to_be_bytes();
-    for i in 0..20_000u32 {
-        let r = next();
-        let len = (r % 1500) as usize;
-        let mut d: Vec<u8> = (0..len).map(|j| (r >> (j % 57)) as u8).collect();
-        match i % 4 {
-            // Relay frame types with random bodies.
-            0 if !d.is_empty() => d[0] = 0x21 + (r % 5) as u8,
-            // STUN-looking messages.
-            1 if d.len() >= 20 => {
-                d[0] &= 0x3f;
-                d[4..8].copy_from_slice(&cookie);
-            }
-            _ => {}
-        }
-        // A full socket buffer drops datagrams, as the network would.
-        let _ = flood.try_send(&d);
-        if i % 1000 == 0 {
-            tokio::task::yield_now().await;
-        }
-    }
+    let (to_alice, _) = s.session().await;
+    flood_with_garbage(&flood, 20_000, &Grant::of(&to_alice)).await;
     // Still answering STUN (this source may be over its rate for a moment:
     // asked again until answered) and HTTP.
     let tx = [9u8; 12];
@@ -566,6 +607,52 @@ async fn an_idle_relay_session_times_out() {
         }
         assert!(Instant::now() < deadline, "the session never timed out");
     }
+}
+
+/// Sends `n` datagrams of garbage to the server: random bytes, relay frame
+/// types with random bodies, STUN-looking messages, and `BIND`s of made-up
+/// sessions carrying `grant`'s real token and key. A full socket buffer
+/// drops some, as the network would. Returns how many left.
+async fn flood_with_garbage(to: &UdpSocket, n: u32, grant: &Grant) -> u32 {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let cookie = 0x2112_a442_u32.to_be_bytes();
+    let mut sent = 0;
+    for i in 0..n {
+        let r = next();
+        let len = (r % 1500) as usize;
+        let mut d: Vec<u8> = (0..len).map(|j| (r >> (j % 57)) as u8).collect();
+        match i % 5 {
+            // Relay frame types with random bodies.
+            0 if !d.is_empty() => d[0] = 0x21 + (r % 5) as u8,
+            // STUN-looking messages.
+            1 if d.len() >= 20 => {
+                d[0] &= 0x3f;
+                d[4..8].copy_from_slice(&cookie);
+            }
+            // A made-up session with a real token and key.
+            2 => {
+                d = Grant {
+                    sid: SessionId::new(),
+                    ..Grant::clone(grant)
+                }
+                .bind()
+            }
+            _ => {}
+        }
+        if to.try_send(&d).is_ok() {
+            sent += 1;
+        }
+        if i % 1000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    sent
 }
 
 /// A new session of nobody's and its token, signed with `keys`.
@@ -675,4 +762,137 @@ async fn the_relay_websocket_works_over_https() {
         .await
         .expect("send");
     assert_eq!(recv(&b).await, frame);
+}
+
+// ------------------------------------------------------------------------
+// The NAT lab's relay probe: `mesh-cli/tests/nat-lab/run.sh` runs these two
+// inside a home namespace (behind its NAT router) against the lab's real
+// mesh-server, started with a short `--p2p-session-ttl-secs`. Ignored in
+// the ordinary run: they need that server (`MESH_LAB_SERVER`, its
+// `ip:port`) and a file to pass a grant between them (`MESH_LAB_GRANT`).
+
+fn lab_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set (run by the NAT lab)"))
+}
+
+fn lab_remote() -> Remote {
+    let addr: SocketAddr = lab_env("MESH_LAB_SERVER").parse().expect("ip:port");
+    // The lab's server has its UDP port on the TCP port's number.
+    Remote { addr, udp: addr }
+}
+
+/// Users of this probe run: unique on the lab's long-lived server.
+fn lab_user(tag: &str) -> String {
+    format!("probe{}{tag}", std::process::id())
+}
+
+#[tokio::test]
+#[ignore = "run by the NAT lab against its server (MESH_LAB_SERVER, MESH_LAB_GRANT)"]
+async fn lab_prepare_a_grant_that_will_expire() {
+    let remote = lab_remote();
+    let (to_initiator, _, _parties) = remote.session(&lab_user("x"), &lab_user("y")).await;
+    assert!(
+        to_initiator["relay"].is_object(),
+        "no relay grant: {to_initiator}"
+    );
+    std::fs::write(lab_env("MESH_LAB_GRANT"), to_initiator.to_string()).expect("write grant");
+    println!(
+        "grant for session {} expires at {}",
+        to_initiator["session"]["id"], to_initiator["session"]["expires_at"]
+    );
+}
+
+#[tokio::test]
+#[ignore = "run by the NAT lab against its server (MESH_LAB_SERVER, MESH_LAB_GRANT)"]
+async fn lab_the_relay_refuses_foreign_and_expired_tokens() {
+    let remote = lab_remote();
+    let c = udp_client(remote.udp).await;
+
+    // The grant prepared earlier in the lab, now past its expiry.
+    let prepared: Value =
+        serde_json::from_str(&std::fs::read_to_string(lab_env("MESH_LAB_GRANT")).expect("grant"))
+            .expect("json");
+    let expires: Timestamp =
+        serde_json::from_value(prepared["session"]["expires_at"].clone()).expect("expires_at");
+    assert!(
+        Timestamp::now() > expires,
+        "the lab checks the expired grant before it expired ({expires:?})"
+    );
+    assert_eq!(
+        refusal(&ask(&c, &Grant::of(&prepared).bind()).await),
+        Some(RefuseCode::TokenExpired),
+        "an expired token"
+    );
+
+    // Two live sessions between the same two users.
+    let (one_a, one_b, mut parties) = remote.session(&lab_user("a"), &lab_user("b")).await;
+    let (two_a, _) = parties.another().await;
+    let (one, two) = (Grant::of(&one_a), Grant::of(&two_a));
+    // Session two's id and key with session one's token.
+    let foreign = Grant {
+        token: one.token.clone(),
+        ..Grant::of(&two_a)
+    };
+    assert_eq!(
+        refusal(&ask(&c, &foreign.bind()).await),
+        Some(RefuseCode::WrongSession),
+        "a token for another session"
+    );
+    // Session one's token and key, claiming session two.
+    let claimed = Grant {
+        sid: two.sid,
+        ..Grant::of(&one_a)
+    };
+    assert_eq!(
+        refusal(&ask(&c, &claimed.bind()).await),
+        Some(RefuseCode::NotAParty),
+        "a key for another session"
+    );
+    // A third party holding session one's token, guessing the key.
+    let guess = Grant {
+        key: [0x5a; 32],
+        ..Grant::of(&one_a)
+    };
+    assert_eq!(
+        refusal(&ask(&c, &guess.bind()).await),
+        Some(RefuseCode::NotAParty),
+        "a token reused by a third party"
+    );
+    // Nothing above opened anything; the real parties still can.
+    assert_eq!(
+        refusal(&ask(&c, &one.data(&[0xc0; 32])).await),
+        Some(RefuseCode::NotBound)
+    );
+    let (a, b) = (udp_client(remote.udp).await, udp_client(remote.udp).await);
+    let one_b = Grant::of(&one_b);
+    assert!(is_bound(&ask(&a, &one.bind()).await, one.sid));
+    assert!(is_bound(&ask(&b, &one_b.bind()).await, one.sid));
+    let frame = one.data(b"\xc0 through the lab's relay");
+    a.send(&frame).await.expect("send");
+    assert_eq!(recv(&b).await, frame);
+    println!("refused: expired, foreign session, foreign key, third party; the parties relay");
+
+    // A flood from behind the NAT: garbage, STUN-looking bytes, and BINDs
+    // of made-up sessions with session one's token (each costs the relay
+    // at most an HMAC). The server goes on answering.
+    let flood = udp_client(remote.udp).await;
+    let sent = flood_with_garbage(&flood, 30_000, &one).await;
+    let tx = [7u8; 12];
+    let answer = loop {
+        let a = ask(&flood, &stun::binding_request(tx)).await;
+        if stun::parse_response(&a).is_some() {
+            break a;
+        }
+    };
+    assert_eq!(stun::parse_response(&answer).map(|(t, _)| t), Some(tx));
+    let health = http_client()
+        .get(format!("http://{}/health", remote.addr))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(health.status().as_u16(), 200);
+    // The parties' session still relays.
+    a.send(&frame).await.expect("send");
+    assert_eq!(recv(&b).await, frame);
+    println!("flood: {sent} datagrams sent; STUN, HTTP and the relayed session still answer");
 }

@@ -104,7 +104,7 @@ pub(crate) async fn share(ctx: &Ctx, args: ShareArgs) -> anyhow::Result<()> {
     emit(
         ctx,
         json!({"event": "sharing", "with": peer, "session_id": id, "allow_control": control,
-            "path": path.as_str()}),
+            "path": path.as_str(), "connect_seconds": opened.connect_time.as_secs_f64()}),
         || {
             format!(
                 "sharing a terminal with {peer} ({mode}, {}); it ends when the program exits or {peer} leaves",

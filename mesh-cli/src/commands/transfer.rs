@@ -76,6 +76,7 @@ pub(crate) async fn send_file(ctx: &Ctx, args: SendFileArgs) -> anyhow::Result<(
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();
     let path = opened.session.path();
+    let connect_secs = opened.connect_time.as_secs_f64();
     let label = args
         .path
         .file_name()
@@ -105,7 +106,7 @@ pub(crate) async fn send_file(ctx: &Ctx, args: SendFileArgs) -> anyhow::Result<(
             "size": report.size, "transferred": report.transferred,
             "resumed_from": report.resumed_from,
             "blake3": report.blake3.to_hex().to_string(), "seconds": secs,
-            "path": path.as_str(),
+            "path": path.as_str(), "connect_seconds": connect_secs,
         }),
         || {
             let resumed = if report.resumed_from > 0 {
@@ -148,6 +149,7 @@ pub(crate) async fn send_folder(ctx: &Ctx, args: SendFolderArgs) -> anyhow::Resu
     let addrs = opened.peer.p2p.clone().map(|i| i.addrs).unwrap_or_default();
     let id = opened.session.session_id();
     let path = opened.session.path();
+    let connect_secs = opened.connect_time.as_secs_f64();
     let bar = progress_bar(ctx, 0, &format!("-> {peer}"));
     let started = Instant::now();
     let p2p::Opened { session, link, .. } = opened;
@@ -168,7 +170,7 @@ pub(crate) async fn send_folder(ctx: &Ctx, args: SendFolderArgs) -> anyhow::Resu
         json!({
             "sent": report.root, "to": peer, "session_id": id, "files": report.files.len(),
             "dirs": report.dirs, "size": size, "skipped": report.skipped, "seconds": secs,
-            "path": path.as_str(),
+            "path": path.as_str(), "connect_seconds": connect_secs,
         }),
         || {
             let mut text = format!(

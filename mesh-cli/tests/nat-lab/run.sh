@@ -161,6 +161,7 @@ home "$HC" "hc$id" 10.3.0.2/24 10.3.0.1
 
 # ------------------------------------------------------- topology checks
 fail() { echo "FAIL: $*" >&2; exit 1; }
+wanted() { [ -z "${MESH_LAB_SCENARIOS:-}" ] || [[ " $MESH_LAB_SCENARIOS " == *" $1 "* ]]; }
 for r in "$RA" "$RB" "$RC"; do
   for key in nf_conntrack_udp_timeout nf_conntrack_udp_timeout_stream; do
     v=$(nsx "$r" sysctl -n "net.netfilter.$key")
@@ -270,13 +271,48 @@ if [ "${MESH_LAB_TOPOLOGY_ONLY:-}" = 1 ]; then exit 0; fi
 
 # ----------------------------------------------------- server and agents
 mkdir -p "$work/data"
-nsx "$PUB" "$MESH_SERVER_BIN" --listen "$SERVER_IP:$PORT" --data "$work/data" >"$work/server.log" 2>&1 &
+# Session grants live 20 s here (180 s by default) so that scenario 8 can
+# present an expired one; every transfer connects within a few seconds of
+# asking for its session.
+GRANT_TTL=20
+nsx "$PUB" "$MESH_SERVER_BIN" --listen "$SERVER_IP:$PORT" --data "$work/data" \
+  --p2p-session-ttl-secs "$GRANT_TTL" >"$work/server.log" 2>&1 &
 disown
 for _ in $(seq 100); do
   nsx "$PUB" bash -c "exec 3<>/dev/tcp/$SERVER_IP/$PORT" 2>/dev/null && break
   sleep 0.1
 done
 nsx "$PUB" bash -c "exec 3<>/dev/tcp/$SERVER_IP/$PORT" 2>/dev/null || { cat "$work/server.log" >&2; fail "mesh-server did not start"; }
+# Its pid (the job above is a shell running `ip netns exec`), for its memory.
+server_pid=$(for pid in $(ip netns pids "$PUB"); do
+  [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = mesh-server ] && echo "$pid"; done | head -n 1)
+[ -n "$server_pid" ] || fail "mesh-server's pid not found in $PUB"
+
+# The relay probe (scenario 8): two ignored tests of mesh-server-bin's
+# tests/relay.rs, run inside hB against this server. Located through cargo
+# with the test script's own flags (--workspace --all-features), so nothing
+# is rebuilt; MESH_RELAY_PROBE overrides.
+probe=${MESH_RELAY_PROBE:-}
+if [ -z "$probe" ] && wanted 8; then
+  probe=$(cd "$repo" && cargo test -q --workspace --all-features --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    j = json.loads(line)
+    t = j.get("target") or {}
+    if j.get("executable") and t.get("name") == "relay" and "test" in t.get("kind", []) and "mesh-server-bin" in j.get("package_id", ""):
+        print(j["executable"])')
+fi
+run_probe() { # test-name log
+  nsx "$HB" env MESH_LAB_SERVER="$SERVER_IP:$PORT" MESH_LAB_GRANT="$work/grant.json" \
+    "$probe" --ignored --exact "$1" --nocapture >"$2" 2>&1
+}
+if wanted 8; then
+  [ -x "$probe" ] || fail "the relay probe (mesh-server-bin's relay test binary) was not found; build it with cargo test --workspace --all-features --no-run"
+  run_probe lab_prepare_a_grant_that_will_expire "$work/probe-prepare.log" \
+    || { cat "$work/probe-prepare.log" >&2; fail "the relay probe could not prepare a grant"; }
+  probe_prepared=$(date +%s)
+fi
 
 mesh() { # ns user args... : the real binary, in a home, with that user's config folder
   local ns=$1 user=$2
@@ -343,6 +379,18 @@ for line in open(sys.argv[1]):
     if isinstance(v, dict) and v.get("path") in ("direct", "relay"): path = v["path"]
 print(path)' "$1"
 }
+# Seconds from asking for the session to the peer's answer over the path
+# ("connect_seconds"), from a send's --json output; "?" when absent.
+connect_of() {
+  python3 -c '
+import json, sys
+secs = "?"
+for line in open(sys.argv[1]):
+    try: v = json.loads(line)
+    except ValueError: continue
+    if isinstance(v, dict) and "connect_seconds" in v: secs = "%.3f" % v["connect_seconds"]
+print(secs)' "$1"
+}
 server_bytes() { # router: bytes it forwarded to and from the server since the last reset
   nsx "$1" iptables -L LABACCT -v -x -n | awk 'NR > 2 { n += $2 } END { print n + 0 }'
 }
@@ -350,7 +398,7 @@ results=()
 direct_ok=0 direct_n=0 relay_ok=0 relay_n=0 failed=0
 record() { # scenario expected status detail seconds
   local line
-  line=$(printf '%-34s expected %-6s %-4s %5s s  %s' "$1" "$2" "$3" "$5" "$4")
+  line=$(printf '%-34s expected %-6s %-4s %s  %s' "$1" "$2" "$3" "$5" "$4")
   echo "$line"
   results+=("$line")
   if [ "$2" = direct ]; then direct_n=$((direct_n + 1)); else relay_n=$((relay_n + 1)); fi
@@ -365,6 +413,7 @@ record() { # scenario expected status detail seconds
 judge() { # name expected rc out seconds extra-check-result min-relay-bytes
   local name=$1 want=$2 rc=$3 out=$4 secs=$5 extra=$6 min=$7 got bytes
   got=$(path_of "$out")
+  secs="$secs s, connected in $(connect_of "$out")"
   bytes=$(server_bytes "$RA")
   if [ "$rc" != 0 ]; then
     record "$name" "$want" FAIL "exit $rc: $(grep -h error "$out" | tail -n 1 | cut -c1-200)" "$secs"
@@ -396,7 +445,6 @@ send_file() { # scenario-name expected peer peer-user [send-file options...]
   fi
   judge "$name" "$want" "$rc" "$work/send-$n.out" "$secs" "$extra" $((32 * 1024 * 1024))
 }
-wanted() { [ -z "${MESH_LAB_SCENARIOS:-}" ] || [[ " $MESH_LAB_SCENARIOS " == *" $1 "* ]]; }
 
 # --------------------------------------------------------------- scenarios
 if wanted 1; then send_file "1 one LAN (hA -> hA2)" direct bob 1; fi
@@ -455,6 +503,30 @@ if wanted 7; then
   done
   echo "after conntrack -F: carol's agent reconnected in $(( $(date +%s) - t7 )) s"
   send_file "7 scenario 2 after conntrack -F" direct carol 7
+fi
+
+if wanted 8; then
+  # Bad input at the relay, from behind hB's NAT: an expired grant (the
+  # one prepared at start-up), a token for another session, a key for
+  # another session, a third party holding a token; then a flood of
+  # garbage and bogus BINDs. The server's memory before and after.
+  wait_s=$(( probe_prepared + GRANT_TTL + 2 - $(date +%s) ))
+  if [ "$wait_s" -gt 0 ]; then echo "waiting ${wait_s} s for the prepared grant to expire"; sleep "$wait_s"; fi
+  rss_before=$(awk '/^VmRSS/ { print $2 }' "/proc/$server_pid/status")
+  t0=$(date +%s.%N) rc=0
+  run_probe lab_the_relay_refuses_foreign_and_expired_tokens "$work/probe-check.log" || rc=$?
+  secs=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+  rss_after=$(awk '/^VmRSS/ { print $2 }' "/proc/$server_pid/status")
+  growth=$(( (rss_after - rss_before) / 1024 ))
+  line=$(printf '%-34s expected %-6s %-4s %s s  %s' "8 bad tokens and a flood (hB)" refuse \
+    "$([ "$rc" = 0 ] && [ "$growth" -lt 64 ] && echo ok || echo FAIL)" "$secs" \
+    "server RSS ${rss_before} -> ${rss_after} KiB; $(grep -h -E '^(refused|flood)' "$work/probe-check.log" | tr '\n' ' ')")
+  echo "$line"
+  results+=("$line")
+  if [ "$rc" != 0 ] || [ "$growth" -ge 64 ]; then
+    tail -n 30 "$work/probe-check.log" >&2
+    failed=$((failed + 1))
+  fi
 fi
 
 echo
