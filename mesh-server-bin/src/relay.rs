@@ -29,17 +29,15 @@ use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use mesh_core::Error;
 use mesh_core::protocol::Timestamp;
 use mesh_core::relay::server::{Action, Relay, RelayLimits, Sink};
 use mesh_core::relay::wire;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 
 use crate::AppState;
 use crate::http::Body;
@@ -402,38 +400,25 @@ pub(crate) async fn upgrade(
     limits.max_message_bytes = wire::MAX_FRAME;
     let heartbeat = state.service.config().engine.heartbeat_interval;
     let shutdown = state.shutdown.clone();
-    let alive = state.alive.clone();
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let _alive = alive;
-        let _slots = slots;
-        let upgraded = match on_upgrade.await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::debug!(error = %e, "relay upgrade failed");
-                return;
-            }
-        };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(limits.tungstenite_config()),
-        )
-        .await;
-        let (id, rx, queued) = hub.open_stream();
-        run_stream(ws, &hub, id, (rx, queued), heartbeat, shutdown).await;
-        hub.close_stream(id);
-    });
-    Ok(crate::ws::switching_protocols(&accept))
+    Ok(crate::ws::finish_upgrade(
+        state,
+        req,
+        &accept,
+        &limits,
+        slots,
+        move |ws| async move {
+            let (id, rx, queued) = hub.open_stream();
+            run_stream(ws, &hub, id, (rx, queued), heartbeat, shutdown).await;
+            hub.close_stream(id);
+        },
+    ))
 }
-
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// One relay WebSocket: binary messages into the relay, queued frames out,
 /// pings every `heartbeat`; closed after three heartbeats without a word
 /// from the client.
 async fn run_stream(
-    ws: Ws,
+    ws: crate::ws::Ws,
     hub: &RelayHub,
     id: u64,
     (mut rx, queued): (mpsc::Receiver<Bytes>, Arc<AtomicUsize>),

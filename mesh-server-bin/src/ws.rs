@@ -235,31 +235,56 @@ pub(crate) async fn upgrade(
         .await?;
     let heartbeat = state.service.config().engine.heartbeat_interval;
     let shutdown = state.shutdown.clone();
+    Ok(finish_upgrade(
+        state,
+        req,
+        &accept,
+        &limits,
+        (slot, client_slot),
+        move |ws| run_connection(ws, peer, conn, rx, queued_bytes, close, heartbeat, shutdown),
+    ))
+}
+
+/// A server-side WebSocket over a hyper upgrade.
+pub(crate) type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+/// Completes a checked WebSocket handshake: returns the `101` answer and,
+/// in a task of its own, waits for hyper's upgrade and runs `serve` on the
+/// socket (with `limits`). `hold` (the connection's slots) and the
+/// server's shutdown wait are held until `serve` returns.
+pub(crate) fn finish_upgrade<H, F, Fut>(
+    state: &AppState,
+    req: Request<Incoming>,
+    accept: &str,
+    limits: &crate::WsLimits,
+    hold: H,
+    serve: F,
+) -> Response<Body>
+where
+    H: Send + 'static,
+    F: FnOnce(Ws) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     let alive = state.alive.clone();
+    let config = limits.tungstenite_config();
     let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         let _alive = alive;
-        let _slot = (slot, client_slot);
+        let _hold = hold;
         let upgraded = match on_upgrade.await {
             Ok(u) => u,
             Err(e) => {
-                tracing::debug!(error = %e, "upgrade failed");
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
                 return;
             }
         };
-        let ws = WebSocketStream::from_raw_socket(
-            TokioIo::new(upgraded),
-            Role::Server,
-            Some(limits.tungstenite_config()),
-        )
-        .await;
-        run_connection(ws, peer, conn, rx, queued_bytes, close, heartbeat, shutdown).await;
+        let ws =
+            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config))
+                .await;
+        serve(ws).await;
     });
-
-    Ok(switching_protocols(&accept))
+    switching_protocols(accept)
 }
-
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 type WsSink = futures_util::stream::SplitSink<Ws, Message>;
 
 /// The close frame owed to a client whose frame tungstenite refused, or

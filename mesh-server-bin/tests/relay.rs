@@ -828,36 +828,35 @@ async fn lab_the_relay_refuses_foreign_and_expired_tokens() {
     let (one_a, one_b, mut parties) = remote.session(&lab_user("a"), &lab_user("b")).await;
     let (two_a, _) = parties.another().await;
     let (one, two) = (Grant::of(&one_a), Grant::of(&two_a));
-    // Session two's id and key with session one's token.
-    let foreign = Grant {
-        token: one.token.clone(),
-        ..Grant::of(&two_a)
-    };
-    assert_eq!(
-        refusal(&ask(&c, &foreign.bind()).await),
-        Some(RefuseCode::WrongSession),
-        "a token for another session"
-    );
-    // Session one's token and key, claiming session two.
-    let claimed = Grant {
-        sid: two.sid,
-        ..Grant::of(&one_a)
-    };
-    assert_eq!(
-        refusal(&ask(&c, &claimed.bind()).await),
-        Some(RefuseCode::NotAParty),
-        "a key for another session"
-    );
-    // A third party holding session one's token, guessing the key.
-    let guess = Grant {
-        key: [0x5a; 32],
-        ..Grant::of(&one_a)
-    };
-    assert_eq!(
-        refusal(&ask(&c, &guess.bind()).await),
-        Some(RefuseCode::NotAParty),
-        "a token reused by a third party"
-    );
+    let refused = [
+        (
+            "a token for another session (session two's id and key)",
+            Grant {
+                token: one.token.clone(),
+                ..Grant::of(&two_a)
+            },
+            RefuseCode::WrongSession,
+        ),
+        (
+            "a key for another session (session one's, claiming two)",
+            Grant {
+                sid: two.sid,
+                ..Grant::of(&one_a)
+            },
+            RefuseCode::NotAParty,
+        ),
+        (
+            "a third party holding session one's token, guessing the key",
+            Grant {
+                key: [0x5a; 32],
+                ..Grant::of(&one_a)
+            },
+            RefuseCode::NotAParty,
+        ),
+    ];
+    for (what, grant, code) in refused {
+        assert_eq!(refusal(&ask(&c, &grant.bind()).await), Some(code), "{what}");
+    }
     // Nothing above opened anything; the real parties still can.
     assert_eq!(
         refusal(&ask(&c, &one.data(&[0xc0; 32])).await),

@@ -367,29 +367,21 @@ stale_wait() {
 }
 
 # ---------------------------------------------------------------- checks
-# The path a send took, from its --json output: the last "path" field equal
-# to "direct" or "relay" in any line; "missing" when there is none.
-path_of() {
+# What a send's --json output says: the path it took (the last "path"
+# field equal to "direct" or "relay" in any line; "missing" when there is
+# none) and the seconds from asking for the session to the peer's answer
+# over that path (the last "connect_seconds"; "?" when absent).
+send_fields() {
   python3 -c '
 import json, sys
-path = "missing"
+path, secs = "missing", "?"
 for line in open(sys.argv[1]):
     try: v = json.loads(line)
     except ValueError: continue
-    if isinstance(v, dict) and v.get("path") in ("direct", "relay"): path = v["path"]
-print(path)' "$1"
-}
-# Seconds from asking for the session to the peer's answer over the path
-# ("connect_seconds"), from a send's --json output; "?" when absent.
-connect_of() {
-  python3 -c '
-import json, sys
-secs = "?"
-for line in open(sys.argv[1]):
-    try: v = json.loads(line)
-    except ValueError: continue
-    if isinstance(v, dict) and "connect_seconds" in v: secs = "%.3f" % v["connect_seconds"]
-print(secs)' "$1"
+    if not isinstance(v, dict): continue
+    if v.get("path") in ("direct", "relay"): path = v["path"]
+    if "connect_seconds" in v: secs = "%.3f" % v["connect_seconds"]
+print(path, secs)' "$1"
 }
 server_bytes() { # router: bytes it forwarded to and from the server since the last reset
   nsx "$1" iptables -L LABACCT -v -x -n | awk 'NR > 2 { n += $2 } END { print n + 0 }'
@@ -411,9 +403,9 @@ record() { # scenario expected status detail seconds
 # Judges a finished send: exit status, path, and the bytes through router A
 # to the server (a relayed 32 MiB must cross it; a direct one must not).
 judge() { # name expected rc out seconds extra-check-result min-relay-bytes
-  local name=$1 want=$2 rc=$3 out=$4 secs=$5 extra=$6 min=$7 got bytes
-  got=$(path_of "$out")
-  secs="$secs s, connected in $(connect_of "$out")"
+  local name=$1 want=$2 rc=$3 out=$4 secs=$5 extra=$6 min=$7 got connect bytes
+  read -r got connect < <(send_fields "$out")
+  secs="$secs s, connected in $connect"
   bytes=$(server_bytes "$RA")
   if [ "$rc" != 0 ]; then
     record "$name" "$want" FAIL "exit $rc: $(grep -h error "$out" | tail -n 1 | cut -c1-200)" "$secs"
