@@ -27,7 +27,7 @@ use mesh_core::client::P2pSessionGrant;
 use mesh_core::client::{
     Client, ClientError, Event, HistoryPage, HistoryQuery, HttpApi, TlsConfig,
 };
-use mesh_core::engine::RtcKind;
+use mesh_core::protocol::RtcKind;
 use mesh_core::protocol::http::{AuthResponse, CreateRoomRequest, LoginRequest, RegisterRequest};
 use mesh_core::protocol::{
     Member, Message, PeerId, Presence, Role, Room, RoomId, RtcSignal, SessionId, SessionKind, User,
@@ -811,7 +811,7 @@ impl MeshClient {
     ) -> Result<(), MeshError> {
         let kind: RtcKind = kind
             .parse()
-            .map_err(|e: mesh_core::Error| MeshError::invalid(e.to_string()))?;
+            .map_err(|e: mesh_core::protocol::UnknownRtcKind| MeshError::invalid(e.to_string()))?;
         let room_id = parse_room(&room_id)?;
         let target_peer_id: PeerId = parse_id("peer", &target_peer_id)?;
         let body = match serde_json::from_str(&body_json) {

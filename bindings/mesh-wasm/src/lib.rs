@@ -32,7 +32,7 @@ use mesh_core::client::{
     ClientConfig, ClientError, ClientState, Completion, Event, HistoryPage, HistoryQuery, Reply,
     RequestId,
 };
-use mesh_core::engine::RtcKind;
+use mesh_core::protocol::RtcKind;
 use mesh_core::protocol::http::{CreateRoomRequest, LoginRequest, RegisterRequest, RoleRequest};
 use mesh_core::protocol::{
     PeerId, Presence, Role, RoomId, RtcSignal, SessionId, SessionKind, Timestamp, UserId,
@@ -794,7 +794,7 @@ impl MeshClient {
     ) -> Result<(), JsValue> {
         let kind: RtcKind = kind
             .parse()
-            .map_err(|e: mesh_core::Error| invalid(&e.to_string()))?;
+            .map_err(|e: mesh_core::protocol::UnknownRtcKind| invalid(&e.to_string()))?;
         let room_id = parse_room(room_id)?;
         let target_peer_id: PeerId = parse_id("peer", target_peer_id)?;
         let body = JSON::stringify(&body)

@@ -54,40 +54,9 @@ pub enum TokenKind {
     P2pSession,
 }
 
-/// What a capability token allows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Scope {
-    /// List and read rooms and their members.
-    #[serde(rename = "rooms:read")]
-    RoomsRead,
-    /// Read message history.
-    #[serde(rename = "messages:read")]
-    MessagesRead,
-    /// Connect over WebSocket and send messages.
-    #[serde(rename = "messages:write")]
-    MessagesWrite,
-    /// Request and list P2P sessions.
-    #[serde(rename = "p2p")]
-    P2p,
-}
-
-impl Scope {
-    /// The wire name (`rooms:read`, `messages:read`, `messages:write`, `p2p`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::RoomsRead => "rooms:read",
-            Scope::MessagesRead => "messages:read",
-            Scope::MessagesWrite => "messages:write",
-            Scope::P2p => "p2p",
-        }
-    }
-}
-
-impl fmt::Display for Scope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+// What a capability token allows is wire vocabulary (`scope` in
+// `POST /api/auth/token`): it lives in `protocol`.
+pub use crate::protocol::Scope;
 
 /// Claims of an access token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use crate::error::ErrorCode;
+use crate::protocol::ErrorCode;
 use crate::protocol::ErrorPayload;
 use crate::protocol::http::{ErrorBody, ErrorResponse};
 

@@ -24,7 +24,7 @@ use super::{
     BackoffConfig, ClientError, HistoryQuery, HttpApi, P2pSessionGrant, RequestId, SendRate,
     TlsConfig,
 };
-use crate::engine::RtcKind;
+use crate::protocol::RtcKind;
 use crate::protocol::http::{
     CreateRoomRequest, ErrorResponse, MessagesResponse, P2pSessionRequest, P2pSessionResponse,
 };
@@ -253,8 +253,6 @@ impl Driven {
                         let _ = tx.send(result);
                     }
                 }
-                #[allow(unreachable_patterns)]
-                _ => {}
             }
         }
         while let Some(event) = self.state.poll_event() {

@@ -51,7 +51,7 @@ use serde_json::Map;
 
 use super::backoff::{Backoff, BackoffConfig, Rng};
 use super::error::ClientError;
-use crate::engine::RtcKind;
+use crate::protocol::RtcKind;
 use crate::protocol::{
     ClientEvent as Frame, Hello, Member, Message, OutgoingFrame, P2pInfo, P2pSession, PeerId,
     Presence, Role, Room, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind, Timestamp, User,
@@ -1211,12 +1211,6 @@ impl ClientState {
             ServerEvent::Error(e) => Event::ServerError(e.into()),
             // An acknowledgement of a fire-and-forget request: nothing to tell.
             ServerEvent::Ack { .. } => return,
-            // `ServerEvent` is non-exhaustive to other crates, not to this one;
-            // this arm keeps a new variant from being dropped silently.
-            #[allow(unreachable_patterns)]
-            other => Event::ServerError(ClientError::Protocol(format!(
-                "unhandled server event {other:?}"
-            ))),
         };
         self.events.push_back(out);
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::error::ErrorCode;
+use crate::protocol::ErrorCode;
 use crate::protocol::{
     ErrorPayload, Message, MessageId, OutgoingFrame, P2pInfo, P2pSession, PeerId, Presence, RoomId,
     ServerEvent, SessionId, SessionKind, SessionState, Timestamp, User, UserId,

@@ -38,7 +38,7 @@ use state::{PeerState, RoomState, Timer, UserState};
 use crate::error::Error;
 use crate::protocol::{
     DeviceId, Member, Message, OutgoingFrame, P2pInfo, P2pSession, PeerId, Presence, Role, Room,
-    RoomId, RtcSignal, ServerEvent, SessionId, SessionKind, Timestamp, User, UserId,
+    RoomId, RtcKind, RtcSignal, ServerEvent, SessionId, SessionKind, Timestamp, User, UserId,
 };
 use crate::transport::CloseCode;
 
@@ -113,48 +113,6 @@ pub struct PeerInfo {
     pub user: User,
     pub device_id: DeviceId,
     pub p2p: Option<P2pInfo>,
-}
-
-/// The kinds of WebRTC signal the engine relays.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RtcKind {
-    Offer,
-    Answer,
-    Ice,
-    Hangup,
-}
-
-impl RtcKind {
-    /// The kind as the event types name it: `offer` for `rtc.offer`, …
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RtcKind::Offer => "offer",
-            RtcKind::Answer => "answer",
-            RtcKind::Ice => "ice",
-            RtcKind::Hangup => "hangup",
-        }
-    }
-}
-
-impl std::str::FromStr for RtcKind {
-    type Err = crate::Error;
-
-    /// `offer`, `answer`, `ice` or `hangup`.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        [
-            RtcKind::Offer,
-            RtcKind::Answer,
-            RtcKind::Ice,
-            RtcKind::Hangup,
-        ]
-        .into_iter()
-        .find(|k| k.as_str() == s)
-        .ok_or_else(|| {
-            crate::Error::InvalidRequest(format!(
-                "not an rtc kind (offer, answer, ice, hangup): {s:?}"
-            ))
-        })
-    }
 }
 
 /// The engine. See the [module docs](self).
@@ -278,8 +236,7 @@ impl Engine {
     }
 
     /// A room's name, topic or visibility changed: `room.updated` to it.
-    pub fn room_updated(&mut self, now: Timestamp, room: &Room) {
-        let _ = now;
+    pub fn room_updated(&mut self, _now: Timestamp, room: &Room) {
         let to = self.subscribers(room.id);
         self.broadcast(to, ServerEvent::RoomUpdated { room: room.clone() });
     }
@@ -290,8 +247,7 @@ impl Engine {
     }
 
     /// A member's role changed: `room.member.updated` to the room.
-    pub fn role_changed(&mut self, now: Timestamp, room: RoomId, user: UserId, role: Role) {
-        let _ = now;
+    pub fn role_changed(&mut self, _now: Timestamp, room: RoomId, user: UserId, role: Role) {
         let to = self.subscribers(room);
         self.broadcast(
             to,

@@ -15,7 +15,8 @@ use crate::protocol::{
 };
 
 use super::state::Timer;
-use super::{Engine, Output, RtcKind};
+use super::{Engine, Output};
+use crate::protocol::RtcKind;
 
 impl Engine {
     pub(super) fn do_relay_rtc(

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::ErrorCode;
 use super::{
     Member, Message, P2pInfo, P2pServerInfo, P2pSession, PeerId, Presence, RelayGrant, Role, Room,
     RoomId, SessionId, SessionKind, Timestamp, User, UserId,
 };
-use crate::error::ErrorCode;
 
 /// Request ids are echoed back verbatim; longer ones are refused.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
@@ -30,6 +30,50 @@ pub struct Hello {
     /// The agent's direct-connection details, for P2P sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p2p: Option<P2pInfo>,
+}
+
+/// The kinds of WebRTC signal (`rtc.offer`, `rtc.answer`, `rtc.ice`,
+/// `rtc.hangup`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RtcKind {
+    Offer,
+    Answer,
+    Ice,
+    Hangup,
+}
+
+impl RtcKind {
+    /// The kind as the event types name it: `offer` for `rtc.offer`, …
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RtcKind::Offer => "offer",
+            RtcKind::Answer => "answer",
+            RtcKind::Ice => "ice",
+            RtcKind::Hangup => "hangup",
+        }
+    }
+}
+
+/// A name that is none of the [`RtcKind`]s.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("not an rtc kind (offer, answer, ice, hangup): {0:?}")]
+pub struct UnknownRtcKind(pub String);
+
+impl std::str::FromStr for RtcKind {
+    type Err = UnknownRtcKind;
+
+    /// `offer`, `answer`, `ice` or `hangup`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            RtcKind::Offer,
+            RtcKind::Answer,
+            RtcKind::Ice,
+            RtcKind::Hangup,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| UnknownRtcKind(s.to_owned()))
+    }
 }
 
 /// A WebRTC signaling payload: routed to `target_peer_id`, everything else

@@ -5,10 +5,44 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::ErrorCode;
 use super::{Member, Message, P2pSession, PeerId, Role, Room, RoomId, SessionKind, User, UserId};
 use super::{Timestamp, Visibility};
-use crate::auth::Scope;
-use crate::error::ErrorCode;
+
+/// What a capability token allows (`scope` of `POST /api/auth/token`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Scope {
+    /// List and read rooms and their members.
+    #[serde(rename = "rooms:read")]
+    RoomsRead,
+    /// Read message history.
+    #[serde(rename = "messages:read")]
+    MessagesRead,
+    /// Connect over WebSocket and send messages.
+    #[serde(rename = "messages:write")]
+    MessagesWrite,
+    /// Request and list P2P sessions.
+    #[serde(rename = "p2p")]
+    P2p,
+}
+
+impl Scope {
+    /// The wire name (`rooms:read`, `messages:read`, `messages:write`, `p2p`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::RoomsRead => "rooms:read",
+            Scope::MessagesRead => "messages:read",
+            Scope::MessagesWrite => "messages:write",
+            Scope::P2p => "p2p",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// `POST /api/auth/register`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -4,16 +4,19 @@
 //! the repository under `docs/`); a client written against that document must
 //! be able to use these types, and the other way round.
 
+mod error_code;
 mod frame;
 pub mod http;
 mod ids;
 mod model;
 mod time;
 
+pub use error_code::ErrorCode;
 pub use frame::{
-    ClientEvent, ErrorPayload, Hello, IncomingFrame, MAX_REQUEST_ID_LEN, OutgoingFrame, RtcSignal,
-    ServerEvent, parse_client_frame,
+    ClientEvent, ErrorPayload, Hello, IncomingFrame, MAX_REQUEST_ID_LEN, OutgoingFrame, RtcKind,
+    RtcSignal, ServerEvent, UnknownRtcKind, parse_client_frame,
 };
+pub use http::Scope;
 pub use ids::{DeviceId, MessageId, PeerId, RoomId, SessionId, UserId};
 pub use model::{
     Member, Message, P2pInfo, P2pServerInfo, P2pSession, Presence, RelayGrant, RelayParty, Role,

@@ -11,8 +11,9 @@ use std::time::Duration;
 use super::Service;
 use super::limits::{ConnectionLimiter, Verdict};
 use crate::auth::{Identity, Scope};
-use crate::engine::{PeerInfo, RtcKind};
+use crate::engine::PeerInfo;
 use crate::error::Error;
+use crate::protocol::RtcKind;
 use crate::protocol::{
     ClientEvent, ErrorPayload, Hello, IncomingFrame, OutgoingFrame, PeerId, RoomId, ServerEvent,
     Timestamp, User, parse_client_frame,
@@ -201,13 +202,6 @@ impl PeerConnection {
                 self.service
                     .with_engine(move |engine, _now| engine.announce_p2p(peer, p2p))
             }
-            // `ClientEvent` is non-exhaustive for other crates, not this one;
-            // this arm keeps new variants from compiling silently into nothing.
-            #[allow(unreachable_patterns)]
-            other => Err(Error::InvalidRequest(format!(
-                "{} is not supported by this server",
-                other.type_name()
-            ))),
         };
         match result {
             Ok(()) => {

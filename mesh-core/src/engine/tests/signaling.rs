@@ -5,8 +5,9 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::harness::{Harness, user};
-use crate::engine::{PeerInfo, RtcKind};
+use crate::engine::PeerInfo;
 use crate::error::Error;
+use crate::protocol::RtcKind;
 use crate::protocol::{
     DeviceId, P2pInfo, P2pSession, PeerId, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind,
     SessionState,
@@ -302,7 +303,7 @@ fn rtc_kinds_read_and_print_as_the_event_types_name_them() {
     }
     assert_eq!(RtcKind::Ice.as_str(), "ice");
     assert!(matches!(
-        "ring".parse::<RtcKind>(),
+        "ring".parse::<RtcKind>().map_err(Error::from),
         Err(Error::InvalidRequest(_))
     ));
 }
