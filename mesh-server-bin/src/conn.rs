@@ -427,7 +427,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> IdleIo<T> {
     /// Writes what is left of the `408`, then ends the write side; the
     /// read then fails so that hyper drops the connection.
     fn poll_answer_timeout(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let answer = crate::http::request_timeout_answer();
+        let answer = request_timeout_answer();
         while let Watch::Answering(sent) = self.watch {
             let Some(rest) = answer.get(sent..).filter(|r| !r.is_empty()) else {
                 break;
@@ -531,6 +531,31 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for IdleIo<T> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
+}
+
+/// The whole `408` answer written straight to the socket when a request
+/// header stalls: hyper's connection is abandoned at that point, so the
+/// bytes are made here rather than by hyper. Built once.
+fn request_timeout_answer() -> &'static [u8] {
+    static ANSWER: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+        let body = mesh_core::protocol::http::ErrorResponse {
+            error: mesh_core::protocol::http::ErrorBody {
+                code: mesh_core::ErrorCode::Timeout,
+                message: "the request header took too long; send it on a new connection".into(),
+            },
+        };
+        // A struct of two strings always encodes; the fallback is the same text.
+        let body = serde_json::to_string(&body).unwrap_or_else(|_| {
+            r#"{"error":{"code":"timeout","message":"request header timeout"}}"#.into()
+        });
+        format!(
+            "HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    });
+    &ANSWER
 }
 
 #[cfg(test)]

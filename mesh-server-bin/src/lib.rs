@@ -52,15 +52,13 @@ mod proxy;
 mod redirect;
 mod relay;
 pub mod tls;
-mod web;
-mod ws;
 
 pub use conn::ConnLimits;
+pub use http::WsLimits;
 pub use proxy::{BadCidr, ProxyNet, TrustedProxies};
 pub use redirect::serve_redirect;
 pub use relay::P2pConfig;
 pub use tls::ServerTls;
-pub use ws::WsLimits;
 
 use conn::{Activity, Admission, ConnCounter, ConnSlot, IdleIo};
 

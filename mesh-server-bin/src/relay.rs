@@ -1,6 +1,6 @@
 //! The relay's IO: the UDP socket (STUN Binding and relay frames) and the
-//! `GET /api/p2p/relay` WebSocket, both driving one sans-IO
-//! [`mesh_core::relay::server::Relay`].
+//! hub that the `GET /api/p2p/relay` WebSocket (`crate::http::relay_ws`)
+//! also feeds, both driving one sans-IO [`mesh_core::relay::server::Relay`].
 //!
 //! The UDP socket is read by one task, in batches as quinn reads its own
 //! (quinn-udp: `recvmmsg` and GRO, so a burst of same-sized datagrams from
@@ -26,21 +26,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use http::{Request, Response};
-use hyper::body::Incoming;
-use mesh_core::Error;
 use mesh_core::protocol::Timestamp;
 use mesh_core::relay::server::{Action, Relay, RelayLimits, Sink};
 use mesh_core::relay::wire;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsCloseCode;
-
-use crate::AppState;
-use crate::http::Body;
 
 /// The UDP socket's send and receive buffers, asked of the system (which
 /// caps them at `net.core.rmem_max` / `wmem_max`).
@@ -126,7 +116,7 @@ impl RelayHub {
     /// One datagram or binary message from `from`. `owned` is `bytes` as
     /// `Bytes` when the caller has it (a WebSocket message), so forwarding
     /// to a WebSocket does not copy.
-    fn handle(&self, from: Sink, bytes: &[u8], owned: Option<&Bytes>) {
+    pub(crate) fn handle(&self, from: Sink, bytes: &[u8], owned: Option<&Bytes>) {
         let action = self
             .relay()
             .handle(Instant::now(), Timestamp::now(), from, bytes);
@@ -237,7 +227,7 @@ impl RelayHub {
         let _ = self.relay().expire(Instant::now());
     }
 
-    fn open_stream(&self) -> (u64, mpsc::Receiver<Bytes>, Arc<AtomicUsize>) {
+    pub(crate) fn open_stream(&self) -> (u64, mpsc::Receiver<Bytes>, Arc<AtomicUsize>) {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.stream_queue);
         let queued = Arc::new(AtomicUsize::new(0));
@@ -251,7 +241,7 @@ impl RelayHub {
         (id, rx, queued)
     }
 
-    fn close_stream(&self, id: u64) {
+    pub(crate) fn close_stream(&self, id: u64) {
         self.streams().remove(&id);
         self.relay().stream_closed(id);
     }
@@ -377,125 +367,4 @@ fn normalize(addr: SocketAddr) -> SocketAddr {
         },
         v4 => v4,
     }
-}
-
-/// `GET /api/p2p/relay`: upgrades to a relay WebSocket. No bearer token:
-/// every `BIND` carries its session token and party key.
-pub(crate) async fn upgrade(
-    state: &AppState,
-    client: std::net::IpAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Error> {
-    let Some(hub) = state.relay.clone() else {
-        return Err(Error::NotFound("this server has no relay".into()));
-    };
-    let accept = crate::ws::check_handshake(req.headers())?;
-    let Some(slots) = crate::ws::hold_slots(state, client, &req) else {
-        return Ok(crate::http::too_many_connections(
-            state.config.conn.max_per_addr,
-        ));
-    };
-    let mut limits = state.config.ws.clone();
-    // One relay frame per message: a UDP datagram's worth.
-    limits.max_message_bytes = wire::MAX_FRAME;
-    let heartbeat = state.service.config().engine.heartbeat_interval;
-    let shutdown = state.shutdown.clone();
-    Ok(crate::ws::finish_upgrade(
-        state,
-        req,
-        &accept,
-        &limits,
-        slots,
-        move |ws| async move {
-            let (id, rx, queued) = hub.open_stream();
-            run_stream(ws, &hub, id, (rx, queued), heartbeat, shutdown).await;
-            hub.close_stream(id);
-        },
-    ))
-}
-
-/// One relay WebSocket: binary messages into the relay, queued frames out,
-/// pings every `heartbeat`; closed after three heartbeats without a word
-/// from the client.
-async fn run_stream(
-    ws: crate::ws::Ws,
-    hub: &RelayHub,
-    id: u64,
-    (mut rx, queued): (mpsc::Receiver<Bytes>, Arc<AtomicUsize>),
-    heartbeat: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let (mut sink, mut stream) = ws.split();
-    let mut ping = tokio::time::interval(heartbeat);
-    ping.tick().await;
-    let mut heard = Instant::now();
-    let close: (WsCloseCode, String) = loop {
-        tokio::select! {
-            message = stream.next() => match message {
-                Some(Ok(Message::Binary(b))) => {
-                    heard = Instant::now();
-                    hub.handle(Sink::Stream(id), &b, Some(&b));
-                }
-                Some(Ok(Message::Text(_))) => break (
-                    WsCloseCode::Unsupported,
-                    "relay frames are binary messages".into(),
-                ),
-                Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
-                    heard = Instant::now();
-                }
-                Some(Ok(Message::Close(_))) | None => {
-                    // tungstenite answers the close itself; flush it.
-                    let _ = sink.close().await;
-                    return;
-                }
-                Some(Err(e)) => match crate::ws::close_for(&e) {
-                    Some((code, reason)) => break (WsCloseCode::from(code.code()), reason),
-                    None => return,
-                },
-            },
-            frame = rx.recv() => {
-                let Some(frame) = frame else { break (WsCloseCode::Normal, String::new()) };
-                queued.fetch_sub(frame.len(), Ordering::Relaxed);
-                if sink.feed(Message::Binary(frame)).await.is_err() {
-                    return;
-                }
-                while let Ok(frame) = rx.try_recv() {
-                    queued.fetch_sub(frame.len(), Ordering::Relaxed);
-                    if sink.feed(Message::Binary(frame)).await.is_err() {
-                        return;
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-            _ = ping.tick() => {
-                if heard.elapsed() > heartbeat * 3 {
-                    break (WsCloseCode::Away, "no word from the client".into());
-                }
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
-                    return;
-                }
-            }
-            _ = shutdown.changed() => break (WsCloseCode::Away, "server shutting down".into()),
-        }
-    };
-    tracing::debug!(stream = id, code = u16::from(close.0), reason = %close.1, "closing a relay WebSocket");
-    let frame = CloseFrame {
-        code: close.0,
-        reason: close.1.into(),
-    };
-    let finish = async {
-        let _ = sink.send(Message::Close(Some(frame))).await;
-        // Read (and drop) what the client still sends until its close:
-        // dropping the socket with unread data would reset it, and the
-        // client could lose our close frame.
-        while let Some(Ok(message)) = stream.next().await {
-            if message.is_close() {
-                break;
-            }
-        }
-        let _ = sink.close().await;
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(5), finish).await;
 }

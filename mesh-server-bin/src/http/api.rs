@@ -16,7 +16,8 @@ use mesh_core::protocol::http::{
 use mesh_core::protocol::{DeviceId, RoomId, SessionId, UserId};
 use serde_json::json;
 
-use super::{Body, authenticate, empty, json_response, query_param, read_json};
+use super::request::{authenticate, query_param, read_json};
+use super::response::{Body, empty, json_response};
 use crate::AppState;
 
 fn parse_id<T: FromStr>(raw: &str, what: &str) -> Result<T, Error> {
@@ -55,11 +56,11 @@ pub(super) async fn route(
             _ => Err(not_allowed()),
         },
         ["ws"] => match method {
-            Method::GET => crate::ws::upgrade(state, client, req).await,
+            Method::GET => super::ws::upgrade(state, client, req).await,
             _ => Err(not_allowed()),
         },
         ["api", "p2p", "relay"] => match method {
-            Method::GET => crate::relay::upgrade(state, client, req).await,
+            Method::GET => super::relay_ws::upgrade(state, client, req).await,
             _ => Err(not_allowed()),
         },
         ["api", "auth", "register"] => match method {

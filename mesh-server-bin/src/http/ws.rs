@@ -36,8 +36,9 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode as WsClos
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 
+use super::request::authenticate;
+use super::response::{Body, too_many_connections};
 use crate::AppState;
-use crate::http::{Body, authenticate};
 
 /// Most queued frames the writer sends per flush before it looks at the
 /// close signal and the ping timer again.
@@ -214,9 +215,7 @@ pub(crate) async fn upgrade(
     let accept = check_handshake(req.headers())?;
     let identity = authenticate(state, &req, true).await?;
     let Some((slot, client_slot)) = hold_slots(state, client, &req) else {
-        return Ok(crate::http::too_many_connections(
-            state.config.conn.max_per_addr,
-        ));
+        return Ok(too_many_connections(state.config.conn.max_per_addr));
     };
 
     let limits = state.config.ws.clone();

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
 
-use crate::http::Body;
+use super::response::Body;
 
 /// The policy sent with every asset.
 pub(crate) const CSP: &str = "default-src 'self'; connect-src 'self' ws: wss:; \
