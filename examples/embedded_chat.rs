@@ -101,7 +101,6 @@ async fn main() -> anyhow::Result<()> {
         .store(MemoryStore::new())
         .authenticator(auth)
         .build()?;
-    tokio::spawn(service.clone().run_timers());
 
     let register = |name: &str| RegisterRequest {
         username: name.into(),

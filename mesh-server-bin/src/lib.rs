@@ -387,7 +387,6 @@ pub async fn serve(
     let Listeners { tcp: listener, udp } = listeners.into();
     let (stop_tx, stop_rx) = watch::channel(false);
     let (alive_tx, mut all_done) = mpsc::channel::<()>(1);
-    let timers = tokio::spawn(service.clone().run_timers());
     let grace = config.shutdown_grace;
     let relay = match udp {
         Some(udp) => {
@@ -478,7 +477,6 @@ pub async fn serve(
     if tokio::time::timeout(grace, all_done.recv()).await.is_err() {
         tracing::warn!("connections still open after the grace period");
     }
-    timers.abort();
     Ok(())
 }
 

@@ -15,8 +15,9 @@
 //! use mesh_core::service::Service;
 //! use mesh_core::storage::memory::MemoryStore;
 //!
+//! // Inside a tokio runtime: the service runs its timers (heartbeats,
+//! // typing, session expiry) there from the start.
 //! let service = Service::builder().store(MemoryStore::new()).build()?;
-//! tokio::spawn(service.clone().run_timers());
 //! # Ok(()) }
 //! ```
 //!
@@ -109,6 +110,8 @@ impl ServiceBuilder {
         self
     }
 
+    /// The service, its timers running on the current tokio runtime.
+    /// Fails outside a runtime.
     pub fn build(self) -> Result<Service> {
         let store = match self.store {
             Some(s) => s,
@@ -118,20 +121,75 @@ impl ServiceBuilder {
             Some(a) => a,
             None => Arc::new(JwtAuthenticator::new(Arc::new(KeyRing::generate()?))),
         };
+        // The timers (heartbeats, typing, session expiry) run on the
+        // runtime the service is built in, from the start: an embedder
+        // cannot forget them.
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Internal(
+                "Service::build must be called inside a tokio runtime: the service runs its timers there"
+                    .into(),
+            )
+        })?;
         let engine = Engine::new(self.config.engine.clone());
-        Ok(Service {
-            inner: Arc::new(Inner {
-                store,
-                auth,
-                hub: Mutex::new(Hub::new(engine)),
-                logins: Mutex::new(LoginLimiter::new(self.config.login_rate)),
-                hashing: HashPool::per_core(),
-                timers: tokio::sync::Notify::new(),
-                next_timer: AtomicI64::new(i64::MAX),
-                users: users::UserCache::new(users::UserCache::CAPACITY),
-                config: self.config,
-            }),
-        })
+        let timers = Arc::new(tokio::sync::Notify::new());
+        let inner = Arc::new(Inner {
+            store,
+            auth,
+            hub: Mutex::new(Hub::new(engine)),
+            logins: Mutex::new(LoginLimiter::new(self.config.login_rate)),
+            hashing: HashPool::per_core(),
+            timers: timers.clone(),
+            next_timer: AtomicI64::new(i64::MAX),
+            users: users::UserCache::new(users::UserCache::CAPACITY),
+            config: self.config,
+        });
+        runtime.spawn(run_timers(Arc::downgrade(&inner), timers));
+        Ok(Service { inner })
+    }
+}
+
+/// Fires the engine's timers (heartbeats, typing, session expiry) as they
+/// fall due, for as long as the service lives: it holds the service only
+/// while firing, and ends once every clone is dropped (`Inner`'s drop
+/// wakes it).
+async fn run_timers(service: std::sync::Weak<Inner>, wake: Arc<tokio::sync::Notify>) {
+    loop {
+        let notified = wake.notified();
+        let next = {
+            let Some(inner) = service.upgrade() else {
+                return;
+            };
+            let next = lock(&inner.hub).engine.poll_timeout();
+            inner.next_timer.store(
+                next.map_or(i64::MAX, Timestamp::unix_millis),
+                Ordering::Relaxed,
+            );
+            next
+        };
+        match next {
+            Some(deadline) => {
+                let wait = deadline.since(Timestamp::now());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = notified => continue,
+                }
+            }
+            None => {
+                notified.await;
+                continue;
+            }
+        }
+        let Some(inner) = service.upgrade() else {
+            return;
+        };
+        Service { inner }.with_engine(|engine, now| engine.handle_timeout(now));
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Ends `run_timers` if it waits for a deadline that never comes.
+        self.timers.notify_one();
     }
 }
 
@@ -149,8 +207,8 @@ struct Inner {
     logins: Mutex<LoginLimiter>,
     /// Password hashing: one low-priority thread per core.
     hashing: HashPool,
-    /// Wakes [`Service::run_timers`] when an earlier deadline appears.
-    timers: tokio::sync::Notify,
+    /// Wakes the timer task (`run_timers`) when an earlier deadline appears.
+    timers: Arc<tokio::sync::Notify>,
     /// The deadline `run_timers` sleeps until, in Unix ms.
     next_timer: AtomicI64,
     /// User records read from the store (they never change).
@@ -234,33 +292,6 @@ impl Service {
                 handle.spawn(remove);
             }
             Err(_) => tracing::warn!("no tokio runtime: ended P2P sessions stay in the store"),
-        }
-    }
-
-    /// Fires the engine's timers (heartbeats, typing, session expiry) as they
-    /// fall due. Spawn it once per service; it runs until dropped.
-    pub async fn run_timers(self) {
-        loop {
-            let notified = self.inner.timers.notified();
-            let next = lock(&self.inner.hub).engine.poll_timeout();
-            self.inner.next_timer.store(
-                next.map_or(i64::MAX, Timestamp::unix_millis),
-                Ordering::Relaxed,
-            );
-            match next {
-                Some(deadline) => {
-                    let wait = deadline.since(Timestamp::now());
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = notified => continue,
-                    }
-                }
-                None => {
-                    notified.await;
-                    continue;
-                }
-            }
-            self.with_engine(|engine, now| engine.handle_timeout(now));
         }
     }
 
@@ -1001,5 +1032,29 @@ impl Service {
     /// How many connections are registered (live or awaiting hello).
     pub fn connection_count(&self) -> usize {
         lock(&self.inner.hub).conns.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn building_outside_a_runtime_says_why_it_cannot() {
+        let err = Service::builder().build().expect_err("no runtime here");
+        assert!(err.to_string().contains("inside a tokio runtime"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_timer_task_ends_with_the_service() {
+        let service = Service::builder().build().expect("service");
+        let weak = Arc::downgrade(&service.inner);
+        // Let the timer task start waiting (this runtime has one thread).
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        drop(service);
+        // The task holds the service only while firing: nothing keeps it.
+        assert!(weak.upgrade().is_none());
     }
 }
