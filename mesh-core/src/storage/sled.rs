@@ -458,17 +458,35 @@ fn open_db(path: &Path) -> Result<Db> {
     let started = std::time::Instant::now();
     loop {
         match sled_config(path).open() {
-            Err(sled::Error::Io(e))
-                if e.to_string().contains("could not acquire lock")
-                    && started.elapsed() < OPEN_LOCK_WAIT =>
-            {
+            Ok(db) => return Ok(db),
+            Err(_) if sled_lock_held(path) && started.elapsed() < OPEN_LOCK_WAIT => {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
-            Err(sled::Error::Io(e)) if e.to_string().contains("could not acquire lock") => {
-                return Err(SledStoreError::Busy(path.to_owned()));
-            }
-            other => return other.map_err(SledStoreError::Sled),
+            Err(_) if sled_lock_held(path) => return Err(SledStoreError::Busy(path.to_owned())),
+            Err(e) => return Err(SledStoreError::Sled(e)),
         }
+    }
+}
+
+/// Whether an open database (of this process or another) holds sled's lock
+/// on `path`: the `flock` sled takes on `path/db`, tried here and released
+/// at once. sled reports a held lock only as the text of an `Other` I/O
+/// error; the lock itself answers with a typed "contended" error.
+fn sled_lock_held(path: &Path) -> bool {
+    use fs2::FileExt as _;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path.join("db"))
+    else {
+        return false;
+    };
+    match file.try_lock_exclusive() {
+        Ok(()) => {
+            let _ = fs2::FileExt::unlock(&file);
+            false
+        }
+        Err(e) => e.kind() == fs2::lock_contended_error().kind(),
     }
 }
 
@@ -2010,6 +2028,21 @@ mod tests {
             matches!(err, SledStoreError::NewerSchema { found: 2, .. }),
             "{err}"
         );
+    }
+
+    #[test]
+    fn sleds_own_lock_is_recognised_without_reading_its_message() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        assert!(!sled_lock_held(&path), "nothing there yet");
+        let held = sled_config(&path).open().expect("sled");
+        assert!(sled_lock_held(&path));
+        // open_db waits OPEN_LOCK_WAIT for it, then says who holds it.
+        let err = open_db(&path).expect_err("locked");
+        assert!(matches!(err, SledStoreError::Busy(_)), "{err}");
+        // Dropped, sled may hold the lock a moment longer: open_db waits.
+        drop(held);
+        open_db(&path).expect("opens once the lock is released");
     }
 
     #[test]
