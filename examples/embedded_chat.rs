@@ -12,12 +12,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
-use mesh_core::auth::{AuthError, Authenticator, Identity, IssuedToken, KeyRing, password};
-use mesh_core::protocol::http::{CreateRoomRequest, RegisterRequest};
-use mesh_core::protocol::{DeviceId, Timestamp, UserId};
-use mesh_core::service::Service;
-use mesh_core::storage::memory::MemoryStore;
-use mesh_core::transport::{CloseCode, Connection, EncodedFrame, SendError};
+use mesh_core::auth::{AuthError, IssuedToken, password};
+use mesh_core::prelude::*;
 use tokio::sync::mpsc;
 
 /// A custom authenticator: random opaque tokens remembered in memory.

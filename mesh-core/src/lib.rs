@@ -27,6 +27,7 @@
 //!   the relay's frames and keys, STUN Binding, the server's sans-IO relay.
 //! - [`validate`]: the limits every server honours (usernames, passwords,
 //!   room names, message content).
+//! - [`prelude`]: the names most embedders need, in one `use`.
 
 pub mod auth;
 mod bounded_map;
@@ -36,6 +37,7 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "p2p")]
 pub mod p2p;
+pub mod prelude;
 pub mod protocol;
 pub mod relay;
 #[cfg(feature = "server")]
