@@ -552,32 +552,31 @@ async fn garbage_and_a_flood_leave_the_server_serving() {
     let flood = udp_client(s.udp).await;
     let (to_alice, _) = s.session().await;
     flood_with_garbage(&flood, 20_000, &Grant::of(&to_alice)).await;
-    // Still answering STUN (this source may be over its rate for a moment:
-    // asked again until answered) and HTTP.
-    let tx = [9u8; 12];
-    let answer = ask(&flood, &stun::binding_request(tx)).await;
-    let answer = match stun::parse_response(&answer) {
-        Some(_) => answer,
-        // A refusal for one of the flood's DATA frames may come first.
-        None => loop {
-            let a = ask(&flood, &stun::binding_request(tx)).await;
-            if stun::parse_response(&a).is_some() {
-                break a;
-            }
-        },
-    };
-    assert_eq!(
-        stun::parse_response(&answer),
-        Some((tx, flood.local_addr().expect("addr")))
-    );
+    let mapped = assert_still_serving(s.remote(), &flood).await;
+    assert_eq!(mapped, flood.local_addr().expect("addr"));
     let fresh = udp_client(s.udp).await;
-    assert!(stun::parse_response(&ask(&fresh, &stun::binding_request(tx)).await).is_some());
+    assert!(stun::parse_response(&ask(&fresh, &stun::binding_request([9; 12])).await).is_some());
+}
+
+/// After a flood from `from`: STUN still answers it (asked again past the
+/// refusals of the flood's frames still queued for it, and past a moment
+/// over its rate) and HTTP still answers. The address STUN saw.
+async fn assert_still_serving(remote: Remote, from: &UdpSocket) -> SocketAddr {
+    let tx = [9u8; 12];
+    let mapped = loop {
+        let answer = ask(from, &stun::binding_request(tx)).await;
+        if let Some((got, mapped)) = stun::parse_response(&answer) {
+            assert_eq!(got, tx);
+            break mapped;
+        }
+    };
     let health = http_client()
-        .get(format!("http://{}/health", s.addr))
+        .get(format!("http://{}/health", remote.addr))
         .send()
         .await
         .expect("health");
     assert_eq!(health.status().as_u16(), 200);
+    mapped
 }
 
 #[tokio::test]
@@ -876,20 +875,7 @@ async fn lab_the_relay_refuses_foreign_and_expired_tokens() {
     // at most an HMAC). The server goes on answering.
     let flood = udp_client(remote.udp).await;
     let sent = flood_with_garbage(&flood, 30_000, &one).await;
-    let tx = [7u8; 12];
-    let answer = loop {
-        let a = ask(&flood, &stun::binding_request(tx)).await;
-        if stun::parse_response(&a).is_some() {
-            break a;
-        }
-    };
-    assert_eq!(stun::parse_response(&answer).map(|(t, _)| t), Some(tx));
-    let health = http_client()
-        .get(format!("http://{}/health", remote.addr))
-        .send()
-        .await
-        .expect("health");
-    assert_eq!(health.status().as_u16(), 200);
+    assert_still_serving(remote, &flood).await;
     // The parties' session still relays.
     a.send(&frame).await.expect("send");
     assert_eq!(recv(&b).await, frame);
