@@ -1843,15 +1843,27 @@ mod tests {
         block_on(store.create_room(room.clone(), owner)).expect("room");
         let before = store.flush_count();
         const N: usize = 64;
-        // All appends are in flight at once: each applies its batch, then
-        // they wait for flushes together.
-        let appends: Vec<_> = (0..N)
-            .map(|n| store.append_message(message(room.id, &alice.user, n)))
-            .collect();
-        let outcomes = block_on(futures_util::future::join_all(appends));
-        for o in outcomes {
-            assert!(matches!(o.expect("append"), AppendOutcome::Created(_)));
-        }
+        // All appends are in flight at once, from threads of their own as
+        // the server's requests are: each applies its batch, then they wait
+        // for flushes together. (From one thread, a writer would apply only
+        // after the flush the one before it waits for: sled holds batches
+        // back while it flushes, so nothing could share that flush.)
+        let start = std::sync::Barrier::new(N);
+        std::thread::scope(|s| {
+            let writers: Vec<_> = (0..N)
+                .map(|n| {
+                    let (store, start, sender) = (&store, &start, &alice.user);
+                    s.spawn(move || {
+                        start.wait();
+                        block_on(store.append_message(message(room.id, sender, n)))
+                    })
+                })
+                .collect();
+            for w in writers {
+                let outcome = w.join().expect("writer thread").expect("append");
+                assert!(matches!(outcome, AppendOutcome::Created(_)));
+            }
+        });
         let flushes = store.flush_count() - before;
         assert!(
             (1..N as u64).contains(&flushes),
