@@ -1093,7 +1093,7 @@ impl ClientState {
 
     /// A frame that answers no request of ours.
     fn broadcast(&mut self, now: Timestamp, event: ServerEvent) {
-        let out = match event {
+        match event {
             ServerEvent::MessageCreated { message } => {
                 // Our own message, stored before a reconnect and replayed by
                 // `since`: it resolves the queued send it came from.
@@ -1105,7 +1105,6 @@ impl ClientState {
                     self.resolve_send(&client_id, &message);
                 }
                 self.deliver(message);
-                return;
             }
             ServerEvent::Welcome {
                 peer_id,
@@ -1124,94 +1123,107 @@ impl ClientState {
                     self.server_p2p = p2p;
                     self.welcome(now, peer_id, user, server_time, heartbeat_ms);
                 }
-                return;
             }
-            ServerEvent::Pong { .. } => return,
-            ServerEvent::RoomJoined {
-                room_id,
-                user,
-                peer_id,
-                members,
-            } => Event::RoomJoined {
-                room_id,
-                user,
-                peer_id,
-                members,
-            },
             ServerEvent::RoomLeft { room_id, user_id } => {
                 if self.me.as_ref().is_some_and(|(_, me)| me.id == user_id) {
                     self.rooms.remove(&room_id);
                 }
-                Event::RoomLeft { room_id, user_id }
+                self.events.push_back(Event::RoomLeft { room_id, user_id });
             }
-            ServerEvent::RoomUpdated { room } => Event::RoomUpdated(room),
             ServerEvent::RoomDeleted { room_id } => {
                 self.rooms.remove(&room_id);
-                Event::RoomDeleted { room_id }
+                self.events.push_back(Event::RoomDeleted { room_id });
             }
-            ServerEvent::MemberUpdated {
-                room_id,
-                user_id,
-                role,
-            } => Event::MemberUpdated {
-                room_id,
-                user_id,
-                role,
-            },
-            ServerEvent::Typing {
-                room_id,
-                user_id,
-                typing,
-            } => Event::Typing {
-                room_id,
-                user_id,
-                typing,
-            },
-            ServerEvent::PresenceUpdate {
-                user_id,
-                status,
-                message,
-            } => Event::Presence {
-                user_id,
-                status,
-                message,
-            },
-            ServerEvent::RtcOffer(signal) => Event::Rtc {
-                kind: RtcKind::Offer,
-                signal,
-            },
-            ServerEvent::RtcAnswer(signal) => Event::Rtc {
-                kind: RtcKind::Answer,
-                signal,
-            },
-            ServerEvent::RtcIce(signal) => Event::Rtc {
-                kind: RtcKind::Ice,
-                signal,
-            },
-            ServerEvent::RtcHangup(signal) => Event::Rtc {
-                kind: RtcKind::Hangup,
-                signal,
-            },
-            ServerEvent::P2pSessionCreated {
-                session,
-                session_token,
-                initiator,
-                target,
-                relay,
-            } => Event::P2pSessionCreated(Box::new(P2pSessionGrant {
-                session,
-                session_token,
-                initiator,
-                target,
-                relay,
-            })),
-            ServerEvent::P2pSessionClosed { session_id, reason } => {
-                Event::P2pSessionClosed { session_id, reason }
-            }
-            ServerEvent::Error(e) => Event::ServerError(e.into()),
-            // An acknowledgement of a fire-and-forget request: nothing to tell.
-            ServerEvent::Ack { .. } => return,
-        };
-        self.events.push_back(out);
+            // The rest changes no state of ours: it is only told to the app.
+            other => self.events.extend(app_event(other)),
+        }
     }
+}
+
+/// What the app is told of a server event that changes no client state.
+/// Every variant is named, so a new one must be decided here; those
+/// [`ClientState::broadcast`] handles itself tell nothing more.
+fn app_event(event: ServerEvent) -> Option<Event> {
+    Some(match event {
+        ServerEvent::RoomJoined {
+            room_id,
+            user,
+            peer_id,
+            members,
+        } => Event::RoomJoined {
+            room_id,
+            user,
+            peer_id,
+            members,
+        },
+        ServerEvent::RoomUpdated { room } => Event::RoomUpdated(room),
+        ServerEvent::MemberUpdated {
+            room_id,
+            user_id,
+            role,
+        } => Event::MemberUpdated {
+            room_id,
+            user_id,
+            role,
+        },
+        ServerEvent::Typing {
+            room_id,
+            user_id,
+            typing,
+        } => Event::Typing {
+            room_id,
+            user_id,
+            typing,
+        },
+        ServerEvent::PresenceUpdate {
+            user_id,
+            status,
+            message,
+        } => Event::Presence {
+            user_id,
+            status,
+            message,
+        },
+        ServerEvent::RtcOffer(signal) => Event::Rtc {
+            kind: RtcKind::Offer,
+            signal,
+        },
+        ServerEvent::RtcAnswer(signal) => Event::Rtc {
+            kind: RtcKind::Answer,
+            signal,
+        },
+        ServerEvent::RtcIce(signal) => Event::Rtc {
+            kind: RtcKind::Ice,
+            signal,
+        },
+        ServerEvent::RtcHangup(signal) => Event::Rtc {
+            kind: RtcKind::Hangup,
+            signal,
+        },
+        ServerEvent::P2pSessionCreated {
+            session,
+            session_token,
+            initiator,
+            target,
+            relay,
+        } => Event::P2pSessionCreated(Box::new(P2pSessionGrant {
+            session,
+            session_token,
+            initiator,
+            target,
+            relay,
+        })),
+        ServerEvent::P2pSessionClosed { session_id, reason } => {
+            Event::P2pSessionClosed { session_id, reason }
+        }
+        ServerEvent::Error(e) => Event::ServerError(e.into()),
+        // Handled by `broadcast`, or (a pong, the acknowledgement of a
+        // fire-and-forget request) nothing to tell.
+        ServerEvent::MessageCreated { .. }
+        | ServerEvent::Welcome { .. }
+        | ServerEvent::RoomLeft { .. }
+        | ServerEvent::RoomDeleted { .. }
+        | ServerEvent::Pong { .. }
+        | ServerEvent::Ack { .. } => return None,
+    })
 }

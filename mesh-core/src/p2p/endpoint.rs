@@ -560,92 +560,92 @@ impl P2pEndpoint {
         token: &str,
         relay: Option<&RelayGrant>,
     ) -> Result<OutgoingSession, P2pError> {
-        let shared = &self.shared;
         let started = Instant::now();
-        let deadline = started + shared.connect_timeout;
-        let timed_out = || P2pError::Timeout(shared.connect_timeout);
-        let mut errors = Vec::new();
-        let mut targets = Vec::new();
-        for a in addrs {
-            let a = a.as_ref();
-            match a.parse::<SocketAddr>() {
-                Ok(sa) => targets.push(sa),
-                Err(_) => match timeout_at(deadline, tokio::net::lookup_host(a)).await {
-                    Ok(Ok(found)) => targets.extend(found),
-                    Ok(Err(e)) => errors.push(format!("{a}: {e}")),
-                    Err(_) => return Err(timed_out()),
-                },
-            }
-        }
+        let deadline = started + self.shared.connect_timeout;
+        let (targets, errors) = resolve(addrs, deadline)
+            .await
+            .ok_or(P2pError::Timeout(self.shared.connect_timeout))?;
         // The initiator sends no PUNCH: its handshake packets open its NAT.
         let paths = self.paths();
-        let relayed = traversal::start(&shared.mux, &paths, session_id, token, relay, Vec::new());
-        let mut bound = relayed.as_ref().map(|t| t.bound.clone());
+        let relayed = traversal::start(
+            &self.shared.mux,
+            &paths,
+            session_id,
+            token,
+            relay,
+            Vec::new(),
+        );
+        let race = Race {
+            expected_fingerprint,
+            session_id,
+            started,
+            deadline,
+            errors,
+            mismatch: None,
+        };
+        let conn = self.race(race, targets, relayed.as_ref()).await?;
+        keep_route_while_open(&self.shared.mux, &conn);
+        drop(relayed);
+        self.greet(conn, session_id, token).await
+    }
+
+    /// Races handshakes to the `targets` (local ones at once, public ones
+    /// after [`DIRECT_DELAY`]) and, once bound, through the relay (after
+    /// [`RELAY_DELAY`], or at once when nothing direct is left). The first
+    /// to complete wins; the losers are abandoned.
+    async fn race(
+        &self,
+        mut race: Race<'_>,
+        targets: Vec<SocketAddr>,
+        relayed: Option<&traversal::Traversal>,
+    ) -> Result<quinn::Connection, P2pError> {
+        let mut bound = relayed.map(|t| t.bound.clone());
         // Local candidates at once; public ones once the target's punches
         // opened its NAT (see `traversal::punch`).
         let (now, later): (Vec<SocketAddr>, Vec<SocketAddr>) =
             targets.into_iter().partition(|sa| is_local(sa.ip()));
         let mut later = Some(later).filter(|l| !l.is_empty());
-        let direct_at = started + DIRECT_DELAY;
+        let direct_at = race.started + DIRECT_DELAY;
+        let relay_at = race.started + RELAY_DELAY;
+        let fingerprint = race.expected_fingerprint;
         let mut attempts = JoinSet::new();
         for sa in now {
-            self.attempt(&mut attempts, sa, expected_fingerprint, &mut errors)?;
+            self.attempt(&mut attempts, sa, fingerprint, &mut race.errors)?;
         }
-        let relay_at = started + RELAY_DELAY;
         let mut relay_tried = false;
-        let mut mismatch = None;
-        let conn = loop {
+        loop {
             let state = bound.as_ref().map(|b| b.borrow().clone());
             if !relay_tried
-                && let (Some(t), Some(BindState::Bound(_))) = (&relayed, &state)
+                && let (Some(t), Some(BindState::Bound(_))) = (relayed, &state)
                 && (attempts.is_empty() || Instant::now() >= relay_at)
             {
                 relay_tried = true;
-                tracing::debug!(session = %session_id, "trying the relay");
-                self.attempt(
-                    &mut attempts,
-                    t.relay_addr,
-                    expected_fingerprint,
-                    &mut errors,
-                )?;
+                tracing::debug!(session = %race.session_id, "trying the relay");
+                self.attempt(&mut attempts, t.relay_addr, fingerprint, &mut race.errors)?;
             }
             let relay_pending =
                 !relay_tried && matches!(state, Some(BindState::Binding | BindState::Bound(_)));
             if let Some(BindState::Refused(code, why)) = &state
                 && !relay_tried
             {
-                errors.push(format!("relay: {} ({why})", code.as_str()));
+                race.errors
+                    .push(format!("relay: {} ({why})", code.as_str()));
                 relay_tried = true;
             }
             if attempts.is_empty() && !relay_pending && later.is_none() {
-                if let Some(got) = mismatch {
-                    return Err(P2pError::FingerprintMismatch {
-                        expected: normalise_fingerprint(expected_fingerprint),
-                        got,
-                    });
-                }
-                if errors.is_empty() {
-                    errors.push("no usable address".into());
-                }
-                return Err(P2pError::Unreachable(errors.join("; ")));
+                return Err(race.lost(None));
             }
             tokio::select! {
-                _ = tokio::time::sleep_until(deadline) => {
-                    if let Some(got) = mismatch {
-                        return Err(P2pError::FingerprintMismatch {
-                            expected: normalise_fingerprint(expected_fingerprint),
-                            got,
-                        });
-                    }
-                    return Err(timed_out());
+                _ = tokio::time::sleep_until(race.deadline) => {
+                    return Err(race.lost(Some(self.shared.connect_timeout)));
                 }
                 joined = attempts.join_next(), if !attempts.is_empty() => match joined {
-                    Some(Ok(Ok(conn))) => break conn,
+                    Some(Ok(Ok(conn))) => return Ok(conn),
                     Some(Ok(Err((sa, e, m)))) => {
-                        mismatch = mismatch.or(m);
-                        errors.push(format!("{sa}: {e}"));
+                        race.mismatch = race.mismatch.or(m);
+                        race.errors.push(format!("{sa}: {e}"));
                     }
-                    Some(Err(e)) => errors.push(e.to_string()),
+                    Some(Err(e)) => race.errors.push(e.to_string()),
                     None => {}
                 },
                 changed = async { bound.as_mut().expect("guarded").changed().await },
@@ -658,17 +658,22 @@ impl P2pEndpoint {
                 _ = tokio::time::sleep_until(relay_at), if relay_pending && Instant::now() < relay_at => {}
                 _ = tokio::time::sleep_until(direct_at), if later.is_some() => {
                     for sa in later.take().unwrap_or_default() {
-                        self.attempt(&mut attempts, sa, expected_fingerprint, &mut errors)?;
+                        self.attempt(&mut attempts, sa, fingerprint, &mut race.errors)?;
                     }
                 }
             }
-        };
-        // The losers are dropped (and so abandoned) with `attempts`.
-        drop(attempts);
-        keep_route_while_open(&shared.mux, &conn);
-        drop(relayed);
+        }
+    }
 
-        let hs = shared.handshake_timeout;
+    /// Opens the session's stream on `conn` and says hello with the
+    /// session token; the target's `P2P_WELCOME` makes the session.
+    async fn greet(
+        &self,
+        conn: quinn::Connection,
+        session_id: SessionId,
+        token: &str,
+    ) -> Result<OutgoingSession, P2pError> {
+        let hs = self.shared.handshake_timeout;
         let (w, r) = match timeout(hs, conn.open_bi()).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
@@ -684,32 +689,28 @@ impl P2pEndpoint {
             wire.send(&hello).await?;
             wire.recv().await
         };
-        match timeout(hs, answer).await {
-            Ok(Ok(Frame::Welcome(w))) if w.session_id == session_id => Ok(OutgoingSession {
-                session: Session {
+        let (err, why) = match timeout(hs, answer).await {
+            Ok(Ok(Frame::Welcome(w))) if w.session_id == session_id => {
+                let session = Session {
                     conn,
                     wire,
                     kind: w.kind,
-                    _shared: shared.clone(),
-                },
-                session_id,
-            }),
+                    _shared: self.shared.clone(),
+                };
+                return Ok(OutgoingSession {
+                    session,
+                    session_id,
+                });
+            }
             Ok(Ok(other)) => {
-                let err = wire
-                    .fail(unexpected(&other, "P2P_WELCOME for this session"))
-                    .await;
-                conn.close(CLOSE_ERROR.into(), b"protocol");
-                Err(err)
+                let err = unexpected(&other, "P2P_WELCOME for this session");
+                (wire.fail(err).await, &b"protocol"[..])
             }
-            Ok(Err(e)) => {
-                conn.close(CLOSE_ERROR.into(), b"refused");
-                Err(e)
-            }
-            Err(_) => {
-                conn.close(CLOSE_ERROR.into(), b"timeout");
-                Err(P2pError::Timeout(hs))
-            }
-        }
+            Ok(Err(e)) => (e, &b"refused"[..]),
+            Err(_) => (P2pError::Timeout(hs), &b"timeout"[..]),
+        };
+        conn.close(CLOSE_ERROR.into(), why);
+        Err(err)
     }
 
     /// Starts one handshake to `sa` in `attempts`.
@@ -870,6 +871,62 @@ const ROUTE_DRAIN: Duration = Duration::from_secs(3);
 
 /// A connection over the relay keeps its route until it closed (and its
 /// goodbye had time to reach the peer).
+/// What [`P2pEndpoint::race`] learns while it runs.
+struct Race<'a> {
+    expected_fingerprint: &'a str,
+    session_id: SessionId,
+    started: Instant,
+    deadline: Instant,
+    /// Why each address failed, for [`P2pError::Unreachable`].
+    errors: Vec<String>,
+    /// The certificate fingerprint an address presented instead of the
+    /// expected one: the most telling failure, reported first.
+    mismatch: Option<String>,
+}
+
+impl Race<'_> {
+    /// Why nothing connected: a wrong certificate if one was seen, else the
+    /// time-out (when `timed_out` gives it) or every address's failure.
+    fn lost(self, timed_out: Option<Duration>) -> P2pError {
+        if let Some(got) = self.mismatch {
+            return P2pError::FingerprintMismatch {
+                expected: normalise_fingerprint(self.expected_fingerprint),
+                got,
+            };
+        }
+        if let Some(t) = timed_out {
+            return P2pError::Timeout(t);
+        }
+        let mut errors = self.errors;
+        if errors.is_empty() {
+            errors.push("no usable address".into());
+        }
+        P2pError::Unreachable(errors.join("; "))
+    }
+}
+
+/// The socket addresses of `addrs` (names looked up by the system), and
+/// why each one that did not resolve failed; `None` past `deadline`.
+async fn resolve(
+    addrs: &[impl AsRef<str>],
+    deadline: Instant,
+) -> Option<(Vec<SocketAddr>, Vec<String>)> {
+    let mut errors = Vec::new();
+    let mut targets = Vec::new();
+    for a in addrs {
+        let a = a.as_ref();
+        match a.parse::<SocketAddr>() {
+            Ok(sa) => targets.push(sa),
+            Err(_) => match timeout_at(deadline, tokio::net::lookup_host(a)).await {
+                Ok(Ok(found)) => targets.extend(found),
+                Ok(Err(e)) => errors.push(format!("{a}: {e}")),
+                Err(_) => return None,
+            },
+        }
+    }
+    Some((targets, errors))
+}
+
 fn keep_route_while_open(mux: &Arc<Mux>, conn: &quinn::Connection) {
     if let Some(session) = mux.claim_addr(conn.remote_address()) {
         let (mux, conn) = (mux.clone(), conn.clone());

@@ -19,11 +19,12 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite};
 use tokio::sync::mpsc;
 
 use super::frame::{self, CHUNK_SIZE, FileMeta, Frame};
+pub(crate) use super::transfer::unexpected;
+use super::transfer::{self, Received, Receiving, ResumeOffer, Sending, Sidecar};
 use super::{ErrorCode, P2pError, path};
 
 /// How far a transfer is, for progress bars.
@@ -37,6 +38,25 @@ pub struct Progress {
     pub done: u64,
     /// Bytes of the whole transfer.
     pub total: u64,
+}
+
+/// Progress of one file within a transfer of `total` bytes, `base` of
+/// which were done before this file (the earlier files of a folder).
+pub(crate) struct Tally<'a, F> {
+    pub(crate) base: u64,
+    pub(crate) total: u64,
+    pub(crate) report: &'a mut F,
+}
+
+impl<F: FnMut(Progress)> Tally<'_, F> {
+    /// `done` bytes of the file `name` are done.
+    fn at(&mut self, name: &str, done: u64) {
+        (self.report)(Progress {
+            name: name.to_owned(),
+            done: self.base + done,
+            total: self.total,
+        });
+    }
 }
 
 /// What a finished file transfer did.
@@ -217,13 +237,6 @@ where
     }
 }
 
-pub(crate) fn unexpected(got: &Frame, wanted: &'static str) -> P2pError {
-    P2pError::Unexpected {
-        got: got.name(),
-        wanted,
-    }
-}
-
 /// BLAKE3 of the first `len` bytes of `path`, on every core for large
 /// files (see [`hash_prefix`]). Blocking: for a blocking task.
 pub(crate) fn hash_len_blocking(path: &Path, len: u64) -> Result<blake3::Hash, P2pError> {
@@ -352,17 +365,15 @@ fn hash_prefix(
 }
 
 /// Sends one file. `known_hash` skips hashing when the caller already did
-/// (folders hash every file for the manifest).
-#[allow(clippy::too_many_arguments)]
+/// (folders hash every file for the manifest). The rules are
+/// [`Sending`]'s; this drives them over the wire and the file.
 pub(crate) async fn send_one<R, W, F>(
     wire: &mut Wire<R, W>,
     path: &Path,
     name: String,
     known_hash: Option<blake3::Hash>,
     opts: &SendOptions,
-    base: u64,
-    total: u64,
-    progress: &mut F,
+    tally: &mut Tally<'_, F>,
 ) -> Result<FileReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
@@ -374,47 +385,35 @@ where
         .map_err(|e| P2pError::io(path, e))?;
     let meta = file.metadata().await.map_err(|e| P2pError::io(path, e))?;
     if !meta.is_file() {
-        return Err(P2pError::BadLocalPath(format!(
-            "{}: not a regular file",
-            path.display()
-        )));
+        let msg = format!("{}: not a regular file", path.display());
+        return Err(P2pError::BadLocalPath(msg));
     }
     let size = meta.len();
     let hash = match known_hash {
         Some(h) => h,
         None => hash_file(path, size).await?,
     };
-    wire.send(&Frame::FileMeta(FileMeta {
+    let announce = FileMeta {
         name: name.clone(),
         size,
         blake3: hash,
         resume: opts.resume,
-    }))
-    .await?;
-
-    let start = match wire.recv().await? {
-        Frame::FileResumeFrom {
-            offset,
-            prefix_blake3,
-        } => {
-            if offset == 0 || !opts.resume || offset > size {
-                0
-            } else if hash_file(path, offset).await? == prefix_blake3 {
-                offset
-            } else {
-                tracing::info!(%name, offset, "the receiver's partial file does not match; sending from the start");
-                0
-            }
-        }
-        other => return Err(wire.fail(unexpected(&other, "FILE_RESUME_FROM")).await),
     };
+    wire.send(&Frame::FileMeta(announce)).await?;
 
-    let mut offset = start;
-    progress(Progress {
-        name: name.clone(),
-        done: base + offset,
-        total,
-    });
+    let offer = match Sending::new(size, opts.resume).on_resume_from(wire.recv().await?) {
+        Ok(offer) => offer,
+        Err(e) => return Err(wire.fail(e).await),
+    };
+    let prefix_matches = match &offer {
+        ResumeOffer::Check { offset, prefix } => hash_file(path, *offset).await? == *prefix,
+        ResumeOffer::FromStart => false,
+    };
+    if let (ResumeOffer::Check { offset, .. }, false) = (&offer, prefix_matches) {
+        tracing::info!(%name, offset, "the receiver's partial file does not match; sending from the start");
+    }
+    let start = Sending::start(&offer, prefix_matches);
+    tally.at(&name, start);
     // A reader on the blocking pool reads ahead in large blocks while this
     // task sends; each block is cut into chunks that share its buffer.
     let (mut blocks, reader) = spawn_reader(
@@ -424,6 +423,7 @@ where
         size,
         opts.flip_byte_at,
     );
+    let mut offset = start;
     while offset < size {
         let Some(block) = blocks.recv().await else {
             // The reader stops early only by sending an error first or
@@ -434,36 +434,26 @@ where
             });
         };
         let block = block?;
-        let mut at = 0;
-        while at < block.len() {
-            let end = (at + CHUNK_SIZE).min(block.len());
-            let n = (end - at) as u64;
-            wire.send_chunk(offset, block.slice(at..end)).await?;
-            at = end;
+        for at in (0..block.len()).step_by(CHUNK_SIZE) {
+            let chunk = block.slice(at..(at + CHUNK_SIZE).min(block.len()));
+            let n = chunk.len() as u64;
+            wire.send_chunk(offset, chunk).await?;
             offset += n;
-            progress(Progress {
-                name: name.clone(),
-                done: base + offset,
-                total,
-            });
+            tally.at(&name, offset);
         }
     }
     wire.send(&Frame::FileDone).await?;
-    match wire.recv().await? {
-        Frame::FileAck { ok: true, .. } => Ok(FileReport {
-            path: path.to_owned(),
-            name,
-            size,
-            blake3: hash,
-            resumed_from: start,
-            transferred: size - start,
-        }),
-        Frame::FileAck { ok: false, message } => Err(P2pError::Remote {
-            code: ErrorCode::Internal,
-            message,
-        }),
-        other => Err(wire.fail(unexpected(&other, "FILE_ACK")).await),
+    if let Err(e) = Sending::on_ack(wire.recv().await?) {
+        return Err(wire.fail(e).await);
     }
+    Ok(FileReport {
+        path: path.to_owned(),
+        name,
+        size,
+        blake3: hash,
+        resumed_from: start,
+        transferred: size - start,
+    })
 }
 
 /// Bytes the sender's reader reads at once.
@@ -530,16 +520,6 @@ fn flip(mut buf: Vec<u8>, offset: u64, at: Option<u64>) -> Vec<u8> {
     buf
 }
 
-/// What the sidecar of a part file records.
-#[derive(Debug, Serialize, Deserialize)]
-struct Sidecar {
-    version: u32,
-    size: u64,
-    blake3: String,
-    /// Bytes written (and flushed) to the part file.
-    written: u64,
-}
-
 /// The part file and sidecar for `final_path`.
 fn part_paths(final_path: &Path) -> Result<(PathBuf, PathBuf), P2pError> {
     let name = final_path
@@ -560,13 +540,8 @@ fn part_paths(final_path: &Path) -> Result<(PathBuf, PathBuf), P2pError> {
 }
 
 fn sidecar_bytes(path: &Path, meta: &FileMeta, written: u64) -> Result<Vec<u8>, P2pError> {
-    let sidecar = Sidecar {
-        version: 1,
-        size: meta.size,
-        blake3: meta.blake3.to_hex().to_string(),
-        written,
-    };
-    serde_json::to_vec(&sidecar).map_err(|e| P2pError::io(path, std::io::Error::other(e)))
+    serde_json::to_vec(&Sidecar::new(meta, written))
+        .map_err(|e| P2pError::io(path, std::io::Error::other(e)))
 }
 
 async fn write_sidecar(path: &Path, meta: &FileMeta, written: u64) -> Result<(), P2pError> {
@@ -599,22 +574,15 @@ async fn resumable(
     let Ok(raw) = tokio::fs::read(sidecar).await else {
         return Ok(None);
     };
-    let Ok(s) = serde_json::from_slice::<Sidecar>(&raw) else {
-        return Ok(None);
-    };
-    if s.version != 1 || s.size != meta.size || s.blake3 != meta.blake3.to_hex().as_str() {
-        return Ok(None);
-    }
     let Ok(md) = tokio::fs::symlink_metadata(part).await else {
         return Ok(None);
     };
     if !md.is_file() {
         return Ok(None);
     }
-    let offset = s.written.min(md.len()).min(meta.size);
-    if offset == 0 {
+    let Some(offset) = Sidecar::resumable(&raw, meta, md.len()) else {
         return Ok(None);
-    }
+    };
     let part_owned = part.to_owned();
     let hasher = tokio::task::spawn_blocking(move || {
         use std::io::Read;
@@ -713,219 +681,61 @@ fn spawn_writer(
 }
 
 /// Receives the file `meta` announces into `final_path` (already checked to
-/// be under the destination).
-#[allow(clippy::too_many_arguments)]
+/// be under the destination). The rules are [`Receiving`]'s; this drives
+/// them over the wire, a writer task and the part file.
 pub(crate) async fn receive_one<R, W, F>(
     wire: &mut Wire<R, W>,
     meta: FileMeta,
     final_path: &Path,
     opts: &ReceiveOptions,
-    base: u64,
-    total: u64,
-    progress: &mut F,
+    tally: &mut Tally<'_, F>,
 ) -> Result<FileReport, P2pError>
 where
     R: AsyncRead + Unpin + Send,
     W: WriteBytes,
     F: FnMut(Progress) + Send,
 {
-    if let Some(max) = opts.max_size
-        && meta.size > max
-    {
-        return Err(wire
-            .fail(P2pError::refused(
-                ErrorCode::TooLarge,
-                format!("{} bytes is more than the {max} accepted", meta.size),
-            ))
-            .await);
-    }
-    if !opts.overwrite && exists(final_path).await? {
-        return Err(wire
-            .fail(P2pError::refused(
-                ErrorCode::AlreadyExists,
-                format!("{} exists", meta.name),
-            ))
-            .await);
-    }
-    if let Ok(md) = tokio::fs::symlink_metadata(final_path).await
-        && !md.is_file()
-    {
-        return Err(wire
-            .fail(P2pError::refused(
-                ErrorCode::AlreadyExists,
-                format!("{} exists and is not a regular file", meta.name),
-            ))
-            .await);
+    let refusal = match transfer::check_size(&meta, opts.max_size) {
+        Err(e) => Some(e),
+        Ok(()) => destination_taken(&meta, final_path, opts.overwrite).await?,
+    };
+    if let Some(e) = refusal {
+        return Err(wire.fail(e).await);
     }
     let (part, sidecar) = part_paths(final_path)?;
-
-    let resume = if meta.resume {
-        resumable(&part, &sidecar, &meta).await?
-    } else {
-        None
-    };
-    let (mut offset, hasher, mut file) = match resume {
-        Some((offset, hasher)) => {
-            let file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .open(&part)
-                .await
-                .map_err(|e| P2pError::io(&part, e))?;
-            file.set_len(offset)
-                .await
-                .map_err(|e| P2pError::io(&part, e))?;
-            (offset, hasher, file)
-        }
-        None => {
-            // A stale part (or whatever sits at its name, a symlink even)
-            // is removed, never followed.
-            if exists(&part).await? {
-                tokio::fs::remove_file(&part)
-                    .await
-                    .map_err(|e| P2pError::io(&part, e))?;
-            }
-            let file = create_new(&part).await?;
-            (0, blake3::Hasher::new(), file)
-        }
-    };
-    let resumed_from = offset;
-    write_sidecar(&sidecar, &meta, offset).await?;
-    file.seek(std::io::SeekFrom::Start(offset))
-        .await
-        .map_err(|e| P2pError::io(&part, e))?;
+    let start = open_part(&part, &sidecar, &meta).await?;
+    let resumed_from = start.written;
     wire.send(&Frame::FileResumeFrom {
-        offset,
-        prefix_blake3: hasher.clone().finalize(),
+        offset: resumed_from,
+        prefix_blake3: start.hasher.clone().finalize(),
     })
     .await?;
-    progress(Progress {
-        name: meta.name.clone(),
-        done: base + offset,
-        total,
-    });
+    tally.at(&meta.name, resumed_from);
 
     // This task reads and checks frames; a writer on the blocking pool
     // writes and hashes what they carry meanwhile (see `spawn_writer`).
-    let (to_writer, writer) = spawn_writer(
-        Written {
-            file: file.into_std().await,
-            hasher,
-            written: offset,
-            error: None,
-        },
-        part.clone(),
-        sidecar.clone(),
-        &meta,
-    );
-    let mut first = true;
-    let mut transferred = 0u64;
-    let outcome: Result<(), P2pError> = async {
-        loop {
-            match wire.recv().await? {
-                Frame::FileChunk { offset: at, data } => {
-                    if first && at == 0 && offset != 0 {
-                        // The sender did not trust our prefix: start over.
-                        to_writer
-                            .send(ToWriter::Restart)
-                            .await
-                            .map_err(|_| writer_stopped())?;
-                        offset = 0;
-                    }
-                    first = false;
-                    if at != offset {
-                        return Err(P2pError::refused(
-                            ErrorCode::Protocol,
-                            format!("chunk at {at}, expected {offset}"),
-                        ));
-                    }
-                    let end = offset.saturating_add(data.len() as u64);
-                    if end > meta.size {
-                        return Err(P2pError::refused(
-                            ErrorCode::Protocol,
-                            "more data than FILE_META announced",
-                        ));
-                    }
-                    let n = data.len() as u64;
-                    to_writer
-                        .send(ToWriter::Data(data))
-                        .await
-                        .map_err(|_| writer_stopped())?;
-                    offset = end;
-                    transferred += n;
-                    progress(Progress {
-                        name: meta.name.clone(),
-                        done: base + offset,
-                        total,
-                    });
-                }
-                Frame::FileDone => {
-                    if offset != meta.size {
-                        return Err(P2pError::refused(
-                            ErrorCode::Protocol,
-                            format!("FILE_DONE after {offset} of {} bytes", meta.size),
-                        ));
-                    }
-                    return Ok(());
-                }
-                other => return Err(unexpected(&other, "FILE_CHUNK or FILE_DONE")),
-            }
-        }
-    }
-    .await;
-
+    let mut receiving = Receiving::new(meta.size, resumed_from);
+    let (to_writer, writer) = spawn_writer(start, part.clone(), sidecar.clone(), &meta);
+    let outcome = pump(wire, &mut receiving, &to_writer, &meta.name, tally).await;
     // The writer finishes what it was given, then hands the file back.
     drop(to_writer);
-    let Written {
-        file,
-        hasher,
-        written,
-        error,
-    } = writer
+    let written = writer
         .await
         .map_err(|e| P2pError::Connection(format!("file writing task: {e}")))?;
+    let file = tokio::fs::File::from_std(written.file);
     // A writer that failed is why the channel closed: its error first.
-    let outcome = match error {
-        Some(e) => Err(e),
-        None => outcome,
-    };
-    let file = tokio::fs::File::from_std(file);
-
-    if let Err(e) = outcome {
-        // Keep what arrived for a later resume: it is re-hashed and checked
-        // by the sender before it is trusted.
-        let saved = async {
-            file.sync_data().await.map_err(|e| P2pError::io(&part, e))?;
-            // Another session may have finished the same file meanwhile (a
-            // resumed send while this one waited out its idle time-out):
-            // then there is no part file left to describe.
-            if tokio::fs::try_exists(&part).await.unwrap_or(false) {
-                write_sidecar(&sidecar, &meta, written).await?;
-            }
-            Ok::<(), P2pError>(())
-        }
-        .await;
-        if let Err(save) = saved {
-            tracing::warn!(error = %save, "could not record the partial file for resuming");
-        }
+    if let Err(e) = written.error.map_or(outcome, Err) {
+        keep_for_resuming(file, &part, &sidecar, &meta, written.written).await;
         return Err(wire.fail(e).await);
     }
 
     file.sync_all().await.map_err(|e| P2pError::io(&part, e))?;
     drop(file);
-    let got = hasher.finalize();
-    if got != meta.blake3 {
-        discard(&part, &sidecar).await;
-        return Err(wire
-            .fail(P2pError::refused(
-                ErrorCode::HashMismatch,
-                format!(
-                    "{}: content hashes to {got}, not the announced {}",
-                    meta.name, meta.blake3
-                ),
-            ))
-            .await);
-    }
-    if let Err(e) = put_in_place(&part, final_path, opts.overwrite).await {
+    let placed = match Receiving::check_hash(&meta, written.hasher.finalize()) {
+        Ok(()) => put_in_place(&part, final_path, opts.overwrite).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = placed {
         discard(&part, &sidecar).await;
         return Err(wire.fail(e).await);
     }
@@ -941,8 +751,125 @@ where
         size: meta.size,
         blake3: meta.blake3,
         resumed_from,
-        transferred,
+        transferred: receiving.transferred(),
     })
+}
+
+/// Why `final_path` cannot take the file, if it cannot: something is there
+/// and may not be replaced, or is not a regular file.
+async fn destination_taken(
+    meta: &FileMeta,
+    final_path: &Path,
+    overwrite: bool,
+) -> Result<Option<P2pError>, P2pError> {
+    if !overwrite && exists(final_path).await? {
+        let msg = format!("{} exists", meta.name);
+        return Ok(Some(P2pError::refused(ErrorCode::AlreadyExists, msg)));
+    }
+    if let Ok(md) = tokio::fs::symlink_metadata(final_path).await
+        && !md.is_file()
+    {
+        let msg = format!("{} exists and is not a regular file", meta.name);
+        return Ok(Some(P2pError::refused(ErrorCode::AlreadyExists, msg)));
+    }
+    Ok(None)
+}
+
+/// The part file, resumed where its sidecar allows or new, with the
+/// sidecar written and the file positioned at its end.
+async fn open_part(part: &Path, sidecar: &Path, meta: &FileMeta) -> Result<Written, P2pError> {
+    let resume = if meta.resume {
+        resumable(part, sidecar, meta).await?
+    } else {
+        None
+    };
+    let (written, hasher, mut file) = match resume {
+        Some((offset, hasher)) => {
+            let file = tokio::fs::OpenOptions::new()
+                .write(true)
+                .open(part)
+                .await
+                .map_err(|e| P2pError::io(part, e))?;
+            file.set_len(offset)
+                .await
+                .map_err(|e| P2pError::io(part, e))?;
+            (offset, hasher, file)
+        }
+        None => {
+            // A stale part (or whatever sits at its name, a symlink even)
+            // is removed, never followed.
+            if exists(part).await? {
+                tokio::fs::remove_file(part)
+                    .await
+                    .map_err(|e| P2pError::io(part, e))?;
+            }
+            (0, blake3::Hasher::new(), create_new(part).await?)
+        }
+    };
+    write_sidecar(sidecar, meta, written).await?;
+    file.seek(std::io::SeekFrom::Start(written))
+        .await
+        .map_err(|e| P2pError::io(part, e))?;
+    Ok(Written {
+        file: file.into_std().await,
+        hasher,
+        written,
+        error: None,
+    })
+}
+
+/// Reads frames until `FILE_DONE`, handing their bytes to the writer.
+async fn pump<R, W, F>(
+    wire: &mut Wire<R, W>,
+    receiving: &mut Receiving,
+    to_writer: &mpsc::Sender<ToWriter>,
+    name: &str,
+    tally: &mut Tally<'_, F>,
+) -> Result<(), P2pError>
+where
+    R: AsyncRead + Unpin + Send,
+    W: WriteBytes,
+    F: FnMut(Progress) + Send,
+{
+    loop {
+        match receiving.on_frame(wire.recv().await?)? {
+            Received::Append { restart, data } => {
+                if restart {
+                    let sent = to_writer.send(ToWriter::Restart).await;
+                    sent.map_err(|_| writer_stopped())?;
+                }
+                let sent = to_writer.send(ToWriter::Data(data)).await;
+                sent.map_err(|_| writer_stopped())?;
+                tally.at(name, receiving.offset());
+            }
+            Received::Done => return Ok(()),
+        }
+    }
+}
+
+/// Keeps what arrived of a failed transfer for a later resume: it is
+/// re-hashed and checked by the sender before it is trusted.
+async fn keep_for_resuming(
+    file: tokio::fs::File,
+    part: &Path,
+    sidecar: &Path,
+    meta: &FileMeta,
+    written: u64,
+) {
+    let saved = async {
+        file.sync_data().await.map_err(|e| P2pError::io(part, e))?;
+        // Another session may have finished the same file meanwhile (a
+        // resumed send while this one waited out its idle time-out): then
+        // there is no part file left to describe.
+        if tokio::fs::try_exists(part).await.unwrap_or(false) {
+            write_sidecar(sidecar, meta, written).await?;
+        }
+        Ok::<(), P2pError>(())
+    }
+    .await;
+    if let Err(save) = saved {
+        tracing::warn!(error = %save, "could not record the partial file for resuming");
+    }
 }
 
 async fn create_new(path: &Path) -> Result<tokio::fs::File, P2pError> {
@@ -1024,8 +951,12 @@ where
         )));
     }
     let final_path = dest_dir.join(&meta.name);
-    let total = meta.size;
-    receive_one(wire, meta, &final_path, opts, 0, total, &mut progress).await
+    let mut tally = Tally {
+        base: 0,
+        total: meta.size,
+        report: &mut progress,
+    };
+    receive_one(wire, meta, &final_path, opts, &mut tally).await
 }
 
 /// Sends a single-file session's file.
@@ -1055,7 +986,12 @@ where
         .await
         .map_err(|e| P2pError::io(path, e))?
         .len();
-    send_one(wire, path, name, None, opts, 0, size, &mut progress).await
+    let mut tally = Tally {
+        base: 0,
+        total: size,
+        report: &mut progress,
+    };
+    send_one(wire, path, name, None, opts, &mut tally).await
 }
 
 /// A chunk of data, for tests that write raw frames.

@@ -179,17 +179,14 @@ where
         .filter(|e| e.kind == EntryKind::File)
     {
         let Some(source) = sources.next() else { break };
-        let report = file::send_one(
-            wire,
-            &source,
-            entry.path.clone(),
-            entry.blake3,
-            &file_opts,
+        let mut tally = file::Tally {
             base,
             total,
-            &mut progress,
-        )
-        .await?;
+            report: &mut progress,
+        };
+        let name = entry.path.clone();
+        let report =
+            file::send_one(wire, &source, name, entry.blake3, &file_opts, &mut tally).await?;
         if report.size != entry.size || Some(report.blake3) != entry.blake3 {
             return Err(P2pError::BadLocalPath(format!(
                 "{} changed while being sent",
@@ -411,8 +408,12 @@ where
                 ))
                 .await);
         }
-        let report =
-            file::receive_one(wire, meta, target, opts, base, total, &mut progress).await?;
+        let mut tally = file::Tally {
+            base,
+            total,
+            report: &mut progress,
+        };
+        let report = file::receive_one(wire, meta, target, opts, &mut tally).await?;
         base += e.size;
         files.push(report);
     }

@@ -65,6 +65,7 @@ mod identity;
 pub mod path;
 mod terminal;
 pub mod tls;
+mod transfer;
 pub mod traversal;
 
 pub use endpoint::{

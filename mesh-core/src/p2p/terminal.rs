@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use portable_pty::{CommandBuilder, PtySize, native_pty_system};
+use portable_pty::{ChildKiller, CommandBuilder, MasterPty, PtySize, native_pty_system};
 use tokio::sync::mpsc;
 
 use super::file::{Wire, unexpected};
@@ -117,26 +117,58 @@ const OUTPUT_FRAME: usize = 64 * 1024;
 /// left behind may hold the PTY open).
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 
-/// Runs `cmd` on a PTY and shares it over `wire` until it exits (returns
-/// its exit code) or the viewer leaves (kills it, returns `None`).
-pub(crate) async fn share(
-    wire: Wire<quinn::RecvStream, quinn::SendStream>,
-    cmd: TerminalCommand,
-    policy: TerminalPolicy,
-) -> Result<Option<u32>, P2pError> {
-    let Wire { r, mut w } = wire;
-    let pair = native_pty_system()
-        .openpty(PtySize {
-            rows: cmd.rows,
-            cols: cmd.cols,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .map_err(term_err)?;
-    let mut builder = CommandBuilder::new(&cmd.program);
-    for a in &cmd.args {
-        builder.arg(a);
+/// What the sharer does with a frame from the viewer.
+#[derive(Debug, PartialEq, Eq)]
+enum ViewerAsks {
+    /// Type these bytes into the PTY.
+    Input(Bytes),
+    /// Resize the PTY.
+    Resize { cols: u16, rows: u16 },
+    /// Refuse (a read-only share): answer with this frame and go on.
+    Refuse(Frame),
+}
+
+/// The viewer's frame under `policy`; anything but input or a resize is a
+/// protocol error that ends the share.
+fn viewer_asks(frame: Frame, policy: TerminalPolicy) -> Result<ViewerAsks, P2pError> {
+    let read_only = || {
+        ViewerAsks::Refuse(Frame::error(
+            ErrorCode::ReadOnly,
+            "this terminal is shared read-only",
+        ))
+    };
+    match frame {
+        Frame::TermInput(_) | Frame::TermResize { .. } if !policy.allow_control => Ok(read_only()),
+        Frame::TermInput(data) => Ok(ViewerAsks::Input(data)),
+        Frame::TermResize { cols, rows } => Ok(ViewerAsks::Resize { cols, rows }),
+        other => Err(unexpected(&other, "TERM_INPUT or TERM_RESIZE")),
     }
+}
+
+/// A program running on a PTY, and the threads that carry its bytes.
+struct Pty {
+    master: Box<dyn MasterPty + Send>,
+    /// What the program writes, read by a thread of its own (PTY reads block).
+    output: mpsc::Receiver<Vec<u8>>,
+    /// What the viewer types, written by a thread of its own; `None` for a
+    /// read-only share.
+    input: Option<std::sync::mpsc::Sender<Bytes>>,
+    killer: Box<dyn ChildKiller + Send + Sync>,
+    exit: tokio::task::JoinHandle<std::io::Result<portable_pty::ExitStatus>>,
+}
+
+/// Starts `cmd` on a new PTY. Spawning the program may fail
+/// ([`P2pError::Terminal`]); the caller tells the viewer.
+fn spawn_pty(cmd: &TerminalCommand, policy: TerminalPolicy) -> Result<Pty, P2pError> {
+    let size = PtySize {
+        rows: cmd.rows,
+        cols: cmd.cols,
+        pixel_width: 0,
+        pixel_height: 0,
+    };
+    let pair = native_pty_system().openpty(size).map_err(term_err)?;
+    let mut builder = CommandBuilder::new(&cmd.program);
+    builder.args(&cmd.args);
     if let Some(dir) = &cmd.cwd {
         builder.cwd(dir);
     }
@@ -146,32 +178,17 @@ pub(crate) async fn share(
     let spawned = pair.slave.spawn_command(builder);
     // Our copy of the slave side must go, or the PTY never reports EOF.
     drop(pair.slave);
-    let mut child = match spawned {
-        Ok(c) => c,
-        Err(e) => {
-            let err = term_err(e);
-            let _ = frame::write_frame(&mut w, &Frame::error(ErrorCode::Terminal, err.to_string()))
-                .await;
-            return Err(err);
-        }
-    };
-    let mut killer = child.clone_killer();
+    let mut child = spawned.map_err(term_err)?;
+    let killer = child.clone_killer();
     let master = pair.master;
     let mut reader = master.try_clone_reader().map_err(term_err)?;
-
-    // PTY reads and writes block: each gets a thread.
-    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(32);
+    let (out_tx, output) = mpsc::channel::<Vec<u8>>(32);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match reader.read(&mut buf) {
-                // EIO once the child side is closed: the end, as EOF.
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if out_tx.blocking_send(buf[..n].to_vec()).is_err() {
-                        break;
-                    }
-                }
+        // EIO once the child side is closed: the end, as EOF.
+        while let Ok(n @ 1..) = reader.read(&mut buf) {
+            if out_tx.blocking_send(buf[..n].to_vec()).is_err() {
+                break;
             }
         }
     });
@@ -193,13 +210,27 @@ pub(crate) async fn share(
     } else {
         None
     };
-    let mut exit = tokio::task::spawn_blocking(move || child.wait());
+    let exit = tokio::task::spawn_blocking(move || child.wait());
+    Ok(Pty {
+        master,
+        output,
+        input,
+        killer,
+        exit,
+    })
+}
 
-    // Frames from the viewer, read by a task of their own so that the
-    // select below never cancels a half-read frame.
-    let (frames_tx, mut frames_rx) = mpsc::channel::<Result<Frame, P2pError>>(16);
-    let reader_task = tokio::spawn(async move {
-        let mut r = r;
+/// Reads the viewer's frames on a task of their own, so that the select
+/// of [`share`] never cancels a half-read frame. The channel ends after
+/// the first error (the viewer's `P2P_ERROR` or the stream's end).
+fn spawn_frame_reader(
+    mut r: quinn::RecvStream,
+) -> (
+    mpsc::Receiver<Result<Frame, P2pError>>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (frames_tx, frames_rx) = mpsc::channel::<Result<Frame, P2pError>>(16);
+    let task = tokio::spawn(async move {
         loop {
             let next = match frame::read_frame(&mut r).await {
                 Ok(Some(Frame::Error(e))) => Err(P2pError::Remote {
@@ -216,79 +247,28 @@ pub(crate) async fn share(
             }
         }
     });
+    (frames_rx, task)
+}
 
-    let mut output_open = true;
-    let mut exit_code: Option<Option<u32>> = None;
-    let drain_deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
-    tokio::pin!(drain_deadline);
-    let outcome = loop {
-        if !output_open && exit_code.is_some() {
-            break Ok(());
-        }
-        tokio::select! {
-            chunk = out_rx.recv(), if output_open => match chunk {
-                Some(data) => {
-                    let mut failed = None;
-                    for piece in data.chunks(OUTPUT_FRAME) {
-                        let f = Frame::TermOutput(Bytes::copy_from_slice(piece));
-                        if let Err(e) = frame::write_frame(&mut w, &f).await {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    if let Some(e) = failed {
-                        break Err(e.into());
-                    }
-                }
-                None => output_open = false,
-            },
-            status = &mut exit, if exit_code.is_none() => {
-                exit_code = Some(match status {
-                    Ok(Ok(s)) => Some(s.exit_code()),
-                    _ => None,
-                });
-                drain_deadline
-                    .as_mut()
-                    .reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
-            },
-            () = &mut drain_deadline, if exit_code.is_some() => output_open = false,
-            frame = frames_rx.recv() => match frame {
-                Some(Ok(Frame::TermInput(data))) => match &input {
-                    Some(tx) => {
-                        if tx.send(data).is_err() {
-                            tracing::debug!("terminal input after the PTY closed");
-                        }
-                    }
-                    None => {
-                        let f = Frame::error(ErrorCode::ReadOnly, "this terminal is shared read-only");
-                        if let Err(e) = frame::write_frame(&mut w, &f).await {
-                            break Err(e.into());
-                        }
-                    }
-                },
-                Some(Ok(Frame::TermResize { cols, rows })) => {
-                    if policy.allow_control {
-                        let size = PtySize { rows, cols, pixel_width: 0, pixel_height: 0 };
-                        if let Err(e) = master.resize(size) {
-                            tracing::debug!(error = %e, "terminal resize failed");
-                        }
-                    } else {
-                        let f = Frame::error(ErrorCode::ReadOnly, "this terminal is shared read-only");
-                        if let Err(e) = frame::write_frame(&mut w, &f).await {
-                            break Err(e.into());
-                        }
-                    }
-                }
-                Some(Ok(other)) => {
-                    let err = unexpected(&other, "TERM_INPUT or TERM_RESIZE");
-                    let _ = frame::write_frame(&mut w, &Frame::error(ErrorCode::Protocol, err.to_string())).await;
-                    break Err(err);
-                }
-                // The viewer left (or the connection died): stop sharing.
-                Some(Err(_)) | None => break Err(P2pError::Connection("the viewer left".into())),
-            },
+/// Runs `cmd` on a PTY and shares it over `wire` until it exits (returns
+/// its exit code) or the viewer leaves (kills it, returns `None`).
+pub(crate) async fn share(
+    wire: Wire<quinn::RecvStream, quinn::SendStream>,
+    cmd: TerminalCommand,
+    policy: TerminalPolicy,
+) -> Result<Option<u32>, P2pError> {
+    let Wire { r, mut w } = wire;
+    let mut pty = match spawn_pty(&cmd, policy) {
+        Ok(pty) => pty,
+        Err(err) => {
+            let f = Frame::error(ErrorCode::Terminal, err.to_string());
+            let _ = frame::write_frame(&mut w, &f).await;
+            return Err(err);
         }
     };
+    let (mut frames, reader_task) = spawn_frame_reader(r);
+    let mut exit_code: Option<Option<u32>> = None;
+    let outcome = relay_until_done(&mut w, &mut pty, &mut frames, policy, &mut exit_code).await;
     reader_task.abort();
     match outcome {
         Ok(()) => {
@@ -297,21 +277,84 @@ pub(crate) async fn share(
             let _ = w.finish();
             Ok(code)
         }
-        Err(P2pError::Connection(_)) => {
-            if exit_code.is_none() {
-                let _ = killer.kill();
-                let _ = exit.await;
-            }
-            Ok(None)
-        }
         Err(e) => {
             if exit_code.is_none() {
-                let _ = killer.kill();
-                let _ = exit.await;
+                let _ = pty.killer.kill();
+                let _ = (&mut pty.exit).await;
             }
-            Err(e)
+            match e {
+                // The viewer left (or the connection died): not our failure.
+                P2pError::Connection(_) => Ok(None),
+                e => Err(e),
+            }
         }
     }
+}
+
+/// Carries output to the viewer and the viewer's input and resizes to the
+/// PTY until the program exited and its output is drained (`Ok`), or the
+/// viewer leaves or breaks the protocol (`Err`). `exit_code` is set once
+/// the program exited.
+async fn relay_until_done(
+    w: &mut quinn::SendStream,
+    pty: &mut Pty,
+    frames: &mut mpsc::Receiver<Result<Frame, P2pError>>,
+    policy: TerminalPolicy,
+    exit_code: &mut Option<Option<u32>>,
+) -> Result<(), P2pError> {
+    let mut output_open = true;
+    let drain_deadline = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(drain_deadline);
+    while output_open || exit_code.is_none() {
+        tokio::select! {
+            chunk = pty.output.recv(), if output_open => match chunk {
+                Some(data) => {
+                    for piece in data.chunks(OUTPUT_FRAME) {
+                        let f = Frame::TermOutput(Bytes::copy_from_slice(piece));
+                        frame::write_frame(w, &f).await?;
+                    }
+                }
+                None => output_open = false,
+            },
+            status = &mut pty.exit, if exit_code.is_none() => {
+                *exit_code = Some(match status {
+                    Ok(Ok(s)) => Some(s.exit_code()),
+                    _ => None,
+                });
+                drain_deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + DRAIN_AFTER_EXIT);
+            },
+            () = &mut drain_deadline, if exit_code.is_some() => output_open = false,
+            frame = frames.recv() => {
+                let Some(Ok(frame)) = frame else {
+                    // The viewer left (or the connection died): stop sharing.
+                    return Err(P2pError::Connection("the viewer left".into()));
+                };
+                match viewer_asks(frame, policy) {
+                    Ok(ViewerAsks::Input(data)) => {
+                        let sent = pty.input.as_ref().map(|tx| tx.send(data));
+                        if let Some(Err(_)) = sent {
+                            tracing::debug!("terminal input after the PTY closed");
+                        }
+                    }
+                    Ok(ViewerAsks::Resize { cols, rows }) => {
+                        let size = PtySize { rows, cols, pixel_width: 0, pixel_height: 0 };
+                        if let Err(e) = pty.master.resize(size) {
+                            tracing::debug!(error = %e, "terminal resize failed");
+                        }
+                    }
+                    Ok(ViewerAsks::Refuse(f)) => frame::write_frame(w, &f).await?,
+                    Err(err) => {
+                        let f = Frame::error(ErrorCode::Protocol, err.to_string());
+                        let _ = frame::write_frame(w, &f).await;
+                        return Err(err);
+                    }
+                }
+            },
+        }
+    }
+    Ok(())
 }
 
 /// What a terminal viewer receives.
@@ -468,6 +511,58 @@ impl Drop for TerminalReader {
         if self.done {
             // The share ended: close now rather than waiting for the writer.
             self.conn.close(0u32.into(), b"done");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_only_share_refuses_input_and_resizes_and_goes_on() {
+        let ro = TerminalPolicy::read_only();
+        for f in [
+            Frame::TermInput(Bytes::from_static(b"rm -rf /\n")),
+            Frame::TermResize { cols: 80, rows: 24 },
+        ] {
+            match viewer_asks(f, ro).expect("refused, not failed") {
+                ViewerAsks::Refuse(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::ReadOnly),
+                other => panic!("expected a read-only refusal, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_controlled_share_takes_input_and_resizes() {
+        let rw = TerminalPolicy::allow_control();
+        assert_eq!(
+            viewer_asks(Frame::TermInput(Bytes::from_static(b"ls\n")), rw).expect("input"),
+            ViewerAsks::Input(Bytes::from_static(b"ls\n"))
+        );
+        assert_eq!(
+            viewer_asks(
+                Frame::TermResize {
+                    cols: 100,
+                    rows: 30
+                },
+                rw
+            )
+            .expect("resize"),
+            ViewerAsks::Resize {
+                cols: 100,
+                rows: 30
+            }
+        );
+    }
+
+    #[test]
+    fn other_frames_from_the_viewer_end_the_share() {
+        for policy in [TerminalPolicy::read_only(), TerminalPolicy::allow_control()] {
+            assert!(matches!(
+                viewer_asks(Frame::FileDone, policy),
+                Err(P2pError::Unexpected { .. })
+            ));
         }
     }
 }

@@ -43,7 +43,7 @@ use std::time::{Duration, Instant};
 use super::grant::RelaySecret;
 use super::stun;
 use super::wire::{RefuseCode, RelayFrame};
-use crate::auth::{AuthError, TokenVerifier};
+use crate::auth::{AuthError, SessionClaims, TokenVerifier};
 use crate::protocol::{RelayParty, SessionId, Timestamp, UserId};
 
 /// Where a party is reached.
@@ -264,6 +264,17 @@ fn index(party: RelayParty) -> usize {
 }
 
 /// One relayed session.
+/// A `BIND`: who asks to be bound to which session, and with what.
+#[derive(Clone, Copy)]
+struct BindRequest<'a> {
+    sid: SessionId,
+    party: RelayParty,
+    /// The party's relay key (an HMAC of the server's relay secret).
+    key: &'a [u8; 32],
+    /// The session token, checked offline as agents check it.
+    token: &'a str,
+}
+
 #[derive(Debug)]
 struct Session {
     /// The token that bound it, already verified: a `BIND` carrying the
@@ -377,7 +388,13 @@ impl Relay {
                 key,
                 token,
             }) => {
-                let answer = self.bind(now, unix_now, from, session, party, &key, token);
+                let request = BindRequest {
+                    sid: session,
+                    party,
+                    key: &key,
+                    token,
+                };
+                let answer = self.bind(now, unix_now, from, request);
                 let reply = match answer {
                     Ok(()) => RelayFrame::Bound { session }.to_vec(),
                     Err((code, reason)) => {
@@ -459,16 +476,17 @@ impl Relay {
         Action::Reply(reply)
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn bind(
         &mut self,
         now: Instant,
         unix_now: Timestamp,
         from: Sink,
-        sid: SessionId,
-        party: RelayParty,
-        key: &[u8; 32],
-        token: &str,
+        BindRequest {
+            sid,
+            party,
+            key,
+            token,
+        }: BindRequest<'_>,
     ) -> Result<(), (RefuseCode, &'static str)> {
         let secret = self
             .secret
@@ -519,6 +537,20 @@ impl Relay {
             self.counters.binds += 1;
             return Ok(());
         }
+        self.open(now, from, sid, party, token, &claims)
+    }
+
+    /// A new relayed session, within the relay's and both users' budgets.
+    fn open(
+        &mut self,
+        now: Instant,
+        from: Sink,
+        sid: SessionId,
+        party: RelayParty,
+        token: &str,
+        claims: &SessionClaims,
+    ) -> Result<(), (RefuseCode, &'static str)> {
+        let i = index(party);
         if self.sessions.len() >= self.limits.max_sessions {
             return Err((RefuseCode::OverBudget, "the relay is full"));
         }

@@ -121,19 +121,31 @@ impl PeerConnection {
             );
             return Flow::Continue;
         }
-        // Requests whose success has no event of its own get `system.ack`,
-        // so every request with an `id` gets exactly one answer.
-        let ack = match &event {
-            ClientEvent::Typing { .. }
-            | ClientEvent::RtcOffer(_)
-            | ClientEvent::RtcAnswer(_)
-            | ClientEvent::RtcIce(_)
-            | ClientEvent::RtcHangup(_)
-            | ClientEvent::P2pClose { .. }
-            | ClientEvent::P2pAnnounce { .. } => Some(event.type_name()),
-            _ => None,
-        };
-        let result = match event {
+        let ack = acked(&event).then(|| event.type_name());
+        let result = self.dispatch(event, &id).await;
+        match result {
+            Ok(()) => {
+                if let (Some(request), Some(_)) = (ack, &id) {
+                    let request = request.to_owned();
+                    self.reply(id, ServerEvent::Ack { request });
+                }
+            }
+            Err(e) => {
+                if e.code() == crate::ErrorCode::Internal {
+                    tracing::error!(peer = %self.peer, error = %e, "request failed");
+                } else if e.code() == crate::ErrorCode::Unavailable {
+                    tracing::warn!(peer = %self.peer, error = %e, "storage unavailable");
+                }
+                self.reply_error(id, e.to_payload());
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Does what `event` asks. Answers that are events of their own (a
+    /// joined room, a sent message) go out from here or the engine.
+    async fn dispatch(&mut self, event: ClientEvent, id: &Option<String>) -> Result<(), Error> {
+        match event {
             ClientEvent::Hello(hello) => self.hello(hello, id.clone()).await,
             ClientEvent::Ping(_) => {
                 let peer = self.peer;
@@ -202,28 +214,7 @@ impl PeerConnection {
                 self.service
                     .with_engine(move |engine, _now| engine.announce_p2p(peer, p2p))
             }
-        };
-        match result {
-            Ok(()) => {
-                if let (Some(request), Some(_)) = (ack, &id) {
-                    self.reply(
-                        id,
-                        ServerEvent::Ack {
-                            request: request.to_owned(),
-                        },
-                    );
-                }
-            }
-            Err(e) => {
-                if e.code() == crate::ErrorCode::Internal {
-                    tracing::error!(peer = %self.peer, error = %e, "request failed");
-                } else if e.code() == crate::ErrorCode::Unavailable {
-                    tracing::warn!(peer = %self.peer, error = %e, "storage unavailable");
-                }
-                self.reply_error(id, e.to_payload());
-            }
         }
-        Flow::Continue
     }
 
     fn rtc(&self, kind: RtcKind, signal: crate::protocol::RtcSignal) -> Result<(), Error> {
@@ -370,5 +361,30 @@ impl PeerConnection {
 impl Drop for PeerConnection {
     fn drop(&mut self) {
         self.service.drop_connection(self.peer);
+    }
+}
+
+/// Whether a request's success is answered by `system.ack`: those that
+/// have no event of their own, so that every request with an `id` gets
+/// exactly one answer.
+fn acked(event: &ClientEvent) -> bool {
+    match event {
+        ClientEvent::Typing { .. }
+        | ClientEvent::RtcOffer(_)
+        | ClientEvent::RtcAnswer(_)
+        | ClientEvent::RtcIce(_)
+        | ClientEvent::RtcHangup(_)
+        | ClientEvent::P2pClose { .. }
+        | ClientEvent::P2pAnnounce { .. } => true,
+        // Answered by `system.welcome`, `system.pong`, `room.joined`,
+        // `room.left`, `message.created`, `presence.update` and
+        // `p2p.session.created`.
+        ClientEvent::Hello(_)
+        | ClientEvent::Ping(_)
+        | ClientEvent::RoomJoin { .. }
+        | ClientEvent::RoomLeave { .. }
+        | ClientEvent::MessageSend { .. }
+        | ClientEvent::PresenceUpdate { .. }
+        | ClientEvent::P2pRequest { .. } => false,
     }
 }
