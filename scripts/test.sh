@@ -87,11 +87,40 @@ cargo run -q -p mesh-examples --example embedded_chat
 step "benchmarks build (the load tool and the criterion benches; not run)"
 cargo build -q -p mesh-benches --all-targets
 
-step "mesh-core builds without its default features"
-cargo check -p mesh-core --no-default-features
+step "client builds compile no server code: no argon2, jsonwebtoken, ed25519-dalek or sled (an agent's p2p may verify tokens: no argon2, no sled)"
+# Each set of features must build alone (so a feature gate cannot hide
+# behind the workspace's unified features) and must not pull in what only a
+# server needs. The wasm client (mesh-wasm) is checked the same way below.
+server_only='^(argon2|jsonwebtoken|ed25519-dalek|sled) '
+agent_forbidden='^(argon2|sled) '
+for features in "" client native-client native-client,p2p; do
+  cargo check -q -p mesh-core --no-default-features --features "$features"
+  case "$features" in *p2p*) forbidden=$agent_forbidden ;; *) forbidden=$server_only ;; esac
+  if cargo tree -q -p mesh-core --no-default-features --features "$features" -e normal --prefix none \
+    | grep -E "$forbidden"; then
+    echo "mesh-core with features '$features' compiles server-only crates (above)" >&2
+    exit 1
+  fi
+  echo "features '$features': builds, no server-only crate"
+done
 
-step "the sans-IO client builds alone (no tokio, no sled: the wasm binding's subset)"
-cargo check -p mesh-core --no-default-features --features client
+step "sans-IO modules import no tokio, quinn or std::fs; no function of mesh-core/src over 100 lines"
+# The rules of file transfers, NAT traversal, the relay, the engine and the
+# client state machine are driven by thin async loops elsewhere; these
+# files must stay free of I/O so that their tests need no sockets or files.
+sans_io="mesh-core/src/p2p/transfer.rs mesh-core/src/p2p/traversal/bind.rs
+  mesh-core/src/p2p/traversal/discovery.rs mesh-core/src/p2p/traversal/punch.rs
+  mesh-core/src/relay/server.rs mesh-core/src/relay/stun.rs mesh-core/src/relay/wire.rs
+  mesh-core/src/relay/grant.rs mesh-core/src/client/state.rs mesh-core/src/client/backoff.rs
+  $(ls mesh-core/src/engine/*.rs mesh-core/src/protocol/*.rs)"
+for f in $sans_io; do
+  if grep -nE '\b(tokio|quinn)::|std::fs\b|^use (tokio|quinn)\b' "$f" | grep -vE '^[0-9]+:\s*//'; then
+    echo "$f is sans-IO but does I/O (above)" >&2
+    exit 1
+  fi
+done
+echo "sans-IO: $(echo $sans_io | wc -w) files checked"
+python3 scripts/longest_fn.py mesh-core/src 100
 
 step "Python binding (uniffi, bindings/mesh-ffi): generate, then the chat test against a real server (plain, and once over HTTPS with a test CA)"
 bindings_start=$(date +%s)
@@ -121,9 +150,10 @@ if [ "$(wasm-bindgen --version 2>/dev/null || true)" != "wasm-bindgen $wasm_bind
 fi
 bindings/mesh-wasm/build.sh
 cargo clippy -q -p mesh-wasm --target wasm32-unknown-unknown --all-targets -- -D warnings
-# The wasm build must stay free of tokio's networking, quinn and sled.
+# The wasm build must stay free of tokio's networking, quinn and every
+# server-only crate (password hashing, token signing, sled).
 if cargo tree -q -p mesh-wasm --target wasm32-unknown-unknown -e normal --prefix none \
-  | grep -E '^(tokio|mio|quinn|sled|reqwest|tokio-tungstenite) '; then
+  | grep -E '^(tokio|mio|quinn|sled|reqwest|tokio-tungstenite|argon2|jsonwebtoken|ed25519-dalek) '; then
   echo "mesh-wasm pulls in a native-only crate (above)" >&2
   exit 1
 fi

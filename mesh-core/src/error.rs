@@ -6,7 +6,9 @@
 //! [`Error::Internal`] reaches the client as `internal` with a fixed message,
 //! while the cause goes to the log.
 
+#[cfg(any(feature = "server", feature = "p2p"))]
 use crate::auth::AuthError;
+#[cfg(feature = "server")]
 use crate::storage::StoreError;
 
 // The contract's error codes are wire vocabulary: they live in `protocol`.
@@ -38,9 +40,11 @@ pub enum Error {
     #[error("too many requests, retry in {retry_after_ms} ms")]
     RateLimited { retry_after_ms: u64 },
     /// The storage backend failed.
+    #[cfg(feature = "server")]
     #[error(transparent)]
     Store(#[from] StoreError),
     /// Signing or key handling failed (not a bad token: that is `Unauthorized`).
+    #[cfg(any(feature = "server", feature = "p2p"))]
     #[error("auth backend: {0}")]
     Auth(AuthError),
     /// Anything else that is our fault.
@@ -60,8 +64,13 @@ impl Error {
             Error::PayloadTooLarge(_) => ErrorCode::PayloadTooLarge,
             Error::RateLimited { .. } => ErrorCode::RateLimited,
             Error::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            #[cfg(feature = "server")]
             Error::Store(StoreError::Unavailable(_)) => ErrorCode::Unavailable,
-            Error::Store(_) | Error::Auth(_) | Error::Internal(_) => ErrorCode::Internal,
+            #[cfg(feature = "server")]
+            Error::Store(_) => ErrorCode::Internal,
+            #[cfg(any(feature = "server", feature = "p2p"))]
+            Error::Auth(_) => ErrorCode::Internal,
+            Error::Internal(_) => ErrorCode::Internal,
         }
     }
 
@@ -103,6 +112,7 @@ impl From<crate::protocol::UnknownRtcKind> for Error {
     }
 }
 
+#[cfg(any(feature = "server", feature = "p2p"))]
 impl From<AuthError> for Error {
     fn from(e: AuthError) -> Self {
         if e.is_credential_error() {
@@ -128,6 +138,7 @@ mod tests {
         assert_eq!(e.code().http_status(), 500);
     }
 
+    #[cfg(feature = "server")]
     #[test]
     fn a_full_disk_is_503_unavailable_without_details() {
         let io = std::io::Error::other("No space left on device at /var/secret");

@@ -26,6 +26,7 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "server")]
 pub use crate::auth::{Authenticator, Identity, KeyRing};
 pub use crate::error::{Error, ErrorCode};
 pub use crate::protocol::http::{CreateRoomRequest, LoginRequest, RegisterRequest};
@@ -33,10 +34,13 @@ pub use crate::protocol::{
     DeviceId, Message, MessageId, PeerId, Presence, Role, Room, RoomId, SessionId, SessionKind,
     Timestamp, User, UserId, Visibility,
 };
+#[cfg(feature = "server")]
 pub use crate::storage::Store;
+#[cfg(feature = "server")]
 pub use crate::storage::memory::MemoryStore;
 #[cfg(feature = "sled")]
 pub use crate::storage::sled::SledStore;
+#[cfg(feature = "server")]
 pub use crate::transport::{CloseCode, Connection, EncodedFrame, SendError};
 
 #[cfg(feature = "native-client")]

@@ -18,18 +18,34 @@
 //! checked against the `now` the caller passes, never the system clock, so
 //! tests and the sans-IO engine drive it with a virtual clock. See
 //! [`tokens`] for the reasoning.
+//!
+//! Agents (feature `p2p`) compile only [`tokens`]: claims and offline
+//! verification. Hashing passwords, signing, the key ring and the
+//! [`Authenticator`] are the server's (feature `server`).
 
+#[cfg(feature = "server")]
 use std::fmt;
+#[cfg(feature = "server")]
 use std::sync::Arc;
 
+#[cfg(feature = "server")]
 use crate::protocol::{DeviceId, Timestamp, UserId};
 
+#[cfg(feature = "server")]
 mod cache;
+#[cfg(feature = "server")]
+mod issue;
+#[cfg(feature = "server")]
 pub mod keys;
+#[cfg(feature = "server")]
 pub mod password;
 pub mod tokens;
+#[cfg(feature = "server")]
 pub mod turn;
 
+#[cfg(feature = "server")]
+pub use issue::JwtAuthenticator;
+#[cfg(feature = "server")]
 pub use keys::KeyRing;
 pub use tokens::{
     AccessClaims, CapabilityClaims, IssuedToken, Scope, SessionClaims, TokenKind, TokenVerifier,
@@ -74,6 +90,7 @@ impl AuthError {
 }
 
 /// Who presents a token.
+#[cfg(feature = "server")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// The user the token was issued to.
@@ -86,6 +103,7 @@ pub struct Identity {
     pub scope: Option<Vec<Scope>>,
 }
 
+#[cfg(feature = "server")]
 impl Identity {
     /// Whether the token allows `scope`.
     pub fn allows(&self, scope: Scope) -> bool {
@@ -102,6 +120,7 @@ impl Identity {
 ///
 /// Methods are synchronous; the service runs the password methods on a
 /// blocking thread, so they may take tens of milliseconds.
+#[cfg(feature = "server")]
 pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
     /// Hashes a new password into a string to keep (a PHC string).
     fn hash_password(&self, password: &str) -> Result<String, AuthError>;
@@ -124,5 +143,3 @@ pub trait Authenticator: fmt::Debug + Send + Sync + 'static {
     /// be verifiable offline by agents, so they are always Ed25519.
     fn keys(&self) -> &Arc<KeyRing>;
 }
-
-pub use tokens::JwtAuthenticator;
