@@ -3,7 +3,8 @@
 //
 // Every signal carries `call_id`, so late signals of an ended call are
 // ignored. ICE candidates that arrive before the remote description are
-// queued. The live RTCPeerConnection is exposed as `window.__mesh.pc`.
+// queued. The live RTCPeerConnection is exposed as `window.__mesh.pc`
+// (through test-hook.js).
 //
 // ICE servers (STUN, and TURN with short-lived credentials) are fetched from
 // the server (`GET /api/rtc/ice-servers`) at the start of every call. Test
@@ -13,6 +14,7 @@
 // pair uses a relay candidate: `call.relayed`, shown as "relayed".
 
 import { randomId } from './dom.js';
+import { exposeCall, exposePeerConnection, relayForcedByHook } from './test-hook.js';
 
 const RING_TIMEOUT_MS = 45000;
 const STATS_INTERVAL_MS = 1000;
@@ -31,7 +33,7 @@ const RELAY_KEY = 'mesh.forceRelay';
 }
 
 function forceRelay() {
-  if (window.__mesh?.forceRelay === true) return true;
+  if (relayForcedByHook()) return true;
   try {
     return sessionStorage.getItem(RELAY_KEY) === '1';
   } catch {
@@ -57,9 +59,7 @@ export class Calls {
   }
 
   expose() {
-    window.__mesh = window.__mesh || {};
-    window.__mesh.pc = this.call?.pc || null;
-    window.__mesh.call = this.call;
+    exposeCall(this.call);
   }
 
   /** Calls `user` on one of `peerIds` (the most recent first). */
@@ -375,6 +375,7 @@ export class Calls {
   }
 
   render() {
+    exposePeerConnection(this.call?.pc || null);
     this.ui.render(this.call);
   }
 }

@@ -47,3 +47,13 @@ export function randomId() {
 export function displayName(user) {
   return (user && (user.display_name || user.username)) || 'someone';
 }
+
+let toastTimer = null;
+/** A short notice at the bottom of the page, gone after 4 s. */
+export function toast(text) {
+  const node = $('toast');
+  node.textContent = text;
+  show(node);
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => show(node, false), 4000);
+}

@@ -1,10 +1,10 @@
 // The WebSocket: system.hello / welcome, requests with ids, heartbeats,
-// and reconnection with exponential backoff and full jitter.
+// and reconnection with the Rust SDK's backoff (backoff.js: equal jitter,
+// 250 ms growing to 30 s).
 
 import { randomId } from './dom.js';
+import { Backoff } from './backoff.js';
 
-const BASE_DELAY_MS = 500;
-const MAX_DELAY_MS = 15000;
 const REQUEST_TIMEOUT_MS = 10000;
 
 /**
@@ -25,7 +25,7 @@ export class Socket {
     this.opts = opts;
     this.ws = null;
     this.state = 'offline';
-    this.attempt = 0;
+    this.backoff = new Backoff();
     this.timer = null;
     this.stopped = true;
     this.live = false;
@@ -69,8 +69,8 @@ export class Socket {
       return;
     }
     this.teardown();
-    this.setState(this.attempt === 0 && !this.everLive ? 'connecting' : 'reconnecting', {
-      attempt: this.attempt,
+    this.setState(this.backoff.attempt === 0 && !this.everLive ? 'connecting' : 'reconnecting', {
+      attempt: this.backoff.attempt,
     });
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     const url = `${proto}//${location.host}/ws?token=${encodeURIComponent(this.opts.token())}`;
@@ -111,7 +111,7 @@ export class Socket {
       this.setState('offline');
       return;
     }
-    if (wasLive) this.attempt = 0;
+    if (wasLive) this.backoff.reset();
     this.scheduleReconnect();
   }
 
@@ -138,17 +138,14 @@ export class Socket {
 
   scheduleReconnect() {
     clearTimeout(this.timer);
-    // Full jitter: anywhere between a quarter of and the whole capped backoff.
-    const cap = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempt);
-    const delay = Math.round(cap / 4 + Math.random() * (cap * 3) / 4);
-    this.attempt += 1;
-    this.setState('reconnecting', { attempt: this.attempt, delay });
+    const delay = this.backoff.nextDelay();
+    this.setState('reconnecting', { attempt: this.backoff.attempt, delay });
     this.timer = setTimeout(() => this.connect(), delay);
   }
 
   reconnectNow() {
     if (this.stopped) return;
-    this.attempt = 0;
+    this.backoff.reset();
     if (!this.connected) this.connect();
   }
 
@@ -164,7 +161,7 @@ export class Socket {
     if (type === 'system.welcome') {
       this.live = true;
       this.everLive = true;
-      this.attempt = 0;
+      this.backoff.reset();
       this.startHeartbeat(payload.heartbeat_ms || 15000);
       this.setState('connected');
       this.opts.onWelcome(payload);

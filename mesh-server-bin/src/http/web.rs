@@ -43,6 +43,17 @@ static ASSETS: &[Asset] = &[
     asset!("/socket.js", "socket.js", JS),
     asset!("/call.js", "call.js", JS),
     asset!("/dom.js", "dom.js", JS),
+    asset!("/state.js", "state.js", JS),
+    asset!("/net.js", "net.js", JS),
+    asset!("/backoff.js", "backoff.js", JS),
+    asset!("/test-hook.js", "test-hook.js", JS),
+    asset!("/auth-view.js", "auth-view.js", JS),
+    asset!("/room-list.js", "room-list.js", JS),
+    asset!("/rooms.js", "rooms.js", JS),
+    asset!("/timeline.js", "timeline.js", JS),
+    asset!("/members.js", "members.js", JS),
+    asset!("/peers.js", "peers.js", JS),
+    asset!("/call-view.js", "call-view.js", JS),
 ];
 
 /// The web client's answer for `path`, if it is one of its files.
@@ -104,6 +115,26 @@ mod tests {
         assert!(serve(&Method::POST, "/").is_none());
         assert!(serve(&Method::GET, "/nope.js").is_none());
         assert!(serve(&Method::GET, "/api/rooms").is_none());
+    }
+
+    #[test]
+    fn every_imported_module_is_served_as_javascript() {
+        let mut checked = 0;
+        for asset in ASSETS.iter().filter(|a| a.content_type == JS) {
+            let text = std::str::from_utf8(asset.body).expect("utf-8");
+            // `import ... from './x.js';`, on one line or closing several.
+            for (start, _) in text.match_indices(" from './") {
+                let rest = &text[start..];
+                let rest = &rest[rest.find("'./").expect("path") + 3..];
+                let name = &rest[..rest.find('\'').expect("closing quote")];
+                let r = serve(&Method::GET, &format!("/{name}")).unwrap_or_else(|| {
+                    panic!("{} imports {name}, which is not served", asset.path)
+                });
+                assert_eq!(r.headers()[header::CONTENT_TYPE], JS, "{name}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 0, "no imports found");
     }
 
     #[test]
