@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context as _;
 use mesh_core::auth::{AuthError, IssuedToken, password};
 use mesh_core::prelude::*;
-use tokio::sync::mpsc;
 
 /// A custom authenticator: random opaque tokens remembered in memory.
 /// Passwords still use mesh's argon2id helpers.
@@ -73,20 +72,6 @@ fn uuid_like() -> String {
     mesh_core::protocol::SessionId::new().to_string()
 }
 
-/// An in-process connection: frames go to a channel the program reads.
-#[derive(Debug)]
-struct Inbox(mpsc::UnboundedSender<EncodedFrame>);
-
-impl Connection for Inbox {
-    fn send(&self, frame: EncodedFrame) -> Result<(), SendError> {
-        self.0.send(frame).map_err(|_| SendError::Closed)
-    }
-
-    fn close(&self, code: CloseCode, reason: &str) {
-        println!("connection closed: {} {reason}", code.code());
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let auth = OpaqueTokens {
@@ -103,8 +88,8 @@ async fn main() -> anyhow::Result<()> {
         password: "correct horse battery".into(),
         ..Default::default()
     };
-    let alice = service.register(register("alice"), None).await?;
-    let bob = service.register(register("bob"), None).await?;
+    let alice = service.register(register("alice")).await?;
+    let bob = service.register(register("bob")).await?;
     println!(
         "registered {} and {}",
         alice.user.username, bob.user.username
@@ -121,41 +106,47 @@ async fn main() -> anyhow::Result<()> {
         )
         .await?;
 
-    // Two connections, as a WebSocket server would open them.
-    let (tx_a, mut rx_a) = mpsc::unbounded_channel();
-    let (tx_b, mut rx_b) = mpsc::unbounded_channel();
-    let mut conn_a = service
-        .open_connection(alice_id, Arc::new(Inbox(tx_a)))
-        .await?;
+    // Two connections, as a WebSocket server would open them, but in this
+    // process: typed frames in, typed frames out.
+    let (to_alice, mut alice_inbox) = in_process(64);
+    let (to_bob, mut bob_inbox) = in_process(64);
+    let mut conn_a = service.open_connection(alice_id, to_alice).await?;
     let bob_id = service.authenticate(&bob.token).await?;
-    let mut conn_b = service
-        .open_connection(bob_id, Arc::new(Inbox(tx_b)))
-        .await?;
+    let mut conn_b = service.open_connection(bob_id, to_bob).await?;
 
-    conn_a.handle_text(r#"{"type":"system.hello"}"#).await;
-    conn_b.handle_text(r#"{"type":"system.hello"}"#).await;
-    let join = format!(
-        r#"{{"type":"room.join","id":"j","payload":{{"room_id":"{}"}}}}"#,
-        room.id
-    );
-    conn_b.handle_text(&join).await;
-    let send = format!(
-        r#"{{"type":"chat.message.send","id":"1","payload":{{"room_id":"{}","content":"hello from an embedded engine"}}}}"#,
-        room.id
-    );
-    conn_a.handle_text(&send).await;
+    let hello = || IncomingFrame::new(ClientRequest::Hello(Hello::default()));
+    conn_a.handle(hello()).await;
+    conn_b.handle(hello()).await;
+    let join = ClientRequest::RoomJoin { room_id: room.id };
+    conn_b.handle(IncomingFrame::request("j", join)).await;
+    let send = ClientRequest::MessageSend {
+        room_id: room.id,
+        content: "hello from an embedded engine".into(),
+        client_id: None,
+    };
+    conn_a.handle(IncomingFrame::request("1", send)).await;
 
     // Bob's inbox: welcome, joined, then alice's message.
     loop {
-        let frame = rx_b.recv().await.context("bob's inbox closed")?;
-        let text = std::str::from_utf8(&frame)?;
-        println!("bob   <- {text}");
-        if text.contains("chat.message.created") {
-            break;
+        match bob_inbox.recv().await.context("bob's inbox closed")? {
+            Delivery::Frame(frame) => {
+                let frame = *frame;
+                println!("bob   <- {}", frame.event.type_name());
+                if let ServerEvent::MessageCreated { message } = frame.event {
+                    println!("bob   read {:?} (seq {})", message.content, message.seq);
+                    break;
+                }
+            }
+            Delivery::Closed { code, reason } => {
+                anyhow::bail!("bob's connection closed: {} {reason}", code.code())
+            }
         }
     }
-    while let Ok(frame) = rx_a.try_recv() {
-        println!("alice <- {}", std::str::from_utf8(&frame)?);
+    while let Some(delivery) = alice_inbox.try_recv() {
+        match delivery {
+            Delivery::Frame(frame) => println!("alice <- {}", frame.event.type_name()),
+            Delivery::Closed { code, reason } => println!("alice closed: {} {reason}", code.code()),
+        }
     }
     Ok(())
 }

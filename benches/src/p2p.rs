@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use mesh_core::auth::KeyRing;
 use mesh_core::auth::tokens::issue_session_token;
-use mesh_core::p2p::{ExpectedSession, Identity, P2pEndpoint, ReceiveOptions, SendOptions};
+use mesh_core::p2p::{AgentIdentity, ExpectedSession, P2pEndpoint, ReceiveOptions, SendOptions};
 use mesh_core::protocol::{
     P2pSession, PeerId, RoomId, SessionId, SessionKind, SessionState, Timestamp, UserId,
 };
@@ -333,12 +333,13 @@ impl Agents {
     fn new() -> anyhow::Result<Self> {
         let keys = KeyRing::generate()?;
         let target_peer = PeerId::new();
-        let target = P2pEndpoint::builder(Identity::generate()?)
+        let target = P2pEndpoint::builder(AgentIdentity::generate()?)
             .accept_sessions(keys.verifier())
             .peer_id(target_peer)
             .accept_kinds([SessionKind::File])
             .bind("127.0.0.1:0".parse()?)?;
-        let initiator = P2pEndpoint::builder(Identity::generate()?).bind("127.0.0.1:0".parse()?)?;
+        let initiator =
+            P2pEndpoint::builder(AgentIdentity::generate()?).bind("127.0.0.1:0".parse()?)?;
         Ok(Self {
             keys,
             target_peer,

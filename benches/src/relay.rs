@@ -181,7 +181,7 @@ async fn agent(
         })
         .await
         .with_context(|| format!("registering {name}"))?;
-    let mut builder = P2pEndpoint::builder(mesh_core::p2p::Identity::generate()?)
+    let mut builder = P2pEndpoint::builder(mesh_core::p2p::AgentIdentity::generate()?)
         .connect_timeout(Duration::from_secs(20));
     if let Some(v) = verifier {
         builder = builder.accept_sessions(v).accept_kinds([SessionKind::File]);

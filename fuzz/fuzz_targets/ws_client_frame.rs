@@ -10,7 +10,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mesh_core::ErrorCode;
-use mesh_core::protocol::{ClientEvent, MAX_REQUEST_ID_LEN, parse_client_frame};
+use mesh_core::protocol::{ClientRequest, MAX_REQUEST_ID_LEN, parse_client_frame};
 use mesh_core::validate;
 use serde_json::{Value, json};
 
@@ -47,16 +47,16 @@ fuzz_target!(|data: &[u8]| {
 
 /// The server's field checks, as `service::connection` applies them: they
 /// may refuse, never panic, and what they accept is within the limits.
-fn check_fields(event: &ClientEvent) {
+fn check_fields(event: &ClientRequest) {
     match event {
-        ClientEvent::Hello(hello) => {
+        ClientRequest::Hello(hello) => {
             if let Some(name) = &hello.device_name
                 && let Ok(clean) = validate::device_name(Some(name))
             {
                 assert!(clean.chars().count() <= validate::DEVICE_NAME_MAX);
             }
         }
-        ClientEvent::MessageSend {
+        ClientRequest::MessageSend {
             content, client_id, ..
         } => {
             if validate::content(content).is_ok() {
@@ -66,15 +66,15 @@ fn check_fields(event: &ClientEvent) {
                 let _ = validate::client_id(id);
             }
         }
-        ClientEvent::PresenceUpdate { message, .. } => {
+        ClientRequest::PresenceUpdate { message, .. } => {
             if let Ok(Some(clean)) = validate::presence_message(message.as_deref()) {
                 assert!(clean.chars().count() <= validate::PRESENCE_MESSAGE_MAX);
             }
         }
-        ClientEvent::RtcOffer(s)
-        | ClientEvent::RtcAnswer(s)
-        | ClientEvent::RtcIce(s)
-        | ClientEvent::RtcHangup(s) => {
+        ClientRequest::RtcOffer(s)
+        | ClientRequest::RtcAnswer(s)
+        | ClientRequest::RtcIce(s)
+        | ClientRequest::RtcHangup(s) => {
             // What the server relays must encode again.
             let _: Value = serde_json::to_value(s).expect("a signal encodes");
         }

@@ -26,7 +26,7 @@ use anyhow::{Context, anyhow};
 use clap::Args;
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, EventStream};
-use mesh_core::p2p::{Identity, OutgoingSession, P2pEndpoint, P2pError, PathKind};
+use mesh_core::p2p::{AgentIdentity, OutgoingSession, P2pEndpoint, P2pError, PathKind};
 use mesh_core::protocol::http::Peer;
 use mesh_core::protocol::{PeerId, SessionId, SessionKind};
 
@@ -63,9 +63,9 @@ pub(crate) fn timeout(secs: f64) -> anyhow::Result<Duration> {
 }
 
 /// This machine's P2P identity, created in the config folder on first use.
-pub(crate) fn identity(ctx: &Ctx) -> anyhow::Result<Identity> {
+pub(crate) fn identity(ctx: &Ctx) -> anyhow::Result<AgentIdentity> {
     let dir = ctx.identity_dir();
-    Identity::load_or_generate(&dir)
+    AgentIdentity::load_or_generate(&dir)
         .with_context(|| format!("loading the P2P certificate in {}", dir.display()))
 }
 
@@ -82,8 +82,12 @@ pub(crate) fn explain(e: P2pError, peer: &str, addrs: &[String]) -> anyhow::Erro
             d.as_secs_f64()
         ),
         P2pError::Unreachable(why) => anyhow!(
-            "could not reach {peer}'s agent at {at}: {why}. No direct path worked and the \
-             server's relay did not carry the session"
+            "could not reach {peer}'s agent at {at}: {}. No direct path worked and the \
+             server's relay did not carry the session",
+            why.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
         ),
         P2pError::FingerprintMismatch { expected, got } => anyhow!(
             "the machine at {at} is not {peer}'s agent: its certificate is {got}, the server \

@@ -11,6 +11,9 @@ use crate::auth::AuthError;
 #[cfg(feature = "server")]
 use crate::storage::StoreError;
 
+use std::fmt;
+use std::sync::Arc;
+
 // The contract's error codes are wire vocabulary: they live in `protocol`.
 pub use crate::protocol::ErrorCode;
 
@@ -49,7 +52,7 @@ pub enum Error {
     Auth(AuthError),
     /// Anything else that is our fault.
     #[error("internal: {0}")]
-    Internal(String),
+    Internal(#[source] Failure),
 }
 
 impl Error {
@@ -123,6 +126,80 @@ impl From<AuthError> for Error {
     }
 }
 
+/// A failure in our own words, and the error that caused it when another
+/// one did: the cause is kept (`source()`, or [`Failure::cause`] to downcast)
+/// rather than flattened into text.
+///
+/// Its display is the words, then `": "` and the cause's display, as the
+/// messages read before the cause was kept; `"words".into()` makes one
+/// without a cause. Cheap to clone, so errors that carry one stay `Clone`.
+#[derive(Clone, Debug)]
+pub struct Failure {
+    what: String,
+    cause: Option<Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl Failure {
+    /// A failure with no other error behind it.
+    pub fn new(what: impl Into<String>) -> Self {
+        Failure {
+            what: what.into(),
+            cause: None,
+        }
+    }
+
+    /// `what` failed because of `cause`.
+    pub fn caused_by(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Failure {
+            what: what.into(),
+            cause: Some(Arc::new(cause)),
+        }
+    }
+
+    /// What failed, in our words, without the cause.
+    pub fn what(&self) -> &str {
+        &self.what
+    }
+
+    /// The error that caused this one, if another did.
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + Send + Sync + 'static)> {
+        self.cause.as_deref()
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.cause, self.what.is_empty()) {
+            (None, _) => f.write_str(&self.what),
+            (Some(cause), true) => write!(f, "{cause}"),
+            (Some(cause), false) => write!(f, "{}: {cause}", self.what),
+        }
+    }
+}
+
+impl std::error::Error for Failure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.cause
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl From<String> for Failure {
+    fn from(what: String) -> Self {
+        Failure::new(what)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(what: &str) -> Self {
+        Failure::new(what)
+    }
+}
+
 /// Shorthand for results of mesh operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -148,6 +225,29 @@ mod tests {
         assert_eq!(e.code().as_str(), "unavailable");
         assert!(e.client_message().contains("disk is full"));
         assert!(!e.client_message().contains("secret"));
+    }
+
+    #[test]
+    fn a_failure_keeps_its_cause() {
+        use std::error::Error as _;
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Failure::caused_by("loading the key", io);
+        assert_eq!(e.to_string(), "loading the key: no such file");
+        assert_eq!(e.what(), "loading the key");
+        let cause = e.source().expect("the cause is kept");
+        let io = cause.downcast_ref::<std::io::Error>().expect("as its type");
+        assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        let plain = Failure::from("no key loaded");
+        assert!(plain.source().is_none());
+        assert_eq!(plain.to_string(), "no key loaded");
+        // The crate's error keeps it too.
+        let e = Error::Internal(Failure::caused_by("a task", std::fmt::Error));
+        assert!(
+            e.source()
+                .expect("source")
+                .downcast_ref::<Failure>()
+                .is_some()
+        );
     }
 
     #[test]

@@ -69,4 +69,4 @@ pub mod storage;
 pub mod transport;
 pub mod validate;
 
-pub use error::{Error, ErrorCode};
+pub use error::{Error, ErrorCode, Failure};

@@ -13,14 +13,11 @@
 //! # #[tokio::main] async fn main() -> Result<(), Error> {
 //! let service = Service::builder().store(MemoryStore::new()).build()?;
 //! let ada = service
-//!     .register(
-//!         RegisterRequest {
-//!             username: "ada".into(),
-//!             password: "correct horse battery".into(),
-//!             ..Default::default()
-//!         },
-//!         None,
-//!     )
+//!     .register(RegisterRequest {
+//!         username: "ada".into(),
+//!         password: "correct horse battery".into(),
+//!         ..Default::default()
+//!     })
 //!     .await?;
 //! assert_eq!(ada.user.username, "ada");
 //! # Ok(()) }
@@ -28,11 +25,14 @@
 
 #[cfg(feature = "server")]
 pub use crate::auth::{Authenticator, Identity, KeyRing};
-pub use crate::error::{Error, ErrorCode};
-pub use crate::protocol::http::{CreateRoomRequest, LoginRequest, RegisterRequest};
+pub use crate::error::{Error, ErrorCode, Failure};
+pub use crate::protocol::http::{
+    CreateRoomRequest, HistoryPage, HistoryQuery, LoginRequest, RegisterRequest,
+};
 pub use crate::protocol::{
-    DeviceId, Message, MessageId, PeerId, Presence, Role, Room, RoomId, SessionId, SessionKind,
-    Timestamp, User, UserId, Visibility,
+    ClientRequest, DeviceId, Hello, IncomingFrame, Message, MessageId, OutgoingFrame, PeerId,
+    Presence, Role, Room, RoomId, ServerEvent, SessionId, SessionKind, Timestamp, User, UserId,
+    Visibility,
 };
 #[cfg(feature = "server")]
 pub use crate::storage::Store;
@@ -41,7 +41,9 @@ pub use crate::storage::memory::MemoryStore;
 #[cfg(feature = "sled")]
 pub use crate::storage::sled::SledStore;
 #[cfg(feature = "server")]
-pub use crate::transport::{CloseCode, Connection, EncodedFrame, SendError};
+pub use crate::transport::{
+    CloseCode, Connection, Delivery, EncodedFrame, Inbox, SendError, in_process,
+};
 
 #[cfg(feature = "native-client")]
 pub use crate::client::{Client, ClientError, Event, HttpApi};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use mesh_core::auth::KeyRing;
 use mesh_core::auth::tokens::issue_session_token;
 use mesh_core::p2p::{
-    ErrorCode, ExpectedSession, Identity, IncomingSession, OutgoingSession, P2pEndpoint, P2pError,
-    ReceiveOptions, SendOptions, TerminalCommand, TerminalEvent, TerminalPolicy,
+    AgentIdentity, ExpectedSession, IncomingSession, OutgoingSession, P2pEndpoint, P2pError,
+    P2pErrorCode, ReceiveOptions, SendOptions, TerminalCommand, TerminalEvent, TerminalPolicy,
 };
 use mesh_core::protocol::{
     P2pSession, PeerId, RoomId, SessionId, SessionKind, SessionState, Timestamp, UserId,
@@ -49,13 +49,13 @@ fn token(keys: &KeyRing, s: &P2pSession) -> String {
 }
 
 fn net() -> Net {
-    net_with(Identity::generate().expect("initiator identity"))
+    net_with(AgentIdentity::generate().expect("initiator identity"))
 }
 
-fn net_with(initiator_identity: Identity) -> Net {
+fn net_with(initiator_identity: AgentIdentity) -> Net {
     let keys = KeyRing::generate().expect("keys");
     let me = PeerId::new();
-    let target = P2pEndpoint::builder(Identity::generate().expect("target identity"))
+    let target = P2pEndpoint::builder(AgentIdentity::generate().expect("target identity"))
         .accept_sessions(keys.verifier())
         .peer_id(me)
         .bind("127.0.0.1:0".parse().expect("addr"))
@@ -103,7 +103,7 @@ impl Net {
 
     /// Tries a session with `token` for `hello_session`, expecting both
     /// sides to report `code`.
-    async fn expect_refusal(&self, hello_session: SessionId, token: &str, code: ErrorCode) {
+    async fn expect_refusal(&self, hello_session: SessionId, token: &str, code: P2pErrorCode) {
         let (out, inc) = tokio::join!(self.connect(hello_session, token), self.target.accept());
         let err = out.expect_err("the initiator must be refused");
         assert!(
@@ -278,14 +278,14 @@ async fn a_tampered_chunk_is_caught_and_no_file_appears() {
         )
         .await
         .expect_err("tampered");
-    assert_eq!(err.code(), Some(ErrorCode::HashMismatch), "{err:?}");
+    assert_eq!(err.code(), Some(P2pErrorCode::HashMismatch), "{err:?}");
     assert!(matches!(err, P2pError::Remote { .. }), "{err:?}");
     let err = receiver.await.expect("join").expect_err("tampered");
     assert!(
         matches!(
             &err,
             P2pError::Refused {
-                code: ErrorCode::HashMismatch,
+                code: P2pErrorCode::HashMismatch,
                 ..
             }
         ),
@@ -305,7 +305,7 @@ async fn an_expired_token_is_refused() {
     let s = session(SessionKind::File, net.them, net.me, -60);
     net.target
         .expect_session(ExpectedSession::new(s.id, s.kind, s.initiator_peer_id));
-    net.expect_refusal(s.id, &token(&net.keys, &s), ErrorCode::TokenExpired)
+    net.expect_refusal(s.id, &token(&net.keys, &s), P2pErrorCode::TokenExpired)
         .await;
 }
 
@@ -314,7 +314,7 @@ async fn a_token_for_another_session_is_refused() {
     let net = net();
     let (announced, _) = net.announce(SessionKind::File);
     let (_, other_token) = net.announce(SessionKind::File);
-    net.expect_refusal(announced.id, &other_token, ErrorCode::WrongSession)
+    net.expect_refusal(announced.id, &other_token, P2pErrorCode::WrongSession)
         .await;
 }
 
@@ -324,7 +324,7 @@ async fn a_token_for_another_peer_is_refused() {
     let s = session(SessionKind::File, net.them, PeerId::new(), 180);
     net.target
         .expect_session(ExpectedSession::new(s.id, s.kind, s.initiator_peer_id));
-    net.expect_refusal(s.id, &token(&net.keys, &s), ErrorCode::WrongPeer)
+    net.expect_refusal(s.id, &token(&net.keys, &s), P2pErrorCode::WrongPeer)
         .await;
 }
 
@@ -334,11 +334,11 @@ async fn a_token_for_another_peer_is_refused() {
 #[tokio::test]
 async fn the_peer_id_can_be_set_after_binding_and_replaced() {
     let keys = KeyRing::generate().expect("keys");
-    let target = P2pEndpoint::builder(Identity::generate().expect("identity"))
+    let target = P2pEndpoint::builder(AgentIdentity::generate().expect("identity"))
         .accept_sessions(keys.verifier())
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind target");
-    let initiator = P2pEndpoint::builder(Identity::generate().expect("identity"))
+    let initiator = P2pEndpoint::builder(AgentIdentity::generate().expect("identity"))
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind initiator");
     let addr = target.local_addr().expect("addr").to_string();
@@ -362,13 +362,13 @@ async fn the_peer_id_can_be_set_after_binding_and_replaced() {
         matches!(
             out,
             Err(P2pError::Remote {
-                code: ErrorCode::WrongPeer,
+                code: P2pErrorCode::WrongPeer,
                 ..
             })
         ) && matches!(
             inc,
             Err(P2pError::Refused {
-                code: ErrorCode::WrongPeer,
+                code: P2pErrorCode::WrongPeer,
                 ..
             })
         )
@@ -420,7 +420,7 @@ async fn a_token_signed_by_another_key_is_refused() {
     let net = net();
     let (s, _) = net.announce(SessionKind::File);
     let forged = token(&KeyRing::generate().expect("other keys"), &s);
-    net.expect_refusal(s.id, &forged, ErrorCode::InvalidToken)
+    net.expect_refusal(s.id, &forged, P2pErrorCode::InvalidToken)
         .await;
 }
 
@@ -428,7 +428,7 @@ async fn a_token_signed_by_another_key_is_refused() {
 async fn a_session_nobody_announced_is_refused() {
     let net = net();
     let s = session(SessionKind::File, net.them, net.me, 180);
-    net.expect_refusal(s.id, &token(&net.keys, &s), ErrorCode::UnknownSession)
+    net.expect_refusal(s.id, &token(&net.keys, &s), P2pErrorCode::UnknownSession)
         .await;
 }
 
@@ -437,12 +437,12 @@ async fn an_initiator_with_another_certificate_is_refused() {
     let net = net();
     let s = session(SessionKind::File, net.them, net.me, 180);
     // The server announced some other certificate for the initiator.
-    let announced = Identity::generate().expect("announced");
+    let announced = AgentIdentity::generate().expect("announced");
     net.target.expect_session(
         ExpectedSession::new(s.id, s.kind, s.initiator_peer_id)
             .initiator_fingerprint(announced.fingerprint()),
     );
-    net.expect_refusal(s.id, &token(&net.keys, &s), ErrorCode::WrongCertificate)
+    net.expect_refusal(s.id, &token(&net.keys, &s), P2pErrorCode::WrongCertificate)
         .await;
 }
 
@@ -450,7 +450,7 @@ async fn an_initiator_with_another_certificate_is_refused() {
 async fn a_target_with_another_certificate_is_refused_by_the_initiator() {
     let net = net();
     let (s, t) = net.announce(SessionKind::File);
-    let impostor = Identity::generate().expect("impostor");
+    let impostor = AgentIdentity::generate().expect("impostor");
     let addrs = [net.target.local_addr().expect("addr").to_string()];
     let (out, inc) = tokio::join!(
         net.initiator
@@ -473,14 +473,14 @@ async fn a_target_with_another_certificate_is_refused_by_the_initiator() {
 async fn a_kind_the_agent_does_not_accept_is_refused() {
     let keys = KeyRing::generate().expect("keys");
     let me = PeerId::new();
-    let target = P2pEndpoint::builder(Identity::generate().expect("id"))
+    let target = P2pEndpoint::builder(AgentIdentity::generate().expect("id"))
         .accept_sessions(keys.verifier())
         .peer_id(me)
         .accept_kinds([SessionKind::File])
         .allow_unexpected_sessions(true)
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
-    let initiator = P2pEndpoint::builder(Identity::generate().expect("id"))
+    let initiator = P2pEndpoint::builder(AgentIdentity::generate().expect("id"))
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
     let s = session(SessionKind::Terminal, PeerId::new(), me, 180);
@@ -492,11 +492,11 @@ async fn a_kind_the_agent_does_not_accept_is_refused() {
     );
     assert_eq!(
         out.expect_err("refused").code(),
-        Some(ErrorCode::KindNotAccepted)
+        Some(P2pErrorCode::KindNotAccepted)
     );
     assert_eq!(
         inc.expect("open").expect_err("refused").code(),
-        Some(ErrorCode::KindNotAccepted)
+        Some(P2pErrorCode::KindNotAccepted)
     );
 }
 
@@ -504,7 +504,7 @@ async fn a_kind_the_agent_does_not_accept_is_refused() {
 async fn an_unreachable_peer_times_out() {
     // A UDP socket that never answers.
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").expect("silent");
-    let initiator = P2pEndpoint::builder(Identity::generate().expect("id"))
+    let initiator = P2pEndpoint::builder(AgentIdentity::generate().expect("id"))
         .connect_timeout(Duration::from_millis(300))
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
@@ -578,9 +578,9 @@ async fn a_nested_folder_arrives_intact() {
         .send_folder(&root, &SendOptions::default(), |_| {})
         .await
         .expect_err("exists");
-    assert_eq!(err.code(), Some(ErrorCode::AlreadyExists), "{err:?}");
+    assert_eq!(err.code(), Some(P2pErrorCode::AlreadyExists), "{err:?}");
     let err = receiver.await.expect("join").expect_err("exists");
-    assert_eq!(err.code(), Some(ErrorCode::AlreadyExists), "{err:?}");
+    assert_eq!(err.code(), Some(P2pErrorCode::AlreadyExists), "{err:?}");
 }
 
 #[tokio::test]
@@ -602,9 +602,9 @@ async fn a_session_of_one_kind_cannot_carry_another() {
         .send_file(&path, &SendOptions::default(), |_| {})
         .await
         .expect_err("a folder session");
-    assert_eq!(err.code(), Some(ErrorCode::KindNotAccepted), "{err:?}");
+    assert_eq!(err.code(), Some(P2pErrorCode::KindNotAccepted), "{err:?}");
     let err = receiver.await.expect("join").expect_err("no folder came");
-    assert_eq!(err.code(), Some(ErrorCode::KindNotAccepted), "{err:?}");
+    assert_eq!(err.code(), Some(P2pErrorCode::KindNotAccepted), "{err:?}");
 }
 
 /// Collects terminal output until `needle` shows up (or the share ends).
@@ -684,7 +684,7 @@ async fn a_read_only_terminal_refuses_input() {
     while refusals < 2 {
         match viewer.next_event().await.expect("event") {
             Some(TerminalEvent::Refused { code, .. }) => {
-                assert_eq!(code, ErrorCode::ReadOnly);
+                assert_eq!(code, P2pErrorCode::ReadOnly);
                 refusals += 1;
             }
             Some(TerminalEvent::Output(b)) => output.push_str(&String::from_utf8_lossy(&b)),
@@ -703,9 +703,9 @@ async fn a_read_only_terminal_refuses_input() {
 #[tokio::test]
 async fn identities_kept_in_a_folder_pin_across_restarts() {
     let dir = tempfile::tempdir().expect("dir");
-    let first = Identity::load_or_generate(dir.path()).expect("first");
+    let first = AgentIdentity::load_or_generate(dir.path()).expect("first");
     let fp = first.fingerprint().to_owned();
-    let net = net_with(Identity::load_or_generate(dir.path()).expect("again"));
+    let net = net_with(AgentIdentity::load_or_generate(dir.path()).expect("again"));
     assert_eq!(net.initiator.fingerprint(), fp);
     let info = net.target.p2p_info(vec![]);
     assert_eq!(
@@ -727,7 +727,7 @@ async fn identities_kept_in_a_folder_pin_across_restarts() {
 #[tokio::test]
 async fn an_endpoint_announces_addresses_peers_can_use() {
     let bind = |addr: &str| {
-        P2pEndpoint::builder(Identity::generate().expect("identity"))
+        P2pEndpoint::builder(AgentIdentity::generate().expect("identity"))
             .bind(addr.parse().expect("addr"))
             .expect("bind")
     };

@@ -17,12 +17,12 @@ use common::{TestServer, WAIT};
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, Event, EventStream, HttpApi, P2pSessionGrant};
 use mesh_core::p2p::frame::{
-    EntryKind, FolderManifest, Frame, Hello, ManifestEntry, PROTOCOL_VERSION, read_frame,
+    EntryKind, FolderManifest, Frame, ManifestEntry, PROTOCOL_VERSION, SessionHello, read_frame,
     write_frame,
 };
 use mesh_core::p2p::{
-    ErrorCode, ExpectedSession, Identity, IncomingSession, OutgoingSession, P2pEndpoint, P2pError,
-    ReceiveOptions, SendOptions, tls,
+    AgentIdentity, ExpectedSession, IncomingSession, OutgoingSession, P2pEndpoint, P2pError,
+    P2pErrorCode, ReceiveOptions, SendOptions, tls,
 };
 use mesh_core::protocol::http::{CreateRoomRequest, RegisterRequest};
 use mesh_core::protocol::{P2pInfo, PeerId, RoomId, SessionId, SessionKind, Timestamp};
@@ -50,7 +50,7 @@ struct Agent {
 #[derive(Default)]
 struct Tweaks {
     /// The identity it announces and listens with (default: a fresh one).
-    identity: Option<Identity>,
+    identity: Option<AgentIdentity>,
     /// Its clock runs this many milliseconds ahead.
     clock_ahead_ms: i64,
 }
@@ -74,7 +74,7 @@ impl Agent {
 
         let identity = match tweaks.identity {
             Some(i) => i,
-            None => Identity::generate().expect("identity"),
+            None => AgentIdentity::generate().expect("identity"),
         };
         let ahead = tweaks.clock_ahead_ms;
         // Bound first, so the connect announces its address; it learns its
@@ -227,7 +227,7 @@ async fn attempt(
 fn assert_refused(
     out: Result<OutgoingSession, P2pError>,
     inc: Result<IncomingSession, P2pError>,
-    code: ErrorCode,
+    code: P2pErrorCode,
 ) {
     let err = out.expect_err("the initiator must be refused");
     assert!(
@@ -331,7 +331,7 @@ async fn a_token_past_its_expiry_is_refused() {
         &bob,
     )
     .await;
-    assert_refused(out, inc, ErrorCode::TokenExpired);
+    assert_refused(out, inc, P2pErrorCode::TokenExpired);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -344,7 +344,7 @@ async fn a_token_for_another_session_is_refused() {
     assert_ne!(a.session.id, b.session.id);
     // The hello names session B but carries session A's token.
     let (out, inc) = attempt(&alice.endpoint, &b.target, b.session.id, &a_token, &bob).await;
-    assert_refused(out, inc, ErrorCode::WrongSession);
+    assert_refused(out, inc, P2pErrorCode::WrongSession);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +372,7 @@ async fn a_token_for_another_peer_is_refused() {
         &carol,
     )
     .await;
-    assert_refused(out, inc, ErrorCode::WrongPeer);
+    assert_refused(out, inc, P2pErrorCode::WrongPeer);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -382,12 +382,12 @@ async fn an_initiator_with_another_certificate_than_announced_is_refused() {
     let mut bob = mesh.agent("bob", Tweaks::default()).await;
     let (grant, token) = mesh.session(&mut alice, &mut bob, SessionKind::File).await;
     // Someone with alice's token but not her certificate.
-    let impostor = P2pEndpoint::builder(Identity::generate().expect("identity"))
+    let impostor = P2pEndpoint::builder(AgentIdentity::generate().expect("identity"))
         .bind("127.0.0.1:0".parse().expect("addr"))
         .expect("bind");
     assert_ne!(impostor.fingerprint(), alice.endpoint.fingerprint());
     let (out, inc) = attempt(&impostor, &grant.target, grant.session.id, &token, &bob).await;
-    assert_refused(out, inc, ErrorCode::WrongCertificate);
+    assert_refused(out, inc, P2pErrorCode::WrongCertificate);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +400,7 @@ async fn a_target_with_another_certificate_than_announced_is_refused_by_the_init
     let jwks = guard("keys", alice.client.http().keys())
         .await
         .expect("keys");
-    let impostor = P2pEndpoint::builder(Identity::generate().expect("identity"))
+    let impostor = P2pEndpoint::builder(AgentIdentity::generate().expect("identity"))
         .accept_sessions(TokenVerifier::from_jwks(&jwks).expect("jwks"))
         .peer_id(bob.me)
         .bind("127.0.0.1:0".parse().expect("addr"))
@@ -469,7 +469,7 @@ async fn a_tampered_chunk_is_caught_and_no_file_appears() {
         matches!(
             &err,
             P2pError::Remote {
-                code: ErrorCode::HashMismatch,
+                code: P2pErrorCode::HashMismatch,
                 ..
             }
         ),
@@ -483,7 +483,7 @@ async fn a_tampered_chunk_is_caught_and_no_file_appears() {
         matches!(
             &err,
             P2pError::Refused {
-                code: ErrorCode::HashMismatch,
+                code: P2pErrorCode::HashMismatch,
                 ..
             }
         ),
@@ -543,7 +543,7 @@ async fn a_malicious_folder_manifest_is_refused_before_anything_is_written() {
     // Alice's identity is kept in a folder, so the raw client can present
     // the very certificate (and key) her agent announced.
     let keys = tempfile::tempdir().expect("keys");
-    let identity = Identity::load_or_generate(keys.path()).expect("identity");
+    let identity = AgentIdentity::load_or_generate(keys.path()).expect("identity");
     let cert = CertificateDer::from_pem_file(keys.path().join("p2p-cert.pem")).expect("cert");
     let key = PrivateKeyDer::from_pem_file(keys.path().join("p2p-key.pem")).expect("key");
     let mut alice = mesh
@@ -585,7 +585,7 @@ async fn a_malicious_folder_manifest_is_refused_before_anything_is_written() {
             let (mut w, mut r) = conn.open_bi().await.expect("stream");
             write_frame(
                 &mut w,
-                &Frame::Hello(Hello {
+                &Frame::Hello(SessionHello {
                     version: PROTOCOL_VERSION,
                     session_id: grant.session.id,
                     session_token: token.clone(),
@@ -621,7 +621,7 @@ async fn a_malicious_folder_manifest_is_refused_before_anything_is_written() {
         };
         let (received, answer) = guard(what, async { tokio::join!(receiving, sending) }).await;
         match answer {
-            Some(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::BadPath, "{what}: {e:?}"),
+            Some(Frame::Error(e)) => assert_eq!(e.code, P2pErrorCode::BadPath, "{what}: {e:?}"),
             other => panic!("{what}: {other:?}"),
         }
         let err = received.expect_err(what);
@@ -629,7 +629,7 @@ async fn a_malicious_folder_manifest_is_refused_before_anything_is_written() {
             matches!(
                 &err,
                 P2pError::Refused {
-                    code: ErrorCode::BadPath,
+                    code: P2pErrorCode::BadPath,
                     ..
                 }
             ),

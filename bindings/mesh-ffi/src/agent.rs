@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use mesh_core::auth::TokenVerifier;
 use mesh_core::client::{Client, Event};
 use mesh_core::p2p::{
-    FileReport, FolderReport, Identity, IncomingSession, OutgoingSession, P2pEndpoint, P2pError,
-    PathKind, Progress, ReceiveOptions, SendOptions,
+    AgentIdentity, FileReport, FolderReport, IncomingSession, OutgoingSession, P2pEndpoint,
+    P2pError, PathKind, Progress, ReceiveOptions, SendOptions,
 };
 use mesh_core::protocol::{PeerId, SessionId, SessionKind};
 
@@ -207,7 +207,7 @@ pub async fn start_agent(
             Some(dir) => Some(prepare_dir(Path::new(dir))?),
             None => None,
         };
-        let identity = Identity::load_or_generate(Path::new(&config.identity_dir))?;
+        let identity = AgentIdentity::load_or_generate(Path::new(&config.identity_dir))?;
         let tls = crate::tls_for(&server, config.ca_cert_pem.as_deref())?;
         let http = mesh_core::client::HttpApi::with_tls(&server, tls.clone())?;
         let verifier =

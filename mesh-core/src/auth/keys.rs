@@ -73,8 +73,8 @@ pub fn kid_of(key: &VerifyingKey) -> String {
         .collect()
 }
 
-fn key_err(what: &str, e: impl fmt::Display) -> AuthError {
-    AuthError::Key(format!("{what}: {e}"))
+fn key_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> AuthError {
+    AuthError::Key(crate::Failure::caused_by(what, e))
 }
 
 fn new_signing_key() -> Result<SigningKey, AuthError> {

@@ -70,10 +70,10 @@ pub enum AuthError {
     OutOfScope(String),
     /// Key generation, loading or signing failed.
     #[error("key: {0}")]
-    Key(String),
+    Key(#[source] crate::Failure),
     /// Password hashing failed (not a wrong password: that is `Ok(false)`).
     #[error("password hash: {0}")]
-    Hash(String),
+    Hash(#[source] crate::Failure),
 }
 
 impl AuthError {

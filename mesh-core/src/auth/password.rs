@@ -14,6 +14,7 @@ use argon2::password_hash::phc::{Output, ParamsString, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 
 use super::AuthError;
+use crate::Failure;
 
 /// Memory cost in KiB (OWASP: 19 MiB).
 pub const M_COST_KIB: u32 = 19_456;
@@ -31,7 +32,7 @@ const OUTPUT_LEN: usize = 32;
 
 fn params() -> Result<Params, AuthError> {
     Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN))
-        .map_err(|e| AuthError::Hash(format!("argon2 parameters: {e}")))
+        .map_err(|e| AuthError::Hash(Failure::caused_by("argon2 parameters", e)))
 }
 
 /// Working memory reused from one hash to the next.
@@ -81,16 +82,17 @@ fn derive(
             kept.push(blocks);
         }
     }
-    result.map_err(|e| AuthError::Hash(e.to_string()))
+    result.map_err(|e| AuthError::Hash(Failure::caused_by("", e)))
 }
 
 /// Hashes `password` into a PHC string (argon2id, m=19456 KiB, t=2, p=1, random salt).
 pub fn hash(password: &str) -> Result<String, AuthError> {
     let mut salt = [0u8; SALT_LEN];
-    getrandom::fill(&mut salt).map_err(|e| AuthError::Hash(format!("random salt: {e}")))?;
+    getrandom::fill(&mut salt)
+        .map_err(|e| AuthError::Hash(Failure::caused_by("random salt", e)))?;
     let params = params()?;
     let params_string =
-        ParamsString::try_from(&params).map_err(|e| AuthError::Hash(e.to_string()))?;
+        ParamsString::try_from(&params).map_err(|e| AuthError::Hash(Failure::caused_by("", e)))?;
     let mut out = [0u8; OUTPUT_LEN];
     derive(
         Algorithm::Argon2id,
@@ -104,8 +106,8 @@ pub fn hash(password: &str) -> Result<String, AuthError> {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
         params: params_string,
-        salt: Some(Salt::new(&salt).map_err(|e| AuthError::Hash(e.to_string()))?),
-        hash: Some(Output::new(&out).map_err(|e| AuthError::Hash(e.to_string()))?),
+        salt: Some(Salt::new(&salt).map_err(|e| AuthError::Hash(Failure::caused_by("", e)))?),
+        hash: Some(Output::new(&out).map_err(|e| AuthError::Hash(Failure::caused_by("", e)))?),
     };
     Ok(phc.to_string())
 }
@@ -116,23 +118,27 @@ pub fn hash(password: &str) -> Result<String, AuthError> {
 /// The parameters are taken from the stored hash, so hashes made with other
 /// argon2 parameters (or argon2i/argon2d) still verify.
 pub fn verify(password: &str, phc: &str) -> Result<bool, AuthError> {
-    let parsed = PasswordHash::new(phc).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let parsed = PasswordHash::new(phc).map_err(|e| AuthError::Hash(Failure::caused_by("", e)))?;
     let algorithm = Algorithm::try_from(parsed.algorithm.as_str())
-        .map_err(|_| AuthError::Hash(format!("not an argon2 hash: {}", parsed.algorithm)))?;
+        .map_err(|_| AuthError::Hash(format!("not an argon2 hash: {}", parsed.algorithm).into()))?;
     let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
         return Err(AuthError::Hash("hash has no salt or output".into()));
     };
     let version = match parsed.version {
-        Some(v) => Version::try_from(v).map_err(|e| AuthError::Hash(e.to_string()))?,
+        Some(v) => Version::try_from(v).map_err(|e| AuthError::Hash(Failure::caused_by("", e)))?,
         None => Version::default(),
     };
     // The output length comes from the stored hash too.
-    let params = Params::try_from(&parsed).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let params =
+        Params::try_from(&parsed).map_err(|e| AuthError::Hash(Failure::caused_by("", e)))?;
     if params.m_cost() > MAX_M_COST_KIB {
-        return Err(AuthError::Hash(format!(
-            "stored hash asks for {} KiB of memory, more than the {MAX_M_COST_KIB} KiB allowed",
-            params.m_cost()
-        )));
+        return Err(AuthError::Hash(
+            format!(
+                "stored hash asks for {} KiB of memory, more than the {MAX_M_COST_KIB} KiB allowed",
+                params.m_cost()
+            )
+            .into(),
+        ));
     }
     let mut out = vec![0u8; expected.len()];
     derive(
@@ -143,7 +149,7 @@ pub fn verify(password: &str, phc: &str) -> Result<bool, AuthError> {
         salt,
         &mut out,
     )?;
-    let computed = Output::new(&out).map_err(|e| AuthError::Hash(e.to_string()))?;
+    let computed = Output::new(&out).map_err(|e| AuthError::Hash(Failure::caused_by("", e)))?;
     // `Output`'s equality is constant-time.
     Ok(&computed == expected)
 }

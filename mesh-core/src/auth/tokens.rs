@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
 use super::AuthError;
 #[cfg(feature = "server")]
 pub use super::issue::{MAX_CAPABILITY_TTL, issue_capability, issue_session_token};
+use crate::Failure;
 use crate::protocol::{DeviceId, PeerId, RoomId, SessionId, SessionKind, Timestamp, UserId};
 
 /// The `iss` of every token a mesh server signs.
@@ -235,14 +236,15 @@ impl TokenVerifier {
                 continue;
             }
             let Some(kid) = field("kid") else { continue };
-            let x =
-                field("x").ok_or_else(|| AuthError::Key(format!("JWK {kid:?} has no \"x\"")))?;
-            let key = ed25519_key(x).map_err(|e| AuthError::Key(format!("JWK {kid:?}: {e}")))?;
+            let x = field("x")
+                .ok_or_else(|| AuthError::Key(format!("JWK {kid:?} has no \"x\"").into()))?;
+            let key = ed25519_key(x)
+                .map_err(|e| AuthError::Key(Failure::caused_by(format!("JWK {kid:?}"), e)))?;
             match keys.get(kid) {
                 Some(known) if known.try_get_as_bytes().ok() != key.try_get_as_bytes().ok() => {
-                    return Err(AuthError::Key(format!(
-                        "two different keys with kid {kid:?}"
-                    )));
+                    return Err(AuthError::Key(
+                        format!("two different keys with kid {kid:?}").into(),
+                    ));
                 }
                 Some(_) => {}
                 None => {
@@ -331,10 +333,11 @@ fn signature_only() -> Validation {
 
 /// A verifying key from a JWK's `x`, checked to be a valid Ed25519 point.
 fn ed25519_key(x: &str) -> Result<DecodingKey, AuthError> {
-    let key = DecodingKey::from_ed_components(x).map_err(|e| AuthError::Key(e.to_string()))?;
+    let key = DecodingKey::from_ed_components(x)
+        .map_err(|e| AuthError::Key(Failure::caused_by("", e)))?;
     let bytes = key
         .try_get_as_bytes()
-        .map_err(|e| AuthError::Key(e.to_string()))?;
+        .map_err(|e| AuthError::Key(Failure::caused_by("", e)))?;
     // `jsonwebtoken` slices the first 32 bytes without a length check.
     let bytes: &[u8; 32] = bytes
         .try_into()

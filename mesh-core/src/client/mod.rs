@@ -76,74 +76,9 @@ pub use state::{
 #[cfg(feature = "native-client")]
 pub use tls::TlsConfig;
 
-/// Which page of a room's history to fetch
-/// (`GET /api/rooms/{id}/messages`). Pages are in ascending `seq`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct HistoryQuery {
-    /// Where the page sits.
-    pub page: HistoryPage,
-    /// At most this many messages (the server caps it at 100, default 50).
-    pub limit: Option<u32>,
-}
-
-/// Where a [`HistoryQuery`] page sits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum HistoryPage {
-    /// The newest messages; `has_more` tells whether older ones exist.
-    #[default]
-    Latest,
-    /// The page just older than this `seq`.
-    Before(u64),
-    /// The page just newer than this `seq`; `has_more` tells whether newer
-    /// ones exist.
-    After(u64),
-}
-
-impl HistoryQuery {
-    /// The newest page.
-    pub fn latest(limit: u32) -> Self {
-        Self {
-            page: HistoryPage::Latest,
-            limit: Some(limit),
-        }
-    }
-
-    /// The page just older than `seq`.
-    pub fn before(seq: u64, limit: u32) -> Self {
-        Self {
-            page: HistoryPage::Before(seq),
-            limit: Some(limit),
-        }
-    }
-
-    /// The page just newer than `seq`.
-    pub fn after(seq: u64, limit: u32) -> Self {
-        Self {
-            page: HistoryPage::After(seq),
-            limit: Some(limit),
-        }
-    }
-
-    /// The query string, without `?` (empty for the default page).
-    ///
-    /// ```
-    /// use mesh_core::client::HistoryQuery;
-    /// assert_eq!(HistoryQuery::before(40, 20).to_query(), "before=40&limit=20");
-    /// assert_eq!(HistoryQuery::default().to_query(), "");
-    /// ```
-    pub fn to_query(&self) -> String {
-        let mut parts = Vec::with_capacity(2);
-        match self.page {
-            HistoryPage::Latest => {}
-            HistoryPage::Before(seq) => parts.push(format!("before={seq}")),
-            HistoryPage::After(seq) => parts.push(format!("after={seq}")),
-        }
-        if let Some(limit) = self.limit {
-            parts.push(format!("limit={limit}"));
-        }
-        parts.join("&")
-    }
-}
+// One way to ask for a page of history, from the app to the store: the
+// query is wire vocabulary and lives in `protocol`.
+pub use crate::protocol::http::{HistoryPage, HistoryQuery};
 
 #[cfg(test)]
 mod tests;

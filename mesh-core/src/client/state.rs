@@ -53,9 +53,8 @@ use super::backoff::{Backoff, BackoffConfig, Rng};
 use super::error::ClientError;
 use crate::protocol::RtcKind;
 use crate::protocol::{
-    ClientEvent as Frame, Hello, Member, Message, OutgoingFrame, P2pInfo, P2pSession, PeerId,
-    Presence, Role, Room, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind, Timestamp, User,
-    UserId,
+    ClientRequest, Hello, Member, Message, OutgoingFrame, P2pInfo, P2pSession, PeerId, Presence,
+    Role, Room, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind, Timestamp, User, UserId,
 };
 
 /// Settings of a [`ClientState`].
@@ -577,7 +576,7 @@ impl ClientState {
             since: (!since.is_empty()).then_some(since),
             p2p: self.config.p2p.clone(),
         };
-        self.send_frame(&Frame::Hello(hello), Pending::Hello);
+        self.send_frame(&ClientRequest::Hello(hello), Pending::Hello);
     }
 
     /// Opening the socket failed. A fatal error (a refused token) stops the
@@ -646,7 +645,7 @@ impl ClientState {
                         next_ping: now.saturating_add(heartbeat),
                         last_heard,
                     };
-                    self.send_frame(&Frame::Ping(Map::new()), Pending::Ping);
+                    self.send_frame(&ClientRequest::Ping(Map::new()), Pending::Ping);
                 }
                 self.flush_sends(now);
             }
@@ -695,12 +694,12 @@ impl ClientState {
 
     /// `room.join`; answered with [`Reply::Joined`].
     pub fn join_room(&mut self, room_id: RoomId) -> RequestId {
-        self.request(Frame::RoomJoin { room_id }, RequestKind::Join)
+        self.request(ClientRequest::RoomJoin { room_id }, RequestKind::Join)
     }
 
     /// `room.leave`; answered with [`Reply::Left`].
     pub fn leave_room(&mut self, room_id: RoomId) -> RequestId {
-        self.request(Frame::RoomLeave { room_id }, RequestKind::Leave)
+        self.request(ClientRequest::RoomLeave { room_id }, RequestKind::Leave)
     }
 
     /// `presence.update`; answered with [`Reply::Presence`]. The status is
@@ -708,7 +707,7 @@ impl ClientState {
     pub fn set_presence(&mut self, status: Presence, message: Option<String>) -> RequestId {
         self.presence = Some((status, message.clone()));
         self.request(
-            Frame::PresenceUpdate { status, message },
+            ClientRequest::PresenceUpdate { status, message },
             RequestKind::Presence(status),
         )
     }
@@ -720,7 +719,7 @@ impl ClientState {
         target_peer_id: PeerId,
         kind: SessionKind,
     ) -> RequestId {
-        let frame = Frame::P2pRequest {
+        let frame = ClientRequest::P2pRequest {
             room_id,
             target_peer_id,
             kind,
@@ -732,7 +731,7 @@ impl ClientState {
     /// stale by the time it arrived).
     pub fn set_typing(&mut self, room_id: RoomId, typing: bool) {
         if matches!(self.link, Link::Ready { .. }) {
-            self.push_frame(&Frame::Typing { room_id, typing }, None);
+            self.push_frame(&ClientRequest::Typing { room_id, typing }, None);
         }
     }
 
@@ -741,10 +740,10 @@ impl ClientState {
     pub fn send_rtc(&mut self, kind: RtcKind, signal: RtcSignal) {
         if matches!(self.link, Link::Ready { .. }) {
             let frame = match kind {
-                RtcKind::Offer => Frame::RtcOffer(signal),
-                RtcKind::Answer => Frame::RtcAnswer(signal),
-                RtcKind::Ice => Frame::RtcIce(signal),
-                RtcKind::Hangup => Frame::RtcHangup(signal),
+                RtcKind::Offer => ClientRequest::RtcOffer(signal),
+                RtcKind::Answer => ClientRequest::RtcAnswer(signal),
+                RtcKind::Ice => ClientRequest::RtcIce(signal),
+                RtcKind::Hangup => ClientRequest::RtcHangup(signal),
             };
             self.push_frame(&frame, None);
         }
@@ -754,7 +753,7 @@ impl ClientState {
     /// Fire and forget; the server announces `p2p.session.closed`.
     pub fn close_p2p_session(&mut self, session_id: SessionId) {
         if matches!(self.link, Link::Ready { .. }) {
-            self.push_frame(&Frame::P2pClose { session_id }, None);
+            self.push_frame(&ClientRequest::P2pClose { session_id }, None);
         }
     }
 
@@ -764,7 +763,7 @@ impl ClientState {
     pub fn announce_p2p(&mut self, info: P2pInfo) {
         self.config.p2p = Some(info.clone());
         if matches!(self.link, Link::Ready { .. }) {
-            self.push_frame(&Frame::P2pAnnounce { p2p: info }, None);
+            self.push_frame(&ClientRequest::P2pAnnounce { p2p: info }, None);
         }
     }
 
@@ -791,7 +790,7 @@ impl ClientState {
         format!("{prefix}{}", self.next_wire_id)
     }
 
-    fn push_frame(&mut self, frame: &Frame, id: Option<String>) {
+    fn push_frame(&mut self, frame: &ClientRequest, id: Option<String>) {
         let mut value = match serde_json::to_value(frame) {
             Ok(v) => v,
             // Our own frames always serialize (string keys only).
@@ -803,7 +802,7 @@ impl ClientState {
         self.transmit.push_back(value.to_string());
     }
 
-    fn send_frame(&mut self, frame: &Frame, pending: Pending) -> String {
+    fn send_frame(&mut self, frame: &ClientRequest, pending: Pending) -> String {
         let prefix = match pending {
             Pending::Hello => 'h',
             Pending::Ping => 'p',
@@ -816,7 +815,7 @@ impl ClientState {
         id
     }
 
-    fn request(&mut self, frame: Frame, kind: RequestKind) -> RequestId {
+    fn request(&mut self, frame: ClientRequest, kind: RequestKind) -> RequestId {
         self.next_request += 1;
         let id = RequestId(self.next_request);
         match self.link {
@@ -851,7 +850,7 @@ impl ClientState {
                 return;
             }
             let s = &self.sends[i];
-            let frame = Frame::MessageSend {
+            let frame = ClientRequest::MessageSend {
                 room_id: s.room_id,
                 content: s.content.clone(),
                 client_id: Some(s.client_id.clone()),
@@ -940,7 +939,7 @@ impl ClientState {
             resumed,
         });
         if resumed && let Some((status, message)) = self.presence.clone() {
-            let frame = Frame::PresenceUpdate { status, message };
+            let frame = ClientRequest::PresenceUpdate { status, message };
             self.push_frame(&frame, None);
         }
         self.flush_sends(now);
@@ -1144,6 +1143,7 @@ impl ClientState {
 /// Every variant is named, so a new one must be decided here; those
 /// [`ClientState::broadcast`] handles itself tell nothing more.
 fn app_event(event: ServerEvent) -> Option<Event> {
+    let rtc = |kind, signal| Event::Rtc { kind, signal };
     Some(match event {
         ServerEvent::RoomJoined {
             room_id,
@@ -1184,22 +1184,10 @@ fn app_event(event: ServerEvent) -> Option<Event> {
             status,
             message,
         },
-        ServerEvent::RtcOffer(signal) => Event::Rtc {
-            kind: RtcKind::Offer,
-            signal,
-        },
-        ServerEvent::RtcAnswer(signal) => Event::Rtc {
-            kind: RtcKind::Answer,
-            signal,
-        },
-        ServerEvent::RtcIce(signal) => Event::Rtc {
-            kind: RtcKind::Ice,
-            signal,
-        },
-        ServerEvent::RtcHangup(signal) => Event::Rtc {
-            kind: RtcKind::Hangup,
-            signal,
-        },
+        ServerEvent::RtcOffer(signal) => rtc(RtcKind::Offer, signal),
+        ServerEvent::RtcAnswer(signal) => rtc(RtcKind::Answer, signal),
+        ServerEvent::RtcIce(signal) => rtc(RtcKind::Ice, signal),
+        ServerEvent::RtcHangup(signal) => rtc(RtcKind::Hangup, signal),
         ServerEvent::P2pSessionCreated {
             session,
             session_token,

@@ -39,8 +39,8 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn tls_error(what: &str, e: impl std::fmt::Display) -> ClientError {
-    ClientError::Tls(format!("{what}: {e}"))
+fn tls_error(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> ClientError {
+    ClientError::Tls(crate::Failure::caused_by(what, e))
 }
 
 impl TlsConfig {
@@ -165,7 +165,7 @@ impl TlsConfig {
             return e;
         };
         match find_rustls_error(source.as_ref()) {
-            Some(tls) => ClientError::Tls(describe(tls, &self.trusts)),
+            Some(tls) => ClientError::Tls(describe(tls, &self.trusts).into()),
             None => e,
         }
     }

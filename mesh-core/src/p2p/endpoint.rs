@@ -14,7 +14,7 @@ use tokio::time::{Instant, timeout, timeout_at};
 
 use super::file::{self, FileReport, Progress, ReceiveOptions, SendOptions, Wire, unexpected};
 use super::folder::{self, FolderReport};
-use super::frame::{Frame, Hello, PROTOCOL_VERSION, Welcome};
+use super::frame::{Frame, PROTOCOL_VERSION, SessionHello, SessionWelcome};
 use super::identity::{fingerprint_of, normalise_fingerprint};
 use super::terminal::{self, TerminalCommand, TerminalPolicy, TerminalViewer};
 use super::traversal::bind::BindState;
@@ -22,14 +22,16 @@ use super::traversal::socket::Mux;
 use super::traversal::{
     self, DIRECT_DELAY, PathKind, PathMonitor, RELAY_DELAY, ServerPaths, Traversal,
 };
-use super::{ErrorCode, Identity, P2pError, tls};
+use super::{AgentIdentity, P2pError, P2pErrorCode, tls};
+use crate::Failure;
 use crate::auth::{AuthError, SessionClaims, TokenVerifier};
 use crate::protocol::{P2pInfo, P2pSession, PeerId, RelayGrant, SessionId, SessionKind, Timestamp};
 
 type Stream = Wire<quinn::RecvStream, quinn::SendStream>;
 /// Handshakes racing: each ends with the connection, or the address, the
 /// error and the certificate fingerprint that did not match (if that was it).
-type Attempts = JoinSet<Result<quinn::Connection, (SocketAddr, String, Option<String>)>>;
+type Attempts =
+    JoinSet<Result<quinn::Connection, (SocketAddr, quinn::ConnectionError, Option<String>)>>;
 type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
 /// How long a side that sent the last frame waits for the peer to close
@@ -96,7 +98,7 @@ impl ExpectedSession {
 
 /// Configures a [`P2pEndpoint`]: `P2pEndpoint::builder(identity)…bind(addr)`.
 pub struct P2pEndpointBuilder {
-    identity: Identity,
+    identity: AgentIdentity,
     acceptor: Option<TokenVerifier>,
     peer_id: Option<PeerId>,
     kinds: Vec<SessionKind>,
@@ -190,7 +192,9 @@ impl P2pEndpointBuilder {
     /// run inside a tokio runtime.
     pub fn bind(self, addr: SocketAddr) -> Result<P2pEndpoint, P2pError> {
         let server = tls::server_config(&self.identity, self.idle_timeout)?;
-        let failed = |e: std::io::Error| P2pError::Connection(format!("binding {addr}: {e}"));
+        let failed = |e: std::io::Error| {
+            P2pError::Connection(Failure::caused_by(format!("binding {addr}"), e))
+        };
         let socket = std::net::UdpSocket::bind(addr).map_err(failed)?;
         socket.set_nonblocking(true).map_err(failed)?;
         let mux = Mux::new(socket).map_err(failed)?;
@@ -255,7 +259,7 @@ struct Shared {
     discovery: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Punching and relay binding of sessions this agent expects.
     traversals: Mutex<HashMap<SessionId, Traversal>>,
-    identity: Identity,
+    identity: AgentIdentity,
     acceptor: Option<Acceptor>,
     expected: Mutex<HashMap<SessionId, ExpectedSession>>,
     connect_timeout: Duration,
@@ -270,9 +274,9 @@ struct Shared {
 /// ```no_run
 /// # async fn demo(peer: mesh_core::protocol::P2pInfo, session: mesh_core::protocol::SessionId,
 /// #               token: String) -> Result<(), mesh_core::p2p::P2pError> {
-/// use mesh_core::p2p::{Identity, P2pEndpoint, SendOptions};
+/// use mesh_core::p2p::{AgentIdentity, P2pEndpoint, SendOptions};
 ///
-/// let endpoint = P2pEndpoint::builder(Identity::generate()?)
+/// let endpoint = P2pEndpoint::builder(AgentIdentity::generate()?)
 ///     .bind("0.0.0.0:0".parse().expect("addr"))?;
 /// let outgoing = endpoint.connect_to(&peer, session, &token).await?;
 /// let report = outgoing
@@ -312,7 +316,7 @@ impl Drop for P2pEndpoint {
 
 impl P2pEndpoint {
     /// Starts configuring an endpoint for `identity`.
-    pub fn builder(identity: Identity) -> P2pEndpointBuilder {
+    pub fn builder(identity: AgentIdentity) -> P2pEndpointBuilder {
         P2pEndpointBuilder {
             identity,
             acceptor: None,
@@ -335,7 +339,7 @@ impl P2pEndpoint {
         self.shared
             .endpoint
             .local_addr()
-            .map_err(|e| P2pError::Connection(e.to_string()))
+            .map_err(|e| P2pError::Connection(Failure::caused_by("", e)))
     }
 
     /// This agent's certificate fingerprint.
@@ -629,7 +633,7 @@ impl P2pEndpoint {
                 && !relay_tried
             {
                 race.errors
-                    .push(format!("relay: {} ({why})", code.as_str()));
+                    .push(format!("relay: {} ({why})", code.as_str()).into());
                 relay_tried = true;
             }
             if attempts.is_empty() && !relay_pending && later.is_none() {
@@ -643,9 +647,9 @@ impl P2pEndpoint {
                     Some(Ok(Ok(conn))) => return Ok(conn),
                     Some(Ok(Err((sa, e, m)))) => {
                         race.mismatch = race.mismatch.or(m);
-                        race.errors.push(format!("{sa}: {e}"));
+                        race.errors.push(Failure::caused_by(sa.to_string(), e));
                     }
-                    Some(Err(e)) => race.errors.push(e.to_string()),
+                    Some(Err(e)) => race.errors.push(Failure::caused_by("a connection attempt", e)),
                     None => {}
                 },
                 changed = async { bound.as_mut().expect("guarded").changed().await },
@@ -676,11 +680,11 @@ impl P2pEndpoint {
         let hs = self.shared.handshake_timeout;
         let (w, r) = match timeout(hs, conn.open_bi()).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
+            Ok(Err(e)) => return Err(P2pError::Connection(Failure::caused_by("", e))),
             Err(_) => return Err(P2pError::Timeout(hs)),
         };
         let mut wire = Wire { r, w };
-        let hello = Frame::Hello(Hello {
+        let hello = Frame::Hello(SessionHello {
             version: PROTOCOL_VERSION,
             session_id,
             session_token: token.to_owned(),
@@ -719,7 +723,7 @@ impl P2pEndpoint {
         attempts: &mut Attempts,
         sa: SocketAddr,
         expected_fingerprint: &str,
-        errors: &mut Vec<String>,
+        errors: &mut Vec<Failure>,
     ) -> Result<(), P2pError> {
         let shared = &self.shared;
         let (config, verifier) =
@@ -727,12 +731,10 @@ impl P2pEndpoint {
         match shared.endpoint.connect_with(config, sa, tls::SERVER_NAME) {
             Ok(connecting) => {
                 attempts.spawn(async move {
-                    connecting
-                        .await
-                        .map_err(|e| (sa, e.to_string(), verifier.mismatch()))
+                    connecting.await.map_err(|e| (sa, e, verifier.mismatch()))
                 });
             }
-            Err(e) => errors.push(format!("{sa}: {e}")),
+            Err(e) => errors.push(Failure::caused_by(sa.to_string(), e)),
         }
         Ok(())
     }
@@ -782,7 +784,7 @@ impl P2pEndpoint {
             attempt += 1;
             match self.connect_to_via(peer, session_id, token, relay).await {
                 Err(P2pError::Remote {
-                    code: ErrorCode::UnknownSession,
+                    code: P2pErrorCode::UnknownSession,
                     ..
                 }) if attempt < ANNOUNCE_ATTEMPTS => {
                     tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt))).await;
@@ -878,7 +880,7 @@ struct Race<'a> {
     started: Instant,
     deadline: Instant,
     /// Why each address failed, for [`P2pError::Unreachable`].
-    errors: Vec<String>,
+    errors: Vec<Failure>,
     /// The certificate fingerprint an address presented instead of the
     /// expected one: the most telling failure, reported first.
     mismatch: Option<String>,
@@ -901,7 +903,7 @@ impl Race<'_> {
         if errors.is_empty() {
             errors.push("no usable address".into());
         }
-        P2pError::Unreachable(errors.join("; "))
+        P2pError::Unreachable(errors)
     }
 }
 
@@ -910,7 +912,7 @@ impl Race<'_> {
 async fn resolve(
     addrs: &[impl AsRef<str>],
     deadline: Instant,
-) -> Option<(Vec<SocketAddr>, Vec<String>)> {
+) -> Option<(Vec<SocketAddr>, Vec<Failure>)> {
     let mut errors = Vec::new();
     let mut targets = Vec::new();
     for a in addrs {
@@ -919,7 +921,7 @@ async fn resolve(
             Ok(sa) => targets.push(sa),
             Err(_) => match timeout_at(deadline, tokio::net::lookup_host(a)).await {
                 Ok(Ok(found)) => targets.extend(found),
-                Ok(Err(e)) => errors.push(format!("{a}: {e}")),
+                Ok(Err(e)) => errors.push(Failure::caused_by(a, e)),
                 Err(_) => return None,
             },
         }
@@ -959,14 +961,14 @@ async fn handshake(
     let hs = shared.handshake_timeout;
     let conn = match timeout(hs, incoming).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
+        Ok(Err(e)) => return Err(P2pError::Connection(Failure::caused_by("", e))),
         Err(_) => return Err(P2pError::Timeout(hs)),
     };
     keep_route_while_open(&shared.mux, &conn);
     let fingerprint = peer_fingerprint(&conn)?;
     let (w, r) = match timeout(hs, conn.accept_bi()).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(P2pError::Connection(e.to_string())),
+        Ok(Err(e)) => return Err(P2pError::Connection(Failure::caused_by("", e))),
         Err(_) => {
             conn.close(CLOSE_ERROR.into(), b"no hello");
             return Err(P2pError::Timeout(hs));
@@ -976,11 +978,11 @@ async fn handshake(
     let checked = match timeout(hs, wire.recv()).await {
         Ok(Ok(Frame::Hello(hello))) => check_hello(shared, acceptor, &hello, &fingerprint),
         Ok(Ok(other)) => Err(P2pError::refused(
-            ErrorCode::Protocol,
+            P2pErrorCode::Protocol,
             format!("{} before P2P_HELLO", other.name()),
         )),
         Ok(Err(e @ P2pError::Frame(_))) => {
-            Err(P2pError::refused(ErrorCode::Protocol, e.to_string()))
+            Err(P2pError::refused(P2pErrorCode::Protocol, e.to_string()))
         }
         Ok(Err(e)) => {
             conn.close(CLOSE_ERROR.into(), b"no hello");
@@ -993,7 +995,7 @@ async fn handshake(
     };
     match checked {
         Ok(claims) => {
-            wire.send(&Frame::Welcome(Welcome {
+            wire.send(&Frame::Welcome(SessionWelcome {
                 version: PROTOCOL_VERSION,
                 session_id: claims.sid,
                 kind: claims.kind,
@@ -1021,10 +1023,10 @@ async fn handshake(
 fn check_hello(
     shared: &Shared,
     acceptor: &Acceptor,
-    hello: &Hello,
+    hello: &SessionHello,
     fingerprint: &str,
 ) -> Result<SessionClaims, P2pError> {
-    use ErrorCode as C;
+    use P2pErrorCode as C;
     if hello.version != PROTOCOL_VERSION {
         return Err(P2pError::refused(
             C::UnsupportedVersion,
@@ -1138,7 +1140,7 @@ impl Session {
         let err = self
             .wire
             .fail(P2pError::refused(
-                ErrorCode::KindNotAccepted,
+                P2pErrorCode::KindNotAccepted,
                 format!(
                     "this is a {} session, not {}",
                     self.kind.as_str(),
@@ -1147,6 +1149,45 @@ impl Session {
             ))
             .await;
         Err(err)
+    }
+
+    /// Does `work` on the session's stream if the session is of `kind`,
+    /// then ends it (`sent_last`: whether this side sends the last frame).
+    async fn run<T>(
+        mut self,
+        kind: SessionKind,
+        sent_last: bool,
+        work: impl AsyncFnOnce(&mut Stream) -> Result<T, P2pError>,
+    ) -> Result<T, P2pError> {
+        let result = match self.require(kind).await {
+            Ok(()) => work(&mut self.wire).await,
+            Err(e) => Err(e),
+        };
+        self.end(result, sent_last).await
+    }
+
+    async fn view_terminal(mut self) -> Result<TerminalViewer, P2pError> {
+        if let Err(e) = self.require(SessionKind::Terminal).await {
+            return self.end(Err(e), false).await;
+        }
+        let Session { conn, wire, .. } = self;
+        Ok(TerminalViewer::new(wire, conn))
+    }
+
+    async fn share_terminal(
+        mut self,
+        cmd: TerminalCommand,
+        policy: TerminalPolicy,
+    ) -> Result<Option<u32>, P2pError> {
+        if let Err(e) = self.require(SessionKind::Terminal).await {
+            return self.end(Err(e), false).await;
+        }
+        let Session { conn, wire, .. } = self;
+        let result = terminal::share(wire, cmd, policy).await;
+        // TERM_EXIT (or an error) was the last frame: let the viewer close.
+        let _ = timeout(CLOSE_WAIT, conn.closed()).await;
+        conn.close(CLOSE_DONE.into(), b"done");
+        result
     }
 
     /// Ends the session after `result`: the side that received the last
@@ -1194,36 +1235,15 @@ impl IncomingSession {
         self.claims.sid
     }
 
-    /// What the session carries.
-    pub fn kind(&self) -> SessionKind {
-        self.session.kind
-    }
-
     /// The initiator's certificate fingerprint.
     pub fn peer_fingerprint(&self) -> &str {
         &self.peer_fingerprint
     }
 
-    /// The initiator's address.
-    pub fn remote_address(&self) -> SocketAddr {
-        self.session.conn.remote_address()
-    }
-
-    /// The session's QUIC path figures, also after a transfer consumed it.
-    pub fn monitor(&self) -> PathMonitor {
-        PathMonitor(self.session.conn.clone())
-    }
-
-    /// Whether the session runs straight between the agents or through the
-    /// server's relay (then [`Self::remote_address`] is a synthetic one).
-    pub fn path(&self) -> PathKind {
-        PathKind::of(self.session.conn.remote_address())
-    }
-
     /// Receives the file of a `file` session into `dest_dir` (and nowhere
     /// else), calling `progress` as bytes arrive.
     pub async fn receive_file<F>(
-        mut self,
+        self,
         dest_dir: &Path,
         opts: &ReceiveOptions,
         progress: F,
@@ -1231,17 +1251,15 @@ impl IncomingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        let result = match self.session.require(SessionKind::File).await {
-            Ok(()) => file::receive_file(&mut self.session.wire, dest_dir, opts, progress).await,
-            Err(e) => Err(e),
-        };
-        self.session.end(result, true).await
+        let work =
+            async |wire: &mut Stream| file::receive_file(wire, dest_dir, opts, progress).await;
+        self.session.run(SessionKind::File, true, work).await
     }
 
     /// Receives the folder of a `folder` session into
     /// `dest_dir/<folder name>/`.
     pub async fn receive_folder<F>(
-        mut self,
+        self,
         dest_dir: &Path,
         opts: &ReceiveOptions,
         progress: F,
@@ -1249,50 +1267,60 @@ impl IncomingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        let result = match self.session.require(SessionKind::Folder).await {
-            Ok(()) => {
-                folder::receive_folder(&mut self.session.wire, dest_dir, opts, progress).await
+        let work =
+            async |wire: &mut Stream| folder::receive_folder(wire, dest_dir, opts, progress).await;
+        self.session.run(SessionKind::Folder, true, work).await
+    }
+}
+
+/// The methods both ends of a session have, written once for
+/// [`IncomingSession`] and [`OutgoingSession`].
+macro_rules! session_methods {
+    ($t:ty) => {
+        impl $t {
+            /// What the session carries (as the token says).
+            pub fn kind(&self) -> SessionKind {
+                self.session.kind
             }
-            Err(e) => Err(e),
-        };
-        self.session.end(result, true).await
-    }
 
-    /// Watches the terminal the initiator shares.
-    pub async fn view_terminal(mut self) -> Result<TerminalViewer, P2pError> {
-        if let Err(e) = self.session.require(SessionKind::Terminal).await {
-            return self.session.end(Err(e), false).await;
-        }
-        let Session { conn, wire, .. } = self.session;
-        Ok(TerminalViewer::new(wire, conn))
-    }
+            /// The peer's address.
+            pub fn remote_address(&self) -> SocketAddr {
+                self.session.conn.remote_address()
+            }
 
-    /// Shares a terminal running `cmd` with the initiator, under `policy`.
-    /// See [`OutgoingSession::share_terminal`].
-    pub async fn share_terminal(
-        mut self,
-        cmd: TerminalCommand,
-        policy: TerminalPolicy,
-    ) -> Result<Option<u32>, P2pError> {
-        if let Err(e) = self.session.require(SessionKind::Terminal).await {
-            return self.session.end(Err(e), false).await;
+            /// The session's QUIC path figures, also after a transfer consumed it.
+            pub fn monitor(&self) -> PathMonitor {
+                PathMonitor(self.session.conn.clone())
+            }
+
+            /// Whether the session runs straight between the agents or through the
+            /// server's relay (then [`Self::remote_address`] is a synthetic one).
+            pub fn path(&self) -> PathKind {
+                PathKind::of(self.session.conn.remote_address())
+            }
+
+            /// Runs `cmd` on a PTY and shares it with the peer (a `terminal`
+            /// session) until it exits (its exit code) or the viewer leaves (the
+            /// program is killed; `None`). `policy` says whether the viewer may
+            /// type: there is no default, the caller decides.
+            pub async fn share_terminal(
+                self,
+                cmd: TerminalCommand,
+                policy: TerminalPolicy,
+            ) -> Result<Option<u32>, P2pError> {
+                self.session.share_terminal(cmd, policy).await
+            }
+
+            /// Watches the terminal the peer shares.
+            pub async fn view_terminal(self) -> Result<TerminalViewer, P2pError> {
+                self.session.view_terminal().await
+            }
         }
-        share(self.session, cmd, policy).await
-    }
+    };
 }
 
-async fn share(
-    session: Session,
-    cmd: TerminalCommand,
-    policy: TerminalPolicy,
-) -> Result<Option<u32>, P2pError> {
-    let Session { conn, wire, .. } = session;
-    let result = terminal::share(wire, cmd, policy).await;
-    // TERM_EXIT (or an error) was the last frame: let the viewer close.
-    let _ = timeout(CLOSE_WAIT, conn.closed()).await;
-    conn.close(CLOSE_DONE.into(), b"done");
-    result
-}
+session_methods!(IncomingSession);
+session_methods!(OutgoingSession);
 
 /// A session this agent opened to a peer, welcomed by it.
 #[derive(Debug)]
@@ -1307,31 +1335,10 @@ impl OutgoingSession {
         self.session_id
     }
 
-    /// What the session carries (as the token says).
-    pub fn kind(&self) -> SessionKind {
-        self.session.kind
-    }
-
-    /// The peer's address.
-    pub fn remote_address(&self) -> SocketAddr {
-        self.session.conn.remote_address()
-    }
-
-    /// The session's QUIC path figures, also after a transfer consumed it.
-    pub fn monitor(&self) -> PathMonitor {
-        PathMonitor(self.session.conn.clone())
-    }
-
-    /// Whether the session runs straight between the agents or through the
-    /// server's relay (then [`Self::remote_address`] is a synthetic one).
-    pub fn path(&self) -> PathKind {
-        PathKind::of(self.session.conn.remote_address())
-    }
-
     /// Sends the file at `path` (a `file` session), resuming where the
     /// receiver's verified part file ends, calling `progress` per chunk.
     pub async fn send_file<F>(
-        mut self,
+        self,
         path: &Path,
         opts: &SendOptions,
         progress: F,
@@ -1339,16 +1346,13 @@ impl OutgoingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        let result = match self.session.require(SessionKind::File).await {
-            Ok(()) => file::send_file(&mut self.session.wire, path, opts, progress).await,
-            Err(e) => Err(e),
-        };
-        self.session.end(result, false).await
+        let work = async |wire: &mut Stream| file::send_file(wire, path, opts, progress).await;
+        self.session.run(SessionKind::File, false, work).await
     }
 
     /// Sends the folder at `dir` (a `folder` session).
     pub async fn send_folder<F>(
-        mut self,
+        self,
         dir: &Path,
         opts: &SendOptions,
         progress: F,
@@ -1356,34 +1360,7 @@ impl OutgoingSession {
     where
         F: FnMut(Progress) + Send,
     {
-        let result = match self.session.require(SessionKind::Folder).await {
-            Ok(()) => folder::send_folder(&mut self.session.wire, dir, opts, progress).await,
-            Err(e) => Err(e),
-        };
-        self.session.end(result, false).await
-    }
-
-    /// Runs `cmd` on a PTY and shares it with the peer (a `terminal`
-    /// session) until it exits (its exit code) or the viewer leaves (the
-    /// program is killed; `None`). `policy` says whether the viewer may
-    /// type: there is no default, the caller decides.
-    pub async fn share_terminal(
-        mut self,
-        cmd: TerminalCommand,
-        policy: TerminalPolicy,
-    ) -> Result<Option<u32>, P2pError> {
-        if let Err(e) = self.session.require(SessionKind::Terminal).await {
-            return self.session.end(Err(e), false).await;
-        }
-        share(self.session, cmd, policy).await
-    }
-
-    /// Watches a terminal the peer shares.
-    pub async fn view_terminal(mut self) -> Result<TerminalViewer, P2pError> {
-        if let Err(e) = self.session.require(SessionKind::Terminal).await {
-            return self.session.end(Err(e), false).await;
-        }
-        let Session { conn, wire, .. } = self.session;
-        Ok(TerminalViewer::new(wire, conn))
+        let work = async |wire: &mut Stream| folder::send_folder(wire, dir, opts, progress).await;
+        self.session.run(SessionKind::Folder, false, work).await
     }
 }

@@ -4,14 +4,15 @@ use std::fmt;
 use std::path::PathBuf;
 
 use super::frame::{FrameError, ReadError};
+use crate::Failure;
 
 /// The code of a `P2P_ERROR` frame (a `u16` on the wire).
 ///
-/// Codes below 100 end the session; [`ErrorCode::ReadOnly`] refuses one
+/// Codes below 100 end the session; [`P2pErrorCode::ReadOnly`] refuses one
 /// frame and the session goes on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum ErrorCode {
+pub enum P2pErrorCode {
     /// 1: a frame that is malformed or not allowed in this state.
     Protocol,
     /// 2: the peer speaks another protocol version.
@@ -51,77 +52,77 @@ pub enum ErrorCode {
     Unknown(u16),
 }
 
-impl ErrorCode {
+impl P2pErrorCode {
     /// The wire value.
     pub fn as_u16(self) -> u16 {
         match self {
-            ErrorCode::Protocol => 1,
-            ErrorCode::UnsupportedVersion => 2,
-            ErrorCode::InvalidToken => 10,
-            ErrorCode::TokenExpired => 11,
-            ErrorCode::WrongSession => 12,
-            ErrorCode::WrongPeer => 13,
-            ErrorCode::WrongCertificate => 14,
-            ErrorCode::UnknownSession => 15,
-            ErrorCode::KindNotAccepted => 16,
-            ErrorCode::BadPath => 20,
-            ErrorCode::AlreadyExists => 21,
-            ErrorCode::HashMismatch => 22,
-            ErrorCode::TooLarge => 23,
-            ErrorCode::Io => 24,
-            ErrorCode::ReadOnly => 30,
-            ErrorCode::Terminal => 31,
-            ErrorCode::Internal => 99,
-            ErrorCode::Unknown(c) => c,
+            P2pErrorCode::Protocol => 1,
+            P2pErrorCode::UnsupportedVersion => 2,
+            P2pErrorCode::InvalidToken => 10,
+            P2pErrorCode::TokenExpired => 11,
+            P2pErrorCode::WrongSession => 12,
+            P2pErrorCode::WrongPeer => 13,
+            P2pErrorCode::WrongCertificate => 14,
+            P2pErrorCode::UnknownSession => 15,
+            P2pErrorCode::KindNotAccepted => 16,
+            P2pErrorCode::BadPath => 20,
+            P2pErrorCode::AlreadyExists => 21,
+            P2pErrorCode::HashMismatch => 22,
+            P2pErrorCode::TooLarge => 23,
+            P2pErrorCode::Io => 24,
+            P2pErrorCode::ReadOnly => 30,
+            P2pErrorCode::Terminal => 31,
+            P2pErrorCode::Internal => 99,
+            P2pErrorCode::Unknown(c) => c,
         }
     }
 
     /// The code for a wire value.
     pub fn from_u16(code: u16) -> Self {
         match code {
-            1 => ErrorCode::Protocol,
-            2 => ErrorCode::UnsupportedVersion,
-            10 => ErrorCode::InvalidToken,
-            11 => ErrorCode::TokenExpired,
-            12 => ErrorCode::WrongSession,
-            13 => ErrorCode::WrongPeer,
-            14 => ErrorCode::WrongCertificate,
-            15 => ErrorCode::UnknownSession,
-            16 => ErrorCode::KindNotAccepted,
-            20 => ErrorCode::BadPath,
-            21 => ErrorCode::AlreadyExists,
-            22 => ErrorCode::HashMismatch,
-            23 => ErrorCode::TooLarge,
-            24 => ErrorCode::Io,
-            30 => ErrorCode::ReadOnly,
-            31 => ErrorCode::Terminal,
-            99 => ErrorCode::Internal,
-            c => ErrorCode::Unknown(c),
+            1 => P2pErrorCode::Protocol,
+            2 => P2pErrorCode::UnsupportedVersion,
+            10 => P2pErrorCode::InvalidToken,
+            11 => P2pErrorCode::TokenExpired,
+            12 => P2pErrorCode::WrongSession,
+            13 => P2pErrorCode::WrongPeer,
+            14 => P2pErrorCode::WrongCertificate,
+            15 => P2pErrorCode::UnknownSession,
+            16 => P2pErrorCode::KindNotAccepted,
+            20 => P2pErrorCode::BadPath,
+            21 => P2pErrorCode::AlreadyExists,
+            22 => P2pErrorCode::HashMismatch,
+            23 => P2pErrorCode::TooLarge,
+            24 => P2pErrorCode::Io,
+            30 => P2pErrorCode::ReadOnly,
+            31 => P2pErrorCode::Terminal,
+            99 => P2pErrorCode::Internal,
+            c => P2pErrorCode::Unknown(c),
         }
     }
 }
 
-impl fmt::Display for ErrorCode {
+impl fmt::Display for P2pErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let name = match self {
-            ErrorCode::Protocol => "protocol",
-            ErrorCode::UnsupportedVersion => "unsupported_version",
-            ErrorCode::InvalidToken => "invalid_token",
-            ErrorCode::TokenExpired => "token_expired",
-            ErrorCode::WrongSession => "wrong_session",
-            ErrorCode::WrongPeer => "wrong_peer",
-            ErrorCode::WrongCertificate => "wrong_certificate",
-            ErrorCode::UnknownSession => "unknown_session",
-            ErrorCode::KindNotAccepted => "kind_not_accepted",
-            ErrorCode::BadPath => "bad_path",
-            ErrorCode::AlreadyExists => "already_exists",
-            ErrorCode::HashMismatch => "hash_mismatch",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::Io => "io",
-            ErrorCode::ReadOnly => "read_only",
-            ErrorCode::Terminal => "terminal",
-            ErrorCode::Internal => "internal",
-            ErrorCode::Unknown(c) => return write!(f, "unknown({c})"),
+            P2pErrorCode::Protocol => "protocol",
+            P2pErrorCode::UnsupportedVersion => "unsupported_version",
+            P2pErrorCode::InvalidToken => "invalid_token",
+            P2pErrorCode::TokenExpired => "token_expired",
+            P2pErrorCode::WrongSession => "wrong_session",
+            P2pErrorCode::WrongPeer => "wrong_peer",
+            P2pErrorCode::WrongCertificate => "wrong_certificate",
+            P2pErrorCode::UnknownSession => "unknown_session",
+            P2pErrorCode::KindNotAccepted => "kind_not_accepted",
+            P2pErrorCode::BadPath => "bad_path",
+            P2pErrorCode::AlreadyExists => "already_exists",
+            P2pErrorCode::HashMismatch => "hash_mismatch",
+            P2pErrorCode::TooLarge => "too_large",
+            P2pErrorCode::Io => "io",
+            P2pErrorCode::ReadOnly => "read_only",
+            P2pErrorCode::Terminal => "terminal",
+            P2pErrorCode::Internal => "internal",
+            P2pErrorCode::Unknown(c) => return write!(f, "unknown({c})"),
         };
         f.write_str(name)
     }
@@ -136,7 +137,7 @@ pub enum P2pError {
     #[error("refused ({code}): {message}")]
     Refused {
         /// The code sent to the peer.
-        code: ErrorCode,
+        code: P2pErrorCode,
         /// Why.
         message: String,
     },
@@ -144,7 +145,7 @@ pub enum P2pError {
     #[error("the peer refused ({code}): {message}")]
     Remote {
         /// The code the peer sent.
-        code: ErrorCode,
+        code: P2pErrorCode,
         /// The peer's message.
         message: String,
     },
@@ -163,11 +164,11 @@ pub enum P2pError {
     )]
     Timeout(std::time::Duration),
     /// Every address failed (or none was usable).
-    #[error("could not connect to the peer: {0}")]
-    Unreachable(String),
+    #[error("could not connect to the peer: {}", join(.0))]
+    Unreachable(Vec<Failure>),
     /// The QUIC connection failed or was closed.
     #[error("connection: {0}")]
-    Connection(String),
+    Connection(#[source] Failure),
     /// The peer sent bytes that are not a valid frame.
     #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
@@ -197,7 +198,7 @@ pub enum P2pError {
     BadLocalPath(String),
     /// Certificate generation, loading, or TLS configuration failed.
     #[error("identity / TLS: {0}")]
-    Tls(String),
+    Tls(#[source] Failure),
     /// The endpoint was closed.
     #[error("the endpoint is closed")]
     Closed,
@@ -208,7 +209,7 @@ pub enum P2pError {
 
 impl P2pError {
     /// The wire code, for the errors that carry one.
-    pub fn code(&self) -> Option<ErrorCode> {
+    pub fn code(&self) -> Option<P2pErrorCode> {
         match self {
             P2pError::Refused { code, .. } | P2pError::Remote { code, .. } => Some(*code),
             _ => None,
@@ -246,7 +247,7 @@ impl P2pError {
         }
     }
 
-    pub(crate) fn refused(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub(crate) fn refused(code: P2pErrorCode, message: impl Into<String>) -> Self {
         P2pError::Refused {
             code,
             message: message.into(),
@@ -254,10 +255,19 @@ impl P2pError {
     }
 }
 
+/// Every address's failure, one after the other.
+fn join(failures: &[Failure]) -> String {
+    failures
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl From<ReadError> for P2pError {
     fn from(e: ReadError) -> Self {
         match e {
-            ReadError::Io(e) => P2pError::Connection(e.to_string()),
+            ReadError::Io(e) => P2pError::Connection(Failure::caused_by("", e)),
             ReadError::Frame(e) => P2pError::Frame(e),
         }
     }
@@ -272,9 +282,9 @@ mod tests {
         for c in [
             1u16, 2, 10, 11, 12, 13, 14, 15, 16, 20, 21, 22, 23, 24, 30, 31, 99, 7, 65535,
         ] {
-            assert_eq!(ErrorCode::from_u16(c).as_u16(), c);
+            assert_eq!(P2pErrorCode::from_u16(c).as_u16(), c);
         }
-        assert_eq!(ErrorCode::from_u16(7), ErrorCode::Unknown(7));
-        assert_eq!(ErrorCode::TokenExpired.to_string(), "token_expired");
+        assert_eq!(P2pErrorCode::from_u16(7), P2pErrorCode::Unknown(7));
+        assert_eq!(P2pErrorCode::TokenExpired.to_string(), "token_expired");
     }
 }

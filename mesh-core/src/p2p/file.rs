@@ -25,7 +25,8 @@ use tokio::sync::mpsc;
 use super::frame::{self, CHUNK_SIZE, FileMeta, Frame};
 pub(crate) use super::transfer::unexpected;
 use super::transfer::{self, Received, Receiving, ResumeOffer, Sending, Sidecar};
-use super::{ErrorCode, P2pError, path};
+use super::{P2pError, P2pErrorCode, path};
+use crate::Failure;
 
 /// How far a transfer is, for progress bars.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -131,14 +132,14 @@ pub struct ReceiveOptions {
 
 impl ReceiveOptions {
     /// Whether an existing file may be replaced (default false: the
-    /// transfer is refused with [`ErrorCode::AlreadyExists`]).
+    /// transfer is refused with [`P2pErrorCode::AlreadyExists`]).
     pub fn overwrite(mut self, overwrite: bool) -> Self {
         self.overwrite = overwrite;
         self
     }
 
     /// Refuses files (or folders, in total) larger than `bytes`
-    /// ([`ErrorCode::TooLarge`]).
+    /// ([`P2pErrorCode::TooLarge`]).
     pub fn max_size(mut self, bytes: u64) -> Self {
         self.max_size = Some(bytes);
         self
@@ -224,9 +225,9 @@ where
     pub(crate) async fn fail(&mut self, err: P2pError) -> P2pError {
         let code = match &err {
             P2pError::Refused { code, .. } => Some(*code),
-            P2pError::Frame(_) | P2pError::Unexpected { .. } => Some(ErrorCode::Protocol),
-            P2pError::Io { .. } => Some(ErrorCode::Io),
-            P2pError::Terminal(_) => Some(ErrorCode::Terminal),
+            P2pError::Frame(_) | P2pError::Unexpected { .. } => Some(P2pErrorCode::Protocol),
+            P2pError::Io { .. } => Some(P2pErrorCode::Io),
+            P2pError::Terminal(_) => Some(P2pErrorCode::Terminal),
             _ => None,
         };
         if let Some(code) = code {
@@ -249,7 +250,7 @@ pub(crate) async fn hash_file(path: &Path, len: u64) -> Result<blake3::Hash, P2p
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || hash_len_blocking(&path, len))
         .await
-        .map_err(|e| P2pError::Connection(format!("hashing task: {e}")))?
+        .map_err(|e| P2pError::Connection(Failure::caused_by("hashing task", e)))?
 }
 
 /// Files (or prefixes) shorter than twice this are hashed on one thread.
@@ -429,7 +430,7 @@ where
             // The reader stops early only by sending an error first or
             // by panicking; let the join tell which.
             return Err(match reader.await {
-                Err(e) => P2pError::Connection(format!("file reading task: {e}")),
+                Err(e) => P2pError::Connection(Failure::caused_by("file reading task", e)),
                 Ok(()) => P2pError::Connection("the file reading task stopped early".into()),
             });
         };
@@ -593,7 +594,7 @@ async fn resumable(
         Ok::<_, P2pError>(h)
     })
     .await
-    .map_err(|e| P2pError::Connection(format!("hashing task: {e}")))??;
+    .map_err(|e| P2pError::Connection(Failure::caused_by("hashing task", e)))??;
     Ok(Some((offset, hasher)))
 }
 
@@ -721,7 +722,7 @@ where
     drop(to_writer);
     let written = writer
         .await
-        .map_err(|e| P2pError::Connection(format!("file writing task: {e}")))?;
+        .map_err(|e| P2pError::Connection(Failure::caused_by("file writing task", e)))?;
     let file = tokio::fs::File::from_std(written.file);
     // A writer that failed is why the channel closed: its error first.
     if let Err(e) = written.error.map_or(outcome, Err) {
@@ -764,13 +765,13 @@ async fn destination_taken(
 ) -> Result<Option<P2pError>, P2pError> {
     if !overwrite && exists(final_path).await? {
         let msg = format!("{} exists", meta.name);
-        return Ok(Some(P2pError::refused(ErrorCode::AlreadyExists, msg)));
+        return Ok(Some(P2pError::refused(P2pErrorCode::AlreadyExists, msg)));
     }
     if let Ok(md) = tokio::fs::symlink_metadata(final_path).await
         && !md.is_file()
     {
         let msg = format!("{} exists and is not a regular file", meta.name);
-        return Ok(Some(P2pError::refused(ErrorCode::AlreadyExists, msg)));
+        return Ok(Some(P2pError::refused(P2pErrorCode::AlreadyExists, msg)));
     }
     Ok(None)
 }
@@ -905,13 +906,13 @@ async fn put_in_place(part: &Path, final_path: &Path, overwrite: bool) -> Result
             .await
             .map_err(|e| P2pError::io(part, e)),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(P2pError::refused(
-            ErrorCode::AlreadyExists,
+            P2pErrorCode::AlreadyExists,
             format!("{} exists", final_path.display()),
         )),
         Err(_) => {
             if exists(final_path).await? {
                 return Err(P2pError::refused(
-                    ErrorCode::AlreadyExists,
+                    P2pErrorCode::AlreadyExists,
                     format!("{} exists", final_path.display()),
                 ));
             }
@@ -1114,9 +1115,9 @@ pub(crate) mod tests {
         let err = send_file(&mut a, &path, &SendOptions::default(), |_| {})
             .await
             .expect_err("exists");
-        assert_eq!(err.code(), Some(ErrorCode::AlreadyExists), "{err}");
+        assert_eq!(err.code(), Some(P2pErrorCode::AlreadyExists), "{err}");
         let err = recv.await.expect("join").expect_err("exists");
-        assert_eq!(err.code(), Some(ErrorCode::AlreadyExists), "{err}");
+        assert_eq!(err.code(), Some(P2pErrorCode::AlreadyExists), "{err}");
     }
 
     #[tokio::test]
@@ -1151,12 +1152,16 @@ pub(crate) mod tests {
             }
             let err = recv.await.expect("join").expect_err(what);
             assert!(
-                matches!(err.code(), Some(ErrorCode::Protocol))
+                matches!(err.code(), Some(P2pErrorCode::Protocol))
                     || matches!(err, P2pError::Unexpected { .. }),
                 "{what}: {err}"
             );
             let remote = a.recv().await.expect_err("error frame");
-            assert_eq!(remote.code(), Some(ErrorCode::Protocol), "{what}: {remote}");
+            assert_eq!(
+                remote.code(),
+                Some(P2pErrorCode::Protocol),
+                "{what}: {remote}"
+            );
             assert!(!dst.path().join(&name).exists(), "{what}");
         }
     }
@@ -1165,12 +1170,12 @@ pub(crate) mod tests {
     async fn bad_names_and_sizes_are_refused_before_any_file_is_created() {
         let dst = tempfile::tempdir().expect("dst");
         for (name, opts, code) in [
-            ("../evil", ReceiveOptions::default(), ErrorCode::BadPath),
-            ("a/b", ReceiveOptions::default(), ErrorCode::BadPath),
+            ("../evil", ReceiveOptions::default(), P2pErrorCode::BadPath),
+            ("a/b", ReceiveOptions::default(), P2pErrorCode::BadPath),
             (
                 "ok.txt",
                 ReceiveOptions::default().max_size(2),
-                ErrorCode::TooLarge,
+                P2pErrorCode::TooLarge,
             ),
         ] {
             let (mut a, mut b) = pipe();

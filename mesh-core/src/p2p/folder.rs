@@ -18,7 +18,8 @@ use tokio::io::AsyncRead;
 
 use super::file::{self, FileReport, Progress, ReceiveOptions, SendOptions, Wire, unexpected};
 use super::frame::{EntryKind, FolderManifest, Frame, MAX_FRAME_LEN, ManifestEntry};
-use super::{ErrorCode, P2pError, path};
+use super::{P2pError, P2pErrorCode, path};
+use crate::Failure;
 
 /// The most entries a manifest may hold.
 pub const MAX_ENTRIES: usize = 65_536;
@@ -145,7 +146,7 @@ where
     let root_owned = root.to_owned();
     let walked = tokio::task::spawn_blocking(move || walk(&root_owned))
         .await
-        .map_err(|e| P2pError::Connection(format!("walking task: {e}")))??;
+        .map_err(|e| P2pError::Connection(Failure::caused_by("walking task", e)))??;
     let manifest = FolderManifest {
         name,
         entries: walked.entries,
@@ -224,7 +225,7 @@ pub fn validate_manifest(
     path::check_component(&m.name)?;
     if m.entries.len() > MAX_ENTRIES {
         return Err(P2pError::refused(
-            ErrorCode::TooLarge,
+            P2pErrorCode::TooLarge,
             format!("more than {MAX_ENTRIES} entries"),
         ));
     }
@@ -236,7 +237,7 @@ pub fn validate_manifest(
         let rel = path::check_relative(&e.path)?;
         if !seen.insert(e.path.as_str()) {
             return Err(P2pError::refused(
-                ErrorCode::BadPath,
+                P2pErrorCode::BadPath,
                 format!("{:?} listed twice", e.path),
             ));
         }
@@ -244,7 +245,7 @@ pub fn validate_manifest(
             && !dirs.contains(parent)
         {
             return Err(P2pError::refused(
-                ErrorCode::BadPath,
+                P2pErrorCode::BadPath,
                 format!("{:?} comes before its directory", e.path),
             ));
         }
@@ -252,7 +253,7 @@ pub fn validate_manifest(
             EntryKind::Dir => {
                 if e.size != 0 {
                     return Err(P2pError::refused(
-                        ErrorCode::Protocol,
+                        P2pErrorCode::Protocol,
                         format!("directory {:?} has a size", e.path),
                     ));
                 }
@@ -261,7 +262,7 @@ pub fn validate_manifest(
             EntryKind::File => {
                 if e.blake3.is_none() {
                     return Err(P2pError::refused(
-                        ErrorCode::Protocol,
+                        P2pErrorCode::Protocol,
                         format!("{:?} has no hash", e.path),
                     ));
                 }
@@ -269,7 +270,7 @@ pub fn validate_manifest(
                 // a total past u64 is refused here, not overflowed there.
                 total = total.checked_add(e.size).ok_or_else(|| {
                     P2pError::refused(
-                        ErrorCode::TooLarge,
+                        P2pErrorCode::TooLarge,
                         "the sizes add up to more than 2^64 bytes",
                     )
                 })?;
@@ -281,7 +282,7 @@ pub fn validate_manifest(
         && total > max
     {
         return Err(P2pError::refused(
-            ErrorCode::TooLarge,
+            P2pErrorCode::TooLarge,
             format!("{total} bytes is more than the {max} accepted"),
         ));
     }
@@ -322,13 +323,13 @@ async fn check_manifest(
             match e.kind {
                 EntryKind::Dir if !md.is_dir() => {
                     return Err(P2pError::refused(
-                        ErrorCode::AlreadyExists,
+                        P2pErrorCode::AlreadyExists,
                         format!("{:?} exists and is not a directory", e.path),
                     ));
                 }
                 EntryKind::File if !md.is_file() || !opts.overwrite => {
                     return Err(P2pError::refused(
-                        ErrorCode::AlreadyExists,
+                        P2pErrorCode::AlreadyExists,
                         format!("{:?} exists", e.path),
                     ));
                 }
@@ -343,7 +344,7 @@ async fn check_manifest(
 async fn check_no_symlink(p: &Path, wire: &str) -> Result<(), P2pError> {
     match tokio::fs::symlink_metadata(p).await {
         Ok(md) if md.file_type().is_symlink() => Err(P2pError::refused(
-            ErrorCode::BadPath,
+            P2pErrorCode::BadPath,
             format!("{wire:?}: a symlink is in the way"),
         )),
         _ => Ok(()),
@@ -403,7 +404,7 @@ where
         if meta.name != e.path || meta.size != e.size || Some(meta.blake3) != e.blake3 {
             return Err(wire
                 .fail(P2pError::refused(
-                    ErrorCode::Protocol,
+                    P2pErrorCode::Protocol,
                     format!("FILE_META {:?} does not match the manifest", meta.name),
                 ))
                 .await);
@@ -438,7 +439,7 @@ async fn create_dir(p: &Path) -> Result<(), P2pError> {
             match tokio::fs::symlink_metadata(p).await {
                 Ok(md) if md.is_dir() => Ok(()),
                 _ => Err(P2pError::refused(
-                    ErrorCode::AlreadyExists,
+                    P2pErrorCode::AlreadyExists,
                     format!("{} exists and is not a directory", p.display()),
                 )),
             }
@@ -472,18 +473,18 @@ mod tests {
             .expect("fine");
 
         for (entries, code) in [
-            (vec![entry("a/b", EntryKind::File)], ErrorCode::BadPath),
+            (vec![entry("a/b", EntryKind::File)], P2pErrorCode::BadPath),
             (
                 vec![entry("a", EntryKind::File), entry("a", EntryKind::File)],
-                ErrorCode::BadPath,
+                P2pErrorCode::BadPath,
             ),
-            (vec![entry("../x", EntryKind::File)], ErrorCode::BadPath),
+            (vec![entry("../x", EntryKind::File)], P2pErrorCode::BadPath),
             (
                 vec![ManifestEntry {
                     blake3: None,
                     ..entry("f", EntryKind::File)
                 }],
-                ErrorCode::Protocol,
+                P2pErrorCode::Protocol,
             ),
         ] {
             let m = FolderManifest {
@@ -526,14 +527,14 @@ mod tests {
         ]);
         for max in [None, Some(u64::MAX)] {
             let err = validate_manifest(&huge, max).expect_err("overflow");
-            assert_eq!(err.code(), Some(ErrorCode::TooLarge), "{err}");
+            assert_eq!(err.code(), Some(P2pErrorCode::TooLarge), "{err}");
         }
         let dir = manifest(vec![
             sized("d", EntryKind::Dir, u64::MAX),
             sized("d/f", EntryKind::File, 1),
         ]);
         let err = validate_manifest(&dir, None).expect_err("sized dir");
-        assert_eq!(err.code(), Some(ErrorCode::Protocol), "{err}");
+        assert_eq!(err.code(), Some(P2pErrorCode::Protocol), "{err}");
 
         // Right at the edge is fine, and every path comes back in order.
         let edge = manifest(vec![
@@ -564,7 +565,7 @@ mod tests {
         let err = check_manifest(&m, dst.path(), &ReceiveOptions::default())
             .await
             .expect_err("symlink");
-        assert_eq!(err.code(), Some(ErrorCode::BadPath), "{err}");
+        assert_eq!(err.code(), Some(P2pErrorCode::BadPath), "{err}");
 
         // The root itself as a symlink.
         let dst2 = tempfile::tempdir().expect("dst2");
@@ -572,7 +573,7 @@ mod tests {
         let err = check_manifest(&m, dst2.path(), &ReceiveOptions::default())
             .await
             .expect_err("symlink root");
-        assert_eq!(err.code(), Some(ErrorCode::BadPath), "{err}");
+        assert_eq!(err.code(), Some(P2pErrorCode::BadPath), "{err}");
     }
 
     #[cfg(unix)]
@@ -640,13 +641,13 @@ mod wire_tests {
             let err = a.recv().await.expect_err("refused");
             assert_eq!(
                 err.code(),
-                Some(ErrorCode::BadPath),
+                Some(P2pErrorCode::BadPath),
                 "{name:?} {path:?}: {err}"
             );
             let err = recv.await.expect("join").expect_err("refused");
             assert_eq!(
                 err.code(),
-                Some(ErrorCode::BadPath),
+                Some(P2pErrorCode::BadPath),
                 "{name:?} {path:?}: {err}"
             );
         }
@@ -692,7 +693,7 @@ mod wire_tests {
         .await
         .expect("meta");
         let err = recv.await.expect("join").expect_err("refused");
-        assert_eq!(err.code(), Some(ErrorCode::Protocol), "{err}");
+        assert_eq!(err.code(), Some(P2pErrorCode::Protocol), "{err}");
         assert!(!dst.path().join("root").join("other.txt").exists());
     }
 }

@@ -22,7 +22,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::ErrorCode;
+use super::P2pErrorCode;
 use crate::protocol::{SessionId, SessionKind};
 
 /// The version of the frame protocol this module speaks.
@@ -63,7 +63,7 @@ mod ty {
 
 /// `P2P_HELLO`: the first frame of every session, initiator to target.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Hello {
+pub struct SessionHello {
     /// [`PROTOCOL_VERSION`] of the initiator.
     pub version: u32,
     /// The session the initiator means to open.
@@ -74,7 +74,7 @@ pub struct Hello {
 
 /// `P2P_WELCOME`: the target accepted the hello.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Welcome {
+pub struct SessionWelcome {
     /// [`PROTOCOL_VERSION`] of the target.
     pub version: u32,
     /// The session, echoed.
@@ -142,11 +142,11 @@ pub struct FolderManifest {
 }
 
 /// `P2P_ERROR`: why the sender of the frame gives up (or, for
-/// [`ErrorCode::ReadOnly`], refuses one frame).
+/// [`P2pErrorCode::ReadOnly`], refuses one frame).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ErrorFrame {
     /// What went wrong.
-    pub code: ErrorCode,
+    pub code: P2pErrorCode,
     /// For people; at most [`MAX_ERROR_MESSAGE`] bytes.
     pub message: String,
 }
@@ -156,9 +156,9 @@ pub struct ErrorFrame {
 #[non_exhaustive]
 pub enum Frame {
     /// `P2P_HELLO` (0x01), JSON body.
-    Hello(Hello),
+    Hello(SessionHello),
     /// `P2P_WELCOME` (0x02), JSON body.
-    Welcome(Welcome),
+    Welcome(SessionWelcome),
     /// `P2P_ERROR` (0x03): `code: u16 BE` then a UTF-8 message.
     Error(ErrorFrame),
     /// `FILE_META` (0x10), JSON body.
@@ -230,7 +230,7 @@ impl Frame {
     }
 
     /// A `P2P_ERROR` frame.
-    pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
+    pub fn error(code: P2pErrorCode, message: impl Into<String>) -> Self {
         Frame::Error(ErrorFrame {
             code,
             message: message.into(),
@@ -418,7 +418,7 @@ pub fn decode_body(t: u8, body: Bytes) -> Result<Frame, FrameError> {
             let (code, msg) = split_at_checked(&body, 2, "P2P_ERROR")?;
             let code = u16::from_be_bytes([code[0], code[1]]);
             Frame::Error(ErrorFrame {
-                code: ErrorCode::from_u16(code),
+                code: P2pErrorCode::from_u16(code),
                 message: utf8(msg, "P2P_ERROR")?,
             })
         }
@@ -611,18 +611,18 @@ mod tests {
     fn samples() -> Vec<Frame> {
         let h = blake3::hash(b"mesh");
         vec![
-            Frame::Hello(Hello {
+            Frame::Hello(SessionHello {
                 version: PROTOCOL_VERSION,
                 session_id: SessionId::new(),
                 session_token: "a.b.c".into(),
             }),
-            Frame::Welcome(Welcome {
+            Frame::Welcome(SessionWelcome {
                 version: PROTOCOL_VERSION,
                 session_id: SessionId::new(),
                 kind: SessionKind::Folder,
             }),
-            Frame::error(ErrorCode::TokenExpired, "expired"),
-            Frame::error(ErrorCode::Unknown(4242), "from the future"),
+            Frame::error(P2pErrorCode::TokenExpired, "expired"),
+            Frame::error(P2pErrorCode::Unknown(4242), "from the future"),
             Frame::FileMeta(FileMeta {
                 name: "a.txt".into(),
                 size: 5,
@@ -757,7 +757,7 @@ mod tests {
     #[test]
     fn long_error_messages_are_cut_on_a_char_boundary() {
         let msg = "é".repeat(MAX_ERROR_MESSAGE);
-        let bytes = encode(&Frame::error(ErrorCode::Internal, msg)).expect("encode");
+        let bytes = encode(&Frame::error(P2pErrorCode::Internal, msg)).expect("encode");
         let (back, _) = decode(&bytes).expect("decode").expect("complete");
         let Frame::Error(e) = back else {
             panic!("not an error frame")

@@ -10,6 +10,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
 
 use super::P2pError;
+use crate::Failure;
 
 const CERT_FILE: &str = "p2p-cert.pem";
 const KEY_FILE: &str = "p2p-key.pem";
@@ -35,21 +36,21 @@ pub(crate) fn normalise_fingerprint(fp: &str) -> String {
 /// An agent's certificate (self-signed, ECDSA P-256) and private key.
 ///
 /// `Debug` shows the fingerprint only; the key is never printed.
-pub struct Identity {
+pub struct AgentIdentity {
     cert: CertificateDer<'static>,
     key: PrivatePkcs8KeyDer<'static>,
     fingerprint: String,
 }
 
-impl fmt::Debug for Identity {
+impl fmt::Debug for AgentIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Identity")
+        f.debug_struct("AgentIdentity")
             .field("fingerprint", &self.fingerprint)
             .finish_non_exhaustive()
     }
 }
 
-impl Clone for Identity {
+impl Clone for AgentIdentity {
     fn clone(&self) -> Self {
         Self {
             cert: self.cert.clone(),
@@ -59,11 +60,11 @@ impl Clone for Identity {
     }
 }
 
-fn tls_err(what: &str, e: impl fmt::Display) -> P2pError {
-    P2pError::Tls(format!("{what}: {e}"))
+fn tls_err(what: &str, e: impl std::error::Error + Send + Sync + 'static) -> P2pError {
+    P2pError::Tls(Failure::caused_by(what, e))
 }
 
-impl Identity {
+impl AgentIdentity {
     /// A fresh identity kept in memory only.
     pub fn generate() -> Result<Self, P2pError> {
         let certified = rcgen::generate_simple_self_signed(vec!["mesh-peer".to_owned()])
@@ -120,10 +121,9 @@ impl Identity {
         {
             PrivateKeyDer::Pkcs8(k) => k,
             _ => {
-                return Err(P2pError::Tls(format!(
-                    "{}: not a PKCS#8 key",
-                    key_path.display()
-                )));
+                return Err(P2pError::Tls(
+                    format!("{}: not a PKCS#8 key", key_path.display()).into(),
+                ));
             }
         };
         Ok(Self::from_parts(cert, key))
@@ -162,12 +162,12 @@ mod tests {
     fn identities_persist_with_private_modes() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("p2p");
-        let first = Identity::load_or_generate(&path).expect("generate");
-        let again = Identity::load_or_generate(&path).expect("load");
+        let first = AgentIdentity::load_or_generate(&path).expect("generate");
+        let again = AgentIdentity::load_or_generate(&path).expect("load");
         assert_eq!(first.fingerprint(), again.fingerprint());
         assert_eq!(first.fingerprint().len(), 64);
         assert_ne!(
-            Identity::generate().expect("other").fingerprint(),
+            AgentIdentity::generate().expect("other").fingerprint(),
             first.fingerprint()
         );
         #[cfg(unix)]

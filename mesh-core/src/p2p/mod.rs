@@ -6,7 +6,7 @@
 //! fingerprint and addresses) in `p2p.session.created`. Everything else
 //! happens here, between the two agents:
 //!
-//! - **Identity** ([`Identity`]): each agent has its own self-signed
+//! - **AgentIdentity** ([`AgentIdentity`]): each agent has its own self-signed
 //!   certificate; its SHA-256 fingerprint is what it announces.
 //! - **Transport**: QUIC (quinn) with TLS 1.3 both ways and certificate
 //!   *pinning*: the initiator checks the target's certificate against the
@@ -36,10 +36,10 @@
 //! #     session: mesh_core::protocol::P2pSession,
 //! #     initiator: mesh_core::protocol::P2pInfo,
 //! # ) -> Result<(), mesh_core::p2p::P2pError> {
-//! use mesh_core::p2p::{ExpectedSession, Identity, P2pEndpoint, ReceiveOptions};
+//! use mesh_core::p2p::{ExpectedSession, AgentIdentity, P2pEndpoint, ReceiveOptions};
 //!
 //! // The target: listen, expect the session the server announced, receive.
-//! let endpoint = P2pEndpoint::builder(Identity::generate()?)
+//! let endpoint = P2pEndpoint::builder(AgentIdentity::generate()?)
 //!     .accept_sessions(verifier)
 //!     .peer_id(me)
 //!     .bind("0.0.0.0:0".parse().expect("addr"))?;
@@ -71,10 +71,10 @@ pub mod traversal;
 pub use endpoint::{
     ExpectedSession, IncomingSession, OutgoingSession, P2pEndpoint, P2pEndpointBuilder,
 };
-pub use error::{ErrorCode, P2pError};
+pub use error::{P2pError, P2pErrorCode};
 pub use file::{FileReport, Progress, ReceiveOptions, SendOptions};
 pub use folder::{FolderReport, MAX_ENTRIES, validate_manifest};
-pub use identity::{Identity, fingerprint_of};
+pub use identity::{AgentIdentity, fingerprint_of};
 pub use terminal::{
     TerminalCommand, TerminalEvent, TerminalPolicy, TerminalReader, TerminalViewer, TerminalWriter,
 };

@@ -10,7 +10,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use super::{ErrorCode, P2pError};
+use super::{P2pError, P2pErrorCode};
 
 /// The longest path component, in bytes.
 pub const MAX_COMPONENT_LEN: usize = 255;
@@ -20,7 +20,7 @@ pub const MAX_PATH_LEN: usize = 4096;
 pub const MAX_DEPTH: usize = 64;
 
 fn bad(path: &str, why: &str) -> P2pError {
-    P2pError::refused(ErrorCode::BadPath, format!("{path:?}: {why}"))
+    P2pError::refused(P2pErrorCode::BadPath, format!("{path:?}: {why}"))
 }
 
 /// Checks one path component (a file name).
@@ -127,7 +127,7 @@ mod tests {
             long.as_str(),
         ] {
             let err = check_relative(evil).expect_err(evil);
-            assert_eq!(err.code(), Some(ErrorCode::BadPath), "{evil:?}");
+            assert_eq!(err.code(), Some(P2pErrorCode::BadPath), "{evil:?}");
         }
     }
 

@@ -4,7 +4,7 @@
 //! Frames: `TERM_OUTPUT` (sharer to viewer), `TERM_INPUT` and `TERM_RESIZE`
 //! (viewer to sharer), `TERM_EXIT` (sharer to viewer, last). A read-only
 //! share answers every `TERM_INPUT` or `TERM_RESIZE` with a `P2P_ERROR`
-//! [`ErrorCode::ReadOnly`] and goes on; the input never reaches the PTY.
+//! [`P2pErrorCode::ReadOnly`] and goes on; the input never reaches the PTY.
 //!
 //! Consent is explicit: [`share`](super::OutgoingSession::share_terminal)
 //! takes a [`TerminalPolicy`], which has no default.
@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 
 use super::file::{Wire, unexpected};
 use super::frame::{self, Frame};
-use super::{ErrorCode, P2pError};
+use super::{P2pError, P2pErrorCode};
 
 /// What the viewer of a shared terminal may do. There is deliberately no
 /// `Default`: the sharer chooses.
@@ -133,7 +133,7 @@ enum ViewerAsks {
 fn viewer_asks(frame: Frame, policy: TerminalPolicy) -> Result<ViewerAsks, P2pError> {
     let read_only = || {
         ViewerAsks::Refuse(Frame::error(
-            ErrorCode::ReadOnly,
+            P2pErrorCode::ReadOnly,
             "this terminal is shared read-only",
         ))
     };
@@ -261,7 +261,7 @@ pub(crate) async fn share(
     let mut pty = match spawn_pty(&cmd, policy) {
         Ok(pty) => pty,
         Err(err) => {
-            let f = Frame::error(ErrorCode::Terminal, err.to_string());
+            let f = Frame::error(P2pErrorCode::Terminal, err.to_string());
             let _ = frame::write_frame(&mut w, &f).await;
             return Err(err);
         }
@@ -346,7 +346,7 @@ async fn relay_until_done(
                     }
                     Ok(ViewerAsks::Refuse(f)) => frame::write_frame(w, &f).await?,
                     Err(err) => {
-                        let f = Frame::error(ErrorCode::Protocol, err.to_string());
+                        let f = Frame::error(P2pErrorCode::Protocol, err.to_string());
                         let _ = frame::write_frame(w, &f).await;
                         return Err(err);
                     }
@@ -365,8 +365,8 @@ pub enum TerminalEvent {
     Output(Bytes),
     /// The sharer refused an input or resize (the share is read-only).
     Refused {
-        /// [`ErrorCode::ReadOnly`].
-        code: ErrorCode,
+        /// [`P2pErrorCode::ReadOnly`].
+        code: P2pErrorCode,
         /// The sharer's message.
         message: String,
     },
@@ -397,7 +397,7 @@ impl TerminalReader {
                 self.done = true;
                 Ok(Some(TerminalEvent::Exit { code }))
             }
-            Some(Frame::Error(e)) if e.code == ErrorCode::ReadOnly => {
+            Some(Frame::Error(e)) if e.code == P2pErrorCode::ReadOnly => {
                 Ok(Some(TerminalEvent::Refused {
                     code: e.code,
                     message: e.message,
@@ -527,7 +527,7 @@ mod tests {
             Frame::TermResize { cols: 80, rows: 24 },
         ] {
             match viewer_asks(f, ro).expect("refused, not failed") {
-                ViewerAsks::Refuse(Frame::Error(e)) => assert_eq!(e.code, ErrorCode::ReadOnly),
+                ViewerAsks::Refuse(Frame::Error(e)) => assert_eq!(e.code, P2pErrorCode::ReadOnly),
                 other => panic!("expected a read-only refusal, got {other:?}"),
             }
         }

@@ -28,7 +28,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use super::identity::{fingerprint_of, normalise_fingerprint};
-use super::{Identity, P2pError};
+use super::{AgentIdentity, P2pError};
 
 /// The ALPN protocol of mesh P2P sessions, version 1.
 pub const ALPN: &[u8] = b"mesh-p2p/1";
@@ -65,8 +65,8 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn tls_err(e: impl std::fmt::Display) -> P2pError {
-    P2pError::Tls(e.to_string())
+fn tls_err(e: impl std::error::Error + Send + Sync + 'static) -> P2pError {
+    P2pError::Tls(crate::Failure::caused_by("", e))
 }
 
 /// Verifies the target's certificate by fingerprint (initiator side).
@@ -97,6 +97,36 @@ impl PinnedServerVerifier {
     }
 }
 
+/// The signature methods both verifiers share: TLS 1.2 refused, TLS 1.3
+/// handshake signatures checked with the verifier's `provider`.
+macro_rules! tls13_signatures_only {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            _message: &[u8],
+            _cert: &CertificateDer<'_>,
+            _dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            refuse_tls12()
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            verify_tls13(&self.provider, message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.provider
+                .signature_verification_algorithms
+                .supported_schemes()
+        }
+    };
+}
+
 impl ServerCertVerifier for PinnedServerVerifier {
     fn verify_server_cert(
         &self,
@@ -119,29 +149,7 @@ impl ServerCertVerifier for PinnedServerVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        refuse_tls12()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(&self.provider, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    tls13_signatures_only!();
 }
 
 /// Requires a client certificate that signs the handshake (target side);
@@ -180,29 +188,7 @@ impl ClientCertVerifier for ClientCertRequired {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        _message: &[u8],
-        _cert: &CertificateDer<'_>,
-        _dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        refuse_tls12()
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13(&self.provider, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    tls13_signatures_only!();
 }
 
 fn transport(idle_timeout: Duration) -> Result<Arc<quinn::TransportConfig>, P2pError> {
@@ -224,7 +210,7 @@ fn transport(idle_timeout: Duration) -> Result<Arc<quinn::TransportConfig>, P2pE
 
 /// The QUIC server config of an agent (the target side of sessions).
 pub(crate) fn server_config(
-    identity: &Identity,
+    identity: &AgentIdentity,
     idle_timeout: Duration,
 ) -> Result<quinn::ServerConfig, P2pError> {
     let provider = provider();
@@ -244,7 +230,7 @@ pub(crate) fn server_config(
 /// The QUIC client config for one connection to a peer whose certificate
 /// must have `expected_fingerprint`.
 pub(crate) fn client_config(
-    identity: &Identity,
+    identity: &AgentIdentity,
     expected_fingerprint: &str,
     idle_timeout: Duration,
 ) -> Result<(quinn::ClientConfig, Arc<PinnedServerVerifier>), P2pError> {

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::frame::{FileMeta, Frame};
-use super::{ErrorCode, P2pError};
+use super::{P2pError, P2pErrorCode};
 
 /// The frame that was not the one expected.
 pub(crate) fn unexpected(got: &Frame, wanted: &'static str) -> P2pError {
@@ -33,7 +33,7 @@ pub(crate) fn unexpected(got: &Frame, wanted: &'static str) -> P2pError {
 pub(crate) fn check_size(meta: &FileMeta, max_size: Option<u64>) -> Result<(), P2pError> {
     match max_size {
         Some(max) if meta.size > max => Err(P2pError::refused(
-            ErrorCode::TooLarge,
+            P2pErrorCode::TooLarge,
             format!("{} bytes is more than the {max} accepted", meta.size),
         )),
         _ => Ok(()),
@@ -95,7 +95,7 @@ impl Receiving {
                 self.first = false;
                 if at != self.offset {
                     return Err(P2pError::refused(
-                        ErrorCode::Protocol,
+                        P2pErrorCode::Protocol,
                         format!("chunk at {at}, expected {}", self.offset),
                     ));
                 }
@@ -103,7 +103,7 @@ impl Receiving {
                 let end = self.offset.saturating_add(n);
                 if end > self.size {
                     return Err(P2pError::refused(
-                        ErrorCode::Protocol,
+                        P2pErrorCode::Protocol,
                         "more data than FILE_META announced",
                     ));
                 }
@@ -113,7 +113,7 @@ impl Receiving {
             }
             Frame::FileDone if self.offset == self.size => Ok(Received::Done),
             Frame::FileDone => Err(P2pError::refused(
-                ErrorCode::Protocol,
+                P2pErrorCode::Protocol,
                 format!("FILE_DONE after {} of {} bytes", self.offset, self.size),
             )),
             other => Err(unexpected(&other, "FILE_CHUNK or FILE_DONE")),
@@ -126,7 +126,7 @@ impl Receiving {
             return Ok(());
         }
         Err(P2pError::refused(
-            ErrorCode::HashMismatch,
+            P2pErrorCode::HashMismatch,
             format!(
                 "{}: content hashes to {got}, not the announced {}",
                 meta.name, meta.blake3
@@ -188,7 +188,7 @@ impl Sending {
         match frame {
             Frame::FileAck { ok: true, .. } => Ok(()),
             Frame::FileAck { ok: false, message } => Err(P2pError::Remote {
-                code: ErrorCode::Internal,
+                code: P2pErrorCode::Internal,
                 message,
             }),
             other => Err(unexpected(&other, "FILE_ACK")),
@@ -259,7 +259,7 @@ mod tests {
         }
     }
 
-    fn refused_code(r: Result<Received, P2pError>) -> ErrorCode {
+    fn refused_code(r: Result<Received, P2pError>) -> P2pErrorCode {
         match r {
             Err(P2pError::Refused { code, .. }) => code,
             other => panic!("expected a refusal, got {other:?}"),
@@ -302,7 +302,7 @@ mod tests {
         // Only the first chunk may restart: a later one at 0 is a violation.
         assert_eq!(
             refused_code(r.on_frame(chunk(0, b"ab"))),
-            ErrorCode::Protocol
+            P2pErrorCode::Protocol
         );
     }
 
@@ -311,25 +311,25 @@ mod tests {
         let mut r = Receiving::new(4, 0);
         assert_eq!(
             refused_code(r.on_frame(chunk(1, b"b"))),
-            ErrorCode::Protocol
+            P2pErrorCode::Protocol
         );
         let mut r = Receiving::new(4, 0);
         r.on_frame(chunk(0, b"ab")).expect("first");
         assert_eq!(
             refused_code(r.on_frame(chunk(1, b"bc"))),
-            ErrorCode::Protocol
+            P2pErrorCode::Protocol
         );
         let mut r = Receiving::new(4, 0);
         assert_eq!(
             refused_code(r.on_frame(chunk(0, b"abcde"))),
-            ErrorCode::Protocol
+            P2pErrorCode::Protocol
         );
         // An offset near u64::MAX does not wrap around the size check.
         let mut r = Receiving::new(u64::MAX - 1, u64::MAX - 2);
         r.first = false;
         assert_eq!(
             refused_code(r.on_frame(chunk(u64::MAX - 2, b"xyz"))),
-            ErrorCode::Protocol
+            P2pErrorCode::Protocol
         );
     }
 
@@ -339,7 +339,7 @@ mod tests {
         r.on_frame(chunk(0, b"ab")).expect("first");
         assert_eq!(
             refused_code(r.on_frame(Frame::FileDone)),
-            ErrorCode::Protocol
+            P2pErrorCode::Protocol
         );
         let mut r = Receiving::new(4, 0);
         assert!(matches!(
@@ -355,7 +355,7 @@ mod tests {
         assert!(matches!(
             Receiving::check_hash(&m, blake3::hash(b"other")),
             Err(P2pError::Refused {
-                code: ErrorCode::HashMismatch,
+                code: P2pErrorCode::HashMismatch,
                 ..
             })
         ));
@@ -364,7 +364,7 @@ mod tests {
         assert!(matches!(
             check_size(&m, Some(4)),
             Err(P2pError::Refused {
-                code: ErrorCode::TooLarge,
+                code: P2pErrorCode::TooLarge,
                 ..
             })
         ));

@@ -1,6 +1,6 @@
 //! WebSocket frames: `{"type": "<event>", "id"?: "<request id>", "payload": {...}}`.
 //!
-//! [`ClientEvent`] is what clients send, [`ServerEvent`] what servers send.
+//! [`ClientRequest`] is what clients send, [`ServerEvent`] what servers send.
 //! Both derive `Serialize` and `Deserialize`, so the server and the client SDK
 //! share one definition of every event.
 
@@ -96,7 +96,7 @@ pub struct RtcSignal {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", content = "payload")]
 #[non_exhaustive]
-pub enum ClientEvent {
+pub enum ClientRequest {
     #[serde(rename = "system.hello")]
     Hello(Hello),
     #[serde(rename = "system.ping")]
@@ -144,24 +144,24 @@ pub enum ClientEvent {
     P2pAnnounce { p2p: P2pInfo },
 }
 
-impl ClientEvent {
+impl ClientRequest {
     /// The `type` this event travels under.
     pub fn type_name(&self) -> &'static str {
         match self {
-            ClientEvent::Hello(_) => "system.hello",
-            ClientEvent::Ping(_) => "system.ping",
-            ClientEvent::RoomJoin { .. } => "room.join",
-            ClientEvent::RoomLeave { .. } => "room.leave",
-            ClientEvent::MessageSend { .. } => "chat.message.send",
-            ClientEvent::Typing { .. } => "chat.typing",
-            ClientEvent::PresenceUpdate { .. } => "presence.update",
-            ClientEvent::RtcOffer(_) => "rtc.offer",
-            ClientEvent::RtcAnswer(_) => "rtc.answer",
-            ClientEvent::RtcIce(_) => "rtc.ice",
-            ClientEvent::RtcHangup(_) => "rtc.hangup",
-            ClientEvent::P2pRequest { .. } => "p2p.session.request",
-            ClientEvent::P2pClose { .. } => "p2p.session.close",
-            ClientEvent::P2pAnnounce { .. } => "p2p.announce",
+            ClientRequest::Hello(_) => "system.hello",
+            ClientRequest::Ping(_) => "system.ping",
+            ClientRequest::RoomJoin { .. } => "room.join",
+            ClientRequest::RoomLeave { .. } => "room.leave",
+            ClientRequest::MessageSend { .. } => "chat.message.send",
+            ClientRequest::Typing { .. } => "chat.typing",
+            ClientRequest::PresenceUpdate { .. } => "presence.update",
+            ClientRequest::RtcOffer(_) => "rtc.offer",
+            ClientRequest::RtcAnswer(_) => "rtc.answer",
+            ClientRequest::RtcIce(_) => "rtc.ice",
+            ClientRequest::RtcHangup(_) => "rtc.hangup",
+            ClientRequest::P2pRequest { .. } => "p2p.session.request",
+            ClientRequest::P2pClose { .. } => "p2p.session.close",
+            ClientRequest::P2pAnnounce { .. } => "p2p.announce",
         }
     }
 }
@@ -280,6 +280,31 @@ pub enum ServerEvent {
 }
 
 impl ServerEvent {
+    /// The `type` this event travels under. An exhaustive match: a new
+    /// variant does not compile until it is named here.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ServerEvent::Welcome { .. } => "system.welcome",
+            ServerEvent::Pong { .. } => "system.pong",
+            ServerEvent::RoomJoined { .. } => "room.joined",
+            ServerEvent::RoomLeft { .. } => "room.left",
+            ServerEvent::RoomUpdated { .. } => "room.updated",
+            ServerEvent::RoomDeleted { .. } => "room.deleted",
+            ServerEvent::MemberUpdated { .. } => "room.member.updated",
+            ServerEvent::MessageCreated { .. } => "chat.message.created",
+            ServerEvent::Typing { .. } => "chat.typing",
+            ServerEvent::PresenceUpdate { .. } => "presence.update",
+            ServerEvent::RtcOffer(_) => "rtc.offer",
+            ServerEvent::RtcAnswer(_) => "rtc.answer",
+            ServerEvent::RtcIce(_) => "rtc.ice",
+            ServerEvent::RtcHangup(_) => "rtc.hangup",
+            ServerEvent::P2pSessionCreated { .. } => "p2p.session.created",
+            ServerEvent::P2pSessionClosed { .. } => "p2p.session.closed",
+            ServerEvent::Ack { .. } => "system.ack",
+            ServerEvent::Error(_) => "error",
+        }
+    }
+
     /// Shorthand for an `error` event.
     pub fn error(code: ErrorCode, message: impl Into<String>) -> Self {
         ServerEvent::Error(ErrorPayload::new(code, message))
@@ -290,7 +315,23 @@ impl ServerEvent {
 #[derive(Clone, Debug, PartialEq)]
 pub struct IncomingFrame {
     pub id: Option<String>,
-    pub event: ClientEvent,
+    pub event: ClientRequest,
+}
+
+impl IncomingFrame {
+    /// A frame without a request id: nothing answers it but errors and the
+    /// events it causes.
+    pub fn new(event: ClientRequest) -> Self {
+        IncomingFrame { id: None, event }
+    }
+
+    /// A request: its answer (`ack`, or the reply event) carries `id`.
+    pub fn request(id: impl Into<String>, event: ClientRequest) -> Self {
+        IncomingFrame {
+            id: Some(id.into()),
+            event,
+        }
+    }
 }
 
 /// A frame on its way to a client.
@@ -369,7 +410,7 @@ pub fn parse_client_frame(text: &str) -> Result<IncomingFrame, (Option<String>, 
     let mut envelope = Map::with_capacity(2);
     envelope.insert("type".to_owned(), Value::String(raw.kind.clone()));
     envelope.insert("payload".to_owned(), payload);
-    match serde_json::from_value::<ClientEvent>(Value::Object(envelope)) {
+    match serde_json::from_value::<ClientRequest>(Value::Object(envelope)) {
         Ok(event) => Ok(IncomingFrame { id, event }),
         Err(e) if e.to_string().starts_with("unknown variant") => {
             invalid(id, format!("unknown event type {:?}", raw.kind))
@@ -472,7 +513,7 @@ mod tests {
                 r#"{{"type":"rtc.offer","payload":{{"target_peer_id":"{target}","room_id":"{room}","x":{n}}}}}"#
             );
             let frame = parse_client_frame(&text).expect("offer");
-            let ClientEvent::RtcOffer(signal) = &frame.event else {
+            let ClientRequest::RtcOffer(signal) = &frame.event else {
                 panic!("not an offer: {frame:?}");
             };
             // Rust's own parse is correctly rounded.
@@ -494,7 +535,7 @@ mod tests {
         assert_eq!(frame.id.as_deref(), Some("r1"));
         assert_eq!(
             frame.event,
-            ClientEvent::MessageSend {
+            ClientRequest::MessageSend {
                 room_id: room,
                 content: "hi".into(),
                 client_id: Some("c1".into())
@@ -505,9 +546,9 @@ mod tests {
     #[test]
     fn payload_may_be_omitted_where_nothing_is_required() {
         let frame = parse_client_frame(r#"{"type":"system.ping"}"#).expect("ping");
-        assert!(matches!(frame.event, ClientEvent::Ping(_)));
+        assert!(matches!(frame.event, ClientRequest::Ping(_)));
         let frame = parse_client_frame(r#"{"type":"system.hello"}"#).expect("hello");
-        assert_eq!(frame.event, ClientEvent::Hello(Hello::default()));
+        assert_eq!(frame.event, ClientRequest::Hello(Hello::default()));
     }
 
     #[test]
@@ -534,7 +575,7 @@ mod tests {
             "target_peer_id": PeerId::new(), "room_id": RoomId::new(), "sdp": "v=0"}})
         .to_string();
         let frame = parse_client_frame(&text).expect("parse");
-        let ClientEvent::RtcOffer(signal) = frame.event else {
+        let ClientRequest::RtcOffer(signal) = frame.event else {
             panic!("not an offer")
         };
         assert_eq!(signal.body.get("sdp"), Some(&json!("v=0")));
@@ -688,29 +729,8 @@ mod tests {
         ]
     }
 
-    /// The wire name of every variant. An exhaustive match: a new variant
-    /// does not compile until it is named here and added above.
     fn server_type_name(event: &ServerEvent) -> &'static str {
-        match event {
-            ServerEvent::Welcome { .. } => "system.welcome",
-            ServerEvent::Pong { .. } => "system.pong",
-            ServerEvent::RoomJoined { .. } => "room.joined",
-            ServerEvent::RoomLeft { .. } => "room.left",
-            ServerEvent::RoomUpdated { .. } => "room.updated",
-            ServerEvent::RoomDeleted { .. } => "room.deleted",
-            ServerEvent::MemberUpdated { .. } => "room.member.updated",
-            ServerEvent::MessageCreated { .. } => "chat.message.created",
-            ServerEvent::Typing { .. } => "chat.typing",
-            ServerEvent::PresenceUpdate { .. } => "presence.update",
-            ServerEvent::RtcOffer(_) => "rtc.offer",
-            ServerEvent::RtcAnswer(_) => "rtc.answer",
-            ServerEvent::RtcIce(_) => "rtc.ice",
-            ServerEvent::RtcHangup(_) => "rtc.hangup",
-            ServerEvent::P2pSessionCreated { .. } => "p2p.session.created",
-            ServerEvent::P2pSessionClosed { .. } => "p2p.session.closed",
-            ServerEvent::Ack { .. } => "system.ack",
-            ServerEvent::Error(_) => "error",
-        }
+        event.type_name()
     }
 
     #[test]

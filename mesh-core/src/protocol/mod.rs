@@ -13,7 +13,7 @@ mod time;
 
 pub use error_code::ErrorCode;
 pub use frame::{
-    ClientEvent, ErrorPayload, Hello, IncomingFrame, MAX_REQUEST_ID_LEN, OutgoingFrame, RtcKind,
+    ClientRequest, ErrorPayload, Hello, IncomingFrame, MAX_REQUEST_ID_LEN, OutgoingFrame, RtcKind,
     RtcSignal, ServerEvent, UnknownRtcKind, parse_client_frame,
 };
 pub use http::Scope;

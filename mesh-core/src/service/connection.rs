@@ -15,10 +15,10 @@ use crate::engine::PeerInfo;
 use crate::error::Error;
 use crate::protocol::RtcKind;
 use crate::protocol::{
-    ClientEvent, ErrorPayload, Hello, IncomingFrame, OutgoingFrame, PeerId, RoomId, ServerEvent,
+    ClientRequest, ErrorPayload, Hello, IncomingFrame, OutgoingFrame, PeerId, RoomId, ServerEvent,
     Timestamp, User, parse_client_frame,
 };
-use crate::storage::{AppendOutcome, MAX_PAGE, NewMessage, PageQuery};
+use crate::storage::{AppendOutcome, HistoryPage, MAX_PAGE, NewMessage};
 use crate::transport::CloseCode;
 use crate::validate;
 
@@ -87,34 +87,48 @@ impl PeerConnection {
 
     /// Handles one text frame from the client.
     pub async fn handle_text(&mut self, text: &str) -> Flow {
-        let parsed = parse_client_frame(text);
-        let id = match &parsed {
-            Ok(frame) => frame.id.clone(),
-            Err((id, _)) => id.clone(),
-        };
-        match self.limiter.check(Timestamp::now()) {
-            Verdict::Allow => {}
-            Verdict::Refuse { retry_after } => {
-                let ms = retry_after.as_millis().max(1) as u64;
-                self.reply_error(id, Error::RateLimited { retry_after_ms: ms }.to_payload());
-                return Flow::Continue;
-            }
-            Verdict::Close => {
-                return Flow::Close(CloseCode::Policy, "rate limit exceeded".into());
-            }
-        }
-        self.heard();
-        match parsed {
+        match parse_client_frame(text) {
+            Ok(frame) => self.handle(frame).await,
             Err((id, payload)) => {
+                if let Some(flow) = self.admit(&id) {
+                    return flow;
+                }
                 self.reply_error(id, payload);
                 Flow::Continue
             }
-            Ok(frame) => self.handle_frame(frame).await,
+        }
+    }
+
+    /// Handles one frame, already typed: what an in-process client sends
+    /// (see [`crate::transport::in_process`]). The same rate limit and rules
+    /// apply as to a frame read off a socket.
+    pub async fn handle(&mut self, frame: IncomingFrame) -> Flow {
+        if let Some(flow) = self.admit(&frame.id) {
+            return flow;
+        }
+        self.handle_frame(frame).await
+    }
+
+    /// Counts a frame against the rate limit: `Some` answer when it is
+    /// refused (an error reply, or closing), `None` to go on.
+    fn admit(&mut self, id: &Option<String>) -> Option<Flow> {
+        match self.limiter.check(Timestamp::now()) {
+            Verdict::Allow => {
+                self.heard();
+                None
+            }
+            Verdict::Refuse { retry_after } => {
+                let ms = retry_after.as_millis().max(1) as u64;
+                let refusal = Error::RateLimited { retry_after_ms: ms }.to_payload();
+                self.reply_error(id.clone(), refusal);
+                Some(Flow::Continue)
+            }
+            Verdict::Close => Some(Flow::Close(CloseCode::Policy, "rate limit exceeded".into())),
         }
     }
 
     async fn handle_frame(&mut self, IncomingFrame { id, event }: IncomingFrame) -> Flow {
-        if !self.live && !matches!(event, ClientEvent::Hello(_)) {
+        if !self.live && !matches!(event, ClientRequest::Hello(_)) {
             self.reply_error(
                 id,
                 ErrorPayload::new(crate::ErrorCode::InvalidRequest, "send system.hello first"),
@@ -144,23 +158,23 @@ impl PeerConnection {
 
     /// Does what `event` asks. Answers that are events of their own (a
     /// joined room, a sent message) go out from here or the engine.
-    async fn dispatch(&mut self, event: ClientEvent, id: &Option<String>) -> Result<(), Error> {
+    async fn dispatch(&mut self, event: ClientRequest, id: &Option<String>) -> Result<(), Error> {
         match event {
-            ClientEvent::Hello(hello) => self.hello(hello, id.clone()).await,
-            ClientEvent::Ping(_) => {
+            ClientRequest::Hello(hello) => self.hello(hello, id.clone()).await,
+            ClientRequest::Ping(_) => {
                 let peer = self.peer;
                 self.service
                     .with_engine(|engine, now| engine.ping(now, peer, id.clone()));
                 Ok(())
             }
-            ClientEvent::RoomJoin { room_id } => self.join(room_id, id.clone()).await,
-            ClientEvent::RoomLeave { room_id } => {
+            ClientRequest::RoomJoin { room_id } => self.join(room_id, id.clone()).await,
+            ClientRequest::RoomLeave { room_id } => {
                 let reply = Some((self.peer, id.clone()));
                 self.service
                     .leave_room(&self.identity, room_id, reply)
                     .await
             }
-            ClientEvent::MessageSend {
+            ClientRequest::MessageSend {
                 room_id,
                 content,
                 client_id,
@@ -168,12 +182,12 @@ impl PeerConnection {
                 self.send_message(room_id, content, client_id, id.clone())
                     .await
             }
-            ClientEvent::Typing { room_id, typing } => {
+            ClientRequest::Typing { room_id, typing } => {
                 let peer = self.peer;
                 self.service
                     .with_engine(|engine, now| engine.typing(now, peer, room_id, typing))
             }
-            ClientEvent::PresenceUpdate { status, message } => {
+            ClientRequest::PresenceUpdate { status, message } => {
                 match validate::presence_message(message.as_deref()) {
                     Ok(message) => {
                         let peer = self.peer;
@@ -186,11 +200,11 @@ impl PeerConnection {
                     Err(e) => Err(e),
                 }
             }
-            ClientEvent::RtcOffer(signal) => self.rtc(RtcKind::Offer, signal),
-            ClientEvent::RtcAnswer(signal) => self.rtc(RtcKind::Answer, signal),
-            ClientEvent::RtcIce(signal) => self.rtc(RtcKind::Ice, signal),
-            ClientEvent::RtcHangup(signal) => self.rtc(RtcKind::Hangup, signal),
-            ClientEvent::P2pRequest {
+            ClientRequest::RtcOffer(signal) => self.rtc(RtcKind::Offer, signal),
+            ClientRequest::RtcAnswer(signal) => self.rtc(RtcKind::Answer, signal),
+            ClientRequest::RtcIce(signal) => self.rtc(RtcKind::Ice, signal),
+            ClientRequest::RtcHangup(signal) => self.rtc(RtcKind::Hangup, signal),
+            ClientRequest::P2pRequest {
                 room_id,
                 target_peer_id,
                 kind,
@@ -206,10 +220,10 @@ impl PeerConnection {
                 )
                 .await
                 .map(|_| ()),
-            ClientEvent::P2pClose { session_id } => {
+            ClientRequest::P2pClose { session_id } => {
                 self.service.close_session(&self.identity, session_id)
             }
-            ClientEvent::P2pAnnounce { p2p } => {
+            ClientRequest::P2pAnnounce { p2p } => {
                 let peer = self.peer;
                 self.service
                     .with_engine(move |engine, _now| engine.announce_p2p(peer, p2p))
@@ -263,7 +277,7 @@ impl PeerConnection {
         let store = self.service.inner.store.clone();
         loop {
             let page = store
-                .messages(room, PageQuery::After(after), MAX_PAGE)
+                .messages(room, HistoryPage::After(after), MAX_PAGE)
                 .await?;
             if let Some(last) = page.messages.last() {
                 after = last.seq;
@@ -354,7 +368,7 @@ impl PeerConnection {
             Ok::<(), Error>(())
         });
         task.await
-            .map_err(|e| Error::Internal(format!("append task failed: {e}")))?
+            .map_err(|e| Error::Internal(crate::Failure::caused_by("append task failed", e)))?
     }
 }
 
@@ -367,24 +381,24 @@ impl Drop for PeerConnection {
 /// Whether a request's success is answered by `system.ack`: those that
 /// have no event of their own, so that every request with an `id` gets
 /// exactly one answer.
-fn acked(event: &ClientEvent) -> bool {
+fn acked(event: &ClientRequest) -> bool {
     match event {
-        ClientEvent::Typing { .. }
-        | ClientEvent::RtcOffer(_)
-        | ClientEvent::RtcAnswer(_)
-        | ClientEvent::RtcIce(_)
-        | ClientEvent::RtcHangup(_)
-        | ClientEvent::P2pClose { .. }
-        | ClientEvent::P2pAnnounce { .. } => true,
+        ClientRequest::Typing { .. }
+        | ClientRequest::RtcOffer(_)
+        | ClientRequest::RtcAnswer(_)
+        | ClientRequest::RtcIce(_)
+        | ClientRequest::RtcHangup(_)
+        | ClientRequest::P2pClose { .. }
+        | ClientRequest::P2pAnnounce { .. } => true,
         // Answered by `system.welcome`, `system.pong`, `room.joined`,
         // `room.left`, `message.created`, `presence.update` and
         // `p2p.session.created`.
-        ClientEvent::Hello(_)
-        | ClientEvent::Ping(_)
-        | ClientEvent::RoomJoin { .. }
-        | ClientEvent::RoomLeave { .. }
-        | ClientEvent::MessageSend { .. }
-        | ClientEvent::PresenceUpdate { .. }
-        | ClientEvent::P2pRequest { .. } => false,
+        ClientRequest::Hello(_)
+        | ClientRequest::Ping(_)
+        | ClientRequest::RoomJoin { .. }
+        | ClientRequest::RoomLeave { .. }
+        | ClientRequest::MessageSend { .. }
+        | ClientRequest::PresenceUpdate { .. }
+        | ClientRequest::P2pRequest { .. } => false,
     }
 }

@@ -74,8 +74,12 @@ impl HashPool {
             .get_or_init(|| Self::start(self.threads))
             .send(job)
             .map_err(|_| Error::Internal("the password hashing threads are gone".into()))?;
-        rx.await
-            .map_err(|_| Error::Internal("a password hashing job failed".into()))
+        rx.await.map_err(|e| {
+            Error::Internal(crate::Failure::caused_by(
+                "a password hashing job failed",
+                e,
+            ))
+        })
     }
 }
 

@@ -34,19 +34,18 @@ use crate::auth::tokens::{self, MAX_CAPABILITY_TTL};
 use crate::auth::{Authenticator, Identity, JwtAuthenticator, KeyRing, Scope};
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
-use crate::protocol::http::Peer;
 use crate::protocol::http::{
     AuthResponse, CapabilityRequest, CapabilityResponse, CreateRoomRequest, Device, InviteRequest,
     LoginRequest, RegisterRequest, UpdateRoomRequest,
 };
+use crate::protocol::http::{HistoryQuery, Peer};
 use crate::protocol::{
     DeviceId, Member, P2pSession, PeerId, Role, Room, RoomId, SessionId, SessionKind, Timestamp,
     User, UserId, Visibility,
 };
 use crate::storage::memory::MemoryStore;
 use crate::storage::{
-    DeviceRecord, DynStore, IntoDynStore, MAX_PAGE, Membership, Page, PageQuery, RoomUpdate,
-    UserRecord,
+    DeviceRecord, DynStore, IntoDynStore, MAX_PAGE, Membership, Page, RoomUpdate, UserRecord,
 };
 use crate::validate;
 
@@ -124,11 +123,11 @@ impl ServiceBuilder {
         // The timers (heartbeats, typing, session expiry) run on the
         // runtime the service is built in, from the start: an embedder
         // cannot forget them.
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
-            Error::Internal(
-                "Service::build must be called inside a tokio runtime: the service runs its timers there"
-                    .into(),
-            )
+        let runtime = tokio::runtime::Handle::try_current().map_err(|e| {
+            Error::Internal(crate::Failure::caused_by(
+                "Service::build must be called inside a tokio runtime: the service runs its timers there",
+                e,
+            ))
         })?;
         let engine = Engine::new(self.config.engine.clone());
         let timers = Arc::new(tokio::sync::Notify::new());
@@ -317,7 +316,20 @@ impl Service {
     // ---------------------------------------------------------------- accounts
 
     /// Creates an account and logs its first device in.
-    pub async fn register(
+    ///
+    /// A server that knows the client's address calls [`Self::register_from`]
+    /// instead, so that the per-address sign-up limit applies.
+    pub async fn register(&self, req: RegisterRequest) -> Result<AuthResponse> {
+        self.register_as(req, None).await
+    }
+
+    /// [`Self::register`] for a client at `addr`: sign-ups are rate limited
+    /// per address (the limit is [`ServiceConfig::login_rate`]).
+    pub async fn register_from(&self, addr: IpAddr, req: RegisterRequest) -> Result<AuthResponse> {
+        self.register_as(req, Some(addr)).await
+    }
+
+    async fn register_as(
         &self,
         req: RegisterRequest,
         addr: Option<IpAddr>,
@@ -356,7 +368,20 @@ impl Service {
 
     /// Checks a username and password and logs a new device in. Wrong name
     /// and wrong password get the same answer, in the same time.
-    pub async fn login(&self, req: LoginRequest, addr: Option<IpAddr>) -> Result<AuthResponse> {
+    ///
+    /// A server that knows the client's address calls [`Self::login_from`]
+    /// instead, so that the per-address limit applies too.
+    pub async fn login(&self, req: LoginRequest) -> Result<AuthResponse> {
+        self.login_as(req, None).await
+    }
+
+    /// [`Self::login`] for a client at `addr`: attempts are rate limited per
+    /// username and per address (the limit is [`ServiceConfig::login_rate`]).
+    pub async fn login_from(&self, addr: IpAddr, req: LoginRequest) -> Result<AuthResponse> {
+        self.login_as(req, Some(addr)).await
+    }
+
+    async fn login_as(&self, req: LoginRequest, addr: Option<IpAddr>) -> Result<AuthResponse> {
         let wrong = || Error::Unauthorized("wrong username or password".into());
         let username = req.username.to_ascii_lowercase();
         self.check_login_rate(Some(&username), addr)?;
@@ -673,35 +698,30 @@ impl Service {
             .collect())
     }
 
-    /// A page of history, members only. `before` and `after` are exclusive
-    /// `seq` bounds; at most one may be given. `limit` defaults to 50 and is
-    /// capped at 100.
+    /// Whether `identity` may read `room`'s history (its token's scope, and
+    /// membership): the check [`Self::messages`] makes first. A server calls
+    /// it before telling a caller what is wrong with a history query, so
+    /// that who may not read a room learns nothing from the answer.
+    pub async fn require_reader(&self, identity: &Identity, room: RoomId) -> Result<()> {
+        Self::require(identity, Scope::MessagesRead)?;
+        self.require_member(identity, room).await.map(drop)
+    }
+
+    /// A page of history, members only. The query's `limit` defaults to 50
+    /// and is capped at 100.
     pub async fn messages(
         &self,
         identity: &Identity,
         room: RoomId,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: Option<usize>,
+        query: HistoryQuery,
     ) -> Result<Page> {
-        Self::require(identity, Scope::MessagesRead)?;
-        self.require_member(identity, room).await?;
-        let query = match (before, after) {
-            (None, None) => PageQuery::Latest,
-            (Some(b), None) => PageQuery::Before(b),
-            (None, Some(a)) => PageQuery::After(a),
-            (Some(_), Some(_)) => {
-                return Err(Error::InvalidRequest(
-                    "give `before` or `after`, not both".into(),
-                ));
-            }
-        };
-        let limit = match limit {
+        self.require_reader(identity, room).await?;
+        let limit = match query.limit {
             None => 50,
             Some(0) => return Err(Error::InvalidRequest("limit must be at least 1".into())),
-            Some(n) => n.min(MAX_PAGE),
+            Some(n) => (n as usize).min(MAX_PAGE),
         };
-        Ok(self.inner.store.messages(room, query, limit).await?)
+        Ok(self.inner.store.messages(room, query.page, limit).await?)
     }
 
     /// Joins a room: public rooms are open to all; private ones only to

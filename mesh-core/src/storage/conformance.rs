@@ -48,7 +48,7 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 use super::{
-    AppendOutcome, DeviceRecord, IntoDynStore, MAX_PAGE, Membership, NewMessage, PageQuery,
+    AppendOutcome, DeviceRecord, HistoryPage, IntoDynStore, MAX_PAGE, Membership, NewMessage,
     RoomUpdate, Store, UserRecord,
 };
 use crate::protocol::{
@@ -668,7 +668,10 @@ pub async fn append_and_idempotency<S: Store>(s: S) {
     assert_eq!(s.last_seq(r.id).await.expect("last_seq"), 4);
     assert_eq!(s.last_seq(other.id).await.expect("last_seq"), 1);
 
-    let page = s.messages(r.id, PageQuery::Latest, 10).await.expect("page");
+    let page = s
+        .messages(r.id, HistoryPage::Latest, 10)
+        .await
+        .expect("page");
     assert_eq!(seqs(&page.messages), vec![1, 2, 3, 4]);
     assert_eq!(page.messages[0], m1);
     assert_eq!(page.messages[1], m2);
@@ -706,48 +709,52 @@ pub async fn pagination<S: Store>(s: S) {
         assert!(p.messages.is_empty(), "expected an empty page");
         assert!(!p.has_more);
     };
-    check(page(PageQuery::Latest, 50).await, 201..=250, true);
-    check(page(PageQuery::Latest, 1000).await, 151..=250, true);
+    check(page(HistoryPage::Latest, 50).await, 201..=250, true);
+    check(page(HistoryPage::Latest, 1000).await, 151..=250, true);
     assert_eq!(MAX_PAGE, 100);
-    check(page(PageQuery::Latest, 0).await, 250..=250, true);
-    check(page(PageQuery::Before(201), 50).await, 151..=200, true);
-    check(page(PageQuery::Before(51), 50).await, 1..=50, false);
-    check(page(PageQuery::Before(52), 50).await, 2..=51, true);
-    check(page(PageQuery::Before(50), 100).await, 1..=49, false);
-    check(page(PageQuery::Before(2), 10).await, 1..=1, false);
-    none(page(PageQuery::Before(1), 10).await);
-    none(page(PageQuery::Before(0), 10).await);
-    check(page(PageQuery::Before(1000), 10).await, 241..=250, true);
-    check(page(PageQuery::Before(u64::MAX), 0).await, 250..=250, true);
-    check(page(PageQuery::After(200), 50).await, 201..=250, false);
-    check(page(PageQuery::After(199), 50).await, 200..=249, true);
-    check(page(PageQuery::After(249), 50).await, 250..=250, false);
-    none(page(PageQuery::After(250), 50).await);
-    none(page(PageQuery::After(u64::MAX), 50).await);
-    check(page(PageQuery::After(0), 1000).await, 1..=100, true);
-    check(page(PageQuery::After(0), 0).await, 1..=1, true);
+    check(page(HistoryPage::Latest, 0).await, 250..=250, true);
+    check(page(HistoryPage::Before(201), 50).await, 151..=200, true);
+    check(page(HistoryPage::Before(51), 50).await, 1..=50, false);
+    check(page(HistoryPage::Before(52), 50).await, 2..=51, true);
+    check(page(HistoryPage::Before(50), 100).await, 1..=49, false);
+    check(page(HistoryPage::Before(2), 10).await, 1..=1, false);
+    none(page(HistoryPage::Before(1), 10).await);
+    none(page(HistoryPage::Before(0), 10).await);
+    check(page(HistoryPage::Before(1000), 10).await, 241..=250, true);
+    check(
+        page(HistoryPage::Before(u64::MAX), 0).await,
+        250..=250,
+        true,
+    );
+    check(page(HistoryPage::After(200), 50).await, 201..=250, false);
+    check(page(HistoryPage::After(199), 50).await, 200..=249, true);
+    check(page(HistoryPage::After(249), 50).await, 250..=250, false);
+    none(page(HistoryPage::After(250), 50).await);
+    none(page(HistoryPage::After(u64::MAX), 50).await);
+    check(page(HistoryPage::After(0), 1000).await, 1..=100, true);
+    check(page(HistoryPage::After(0), 0).await, 1..=1, true);
 
     // Walking the whole history either way sees every message once.
     let mut back = Vec::new();
-    let mut p = page(PageQuery::Latest, 30).await;
+    let mut p = page(HistoryPage::Latest, 30).await;
     loop {
         let oldest = p.messages.first().map(|m| m.seq).expect("non-empty page");
         back.splice(0..0, seqs(&p.messages));
         if !p.has_more {
             break;
         }
-        p = page(PageQuery::Before(oldest), 30).await;
+        p = page(HistoryPage::Before(oldest), 30).await;
     }
     assert_eq!(back, (1..=N).collect::<Vec<_>>());
     let mut forward = Vec::new();
-    let mut p = page(PageQuery::After(0), 70).await;
+    let mut p = page(HistoryPage::After(0), 70).await;
     loop {
         let newest = p.messages.last().map(|m| m.seq).expect("non-empty page");
         forward.extend(seqs(&p.messages));
         if !p.has_more {
             break;
         }
-        p = page(PageQuery::After(newest), 70).await;
+        p = page(HistoryPage::After(newest), 70).await;
     }
     assert_eq!(forward, back);
 
@@ -758,30 +765,30 @@ pub async fn pagination<S: Store>(s: S) {
         append(&s, new_message(small.id, &alice, &format!("m{i}"), None)).await;
     }
     let p = s
-        .messages(small.id, PageQuery::Latest, 100)
+        .messages(small.id, HistoryPage::Latest, 100)
         .await
         .expect("page");
     check(p, 1..=3, false);
     let p = s
-        .messages(small.id, PageQuery::Latest, 3)
+        .messages(small.id, HistoryPage::Latest, 3)
         .await
         .expect("page");
     check(p, 1..=3, false);
     let p = s
-        .messages(small.id, PageQuery::Latest, 2)
+        .messages(small.id, HistoryPage::Latest, 2)
         .await
         .expect("page");
     check(p, 2..=3, true);
     none(
-        s.messages(small.id, PageQuery::After(3), 100)
+        s.messages(small.id, HistoryPage::After(3), 100)
             .await
             .expect("page"),
     );
     let missing = RoomId::new();
     for q in [
-        PageQuery::Latest,
-        PageQuery::Before(10),
-        PageQuery::After(0),
+        HistoryPage::Latest,
+        HistoryPage::Before(10),
+        HistoryPage::After(0),
     ] {
         none(s.messages(missing, q, 10).await.expect("page"));
     }
@@ -838,7 +845,7 @@ pub async fn delete_room_cascades<S: Store>(s: S) {
     );
     assert_eq!(s.last_seq(r.id).await.expect("last_seq"), 0);
     let page = s
-        .messages(r.id, PageQuery::Latest, 100)
+        .messages(r.id, HistoryPage::Latest, 100)
         .await
         .expect("page");
     assert!(page.messages.is_empty() && !page.has_more);
@@ -996,7 +1003,7 @@ pub async fn concurrent_check<S: Store>(s: &S, room: RoomId) {
     let mut after = 0;
     loop {
         let p = s
-            .messages(room, PageQuery::After(after), MAX_PAGE)
+            .messages(room, HistoryPage::After(after), MAX_PAGE)
             .await
             .expect("page");
         after = p.messages.last().map_or(after, |m| m.seq);
@@ -1109,7 +1116,7 @@ pub async fn verify_populated<S: Store>(s: &S, w: &Populated) {
     );
     assert_eq!(s.members(w.room.id).await.expect("members"), w.members);
     let page = s
-        .messages(w.room.id, PageQuery::Latest, 100)
+        .messages(w.room.id, HistoryPage::Latest, 100)
         .await
         .expect("page");
     assert_eq!(page.messages, w.messages);
@@ -1204,7 +1211,7 @@ pub enum Op {
     Restart,
 }
 
-/// A [`PageQuery`] whose seq is taken modulo the room's `last_seq + 2`.
+/// A [`HistoryPage`] whose seq is taken modulo the room's `last_seq + 2`.
 #[derive(Clone, Copy, Debug)]
 pub enum ModelQuery {
     Latest,
@@ -1558,23 +1565,23 @@ where
                 // Aim at 0..=last_seq+1, where the boundaries are.
                 let near = |x: u8| u64::from(x) % (all.len() as u64 + 2);
                 let query = match query {
-                    ModelQuery::Latest => PageQuery::Latest,
-                    ModelQuery::Before(x) => PageQuery::Before(near(x)),
-                    ModelQuery::After(x) => PageQuery::After(near(x)),
+                    ModelQuery::Latest => HistoryPage::Latest,
+                    ModelQuery::Before(x) => HistoryPage::Before(near(x)),
+                    ModelQuery::After(x) => HistoryPage::After(near(x)),
                 };
                 let limit = usize::from(limit).clamp(1, MAX_PAGE);
                 // The spec, literally: filter, then take from the near end.
                 let (page, has_more) = match query {
-                    PageQuery::Latest => {
+                    HistoryPage::Latest => {
                         let start = all.len().saturating_sub(limit);
                         (all[start..].to_vec(), start > 0)
                     }
-                    PageQuery::Before(b) => {
+                    HistoryPage::Before(b) => {
                         let older: Vec<_> = all.iter().filter(|m| m.seq < b).cloned().collect();
                         let start = older.len().saturating_sub(limit);
                         (older[start..].to_vec(), start > 0)
                     }
-                    PageQuery::After(a) => {
+                    HistoryPage::After(a) => {
                         let newer: Vec<_> = all.iter().filter(|m| m.seq > a).cloned().collect();
                         let more = newer.len() > limit;
                         (newer.into_iter().take(limit).collect(), more)

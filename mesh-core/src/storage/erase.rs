@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 
 use super::{
-    AppendOutcome, DeviceRecord, Membership, NewMessage, Page, PageQuery, RoomUpdate, Store,
+    AppendOutcome, DeviceRecord, HistoryPage, Membership, NewMessage, Page, RoomUpdate, Store,
     StoreError, UserRecord,
 };
 use crate::protocol::{DeviceId, P2pSession, Role, Room, RoomId, SessionId, UserId};
@@ -106,7 +106,7 @@ impl<S: Store> Store for EraseStoreError<S> {
     async fn messages(
         &self,
         room: RoomId,
-        query: PageQuery,
+        query: HistoryPage,
         limit: usize,
     ) -> Result<Page, StoreError> {
         self.0

@@ -14,7 +14,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::{
-    AppendOutcome, DeviceRecord, Membership, NewMessage, Page, PageQuery, RoomUpdate, Store,
+    AppendOutcome, DeviceRecord, HistoryPage, Membership, NewMessage, Page, RoomUpdate, Store,
     StoreError, UserRecord, apply_update, clamp_limit, device_order, member_order, room_order,
     session_order,
 };
@@ -306,7 +306,7 @@ impl Store for MemoryStore {
     async fn messages(
         &self,
         room: RoomId,
-        query: PageQuery,
+        query: HistoryPage,
         limit: usize,
     ) -> Result<Page, MemoryStoreError> {
         let limit = clamp_limit(limit);
@@ -317,16 +317,16 @@ impl Store for MemoryStore {
         let n = log.len();
         // Indices into `log` (seq - 1); seqs are contiguous from 1.
         let (lo, hi, has_more) = match query {
-            PageQuery::Latest => {
+            HistoryPage::Latest => {
                 let lo = n.saturating_sub(limit);
                 (lo, n, lo > 0)
             }
-            PageQuery::Before(seq) => {
+            HistoryPage::Before(seq) => {
                 let hi = usize::try_from(seq.saturating_sub(1)).map_or(n, |s| s.min(n));
                 let lo = hi.saturating_sub(limit);
                 (lo, hi, lo > 0)
             }
-            PageQuery::After(seq) => {
+            HistoryPage::After(seq) => {
                 let lo = usize::try_from(seq).map_or(n, |s| s.min(n));
                 let hi = lo.saturating_add(limit).min(n);
                 (lo, hi, hi < n)

@@ -135,16 +135,9 @@ impl AppendOutcome {
     }
 }
 
-/// Which page of a room's history to read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PageQuery {
-    /// The newest messages; `has_more` tells whether older ones exist.
-    Latest,
-    /// The messages just older than this `seq`; `has_more`: older ones exist.
-    Before(u64),
-    /// The messages just newer than this `seq`; `has_more`: newer ones exist.
-    After(u64),
-}
+/// Which page of a room's history to read: the wire's own query type, so
+/// that one type carries a page request from the app to the store.
+pub use crate::protocol::http::HistoryPage;
 
 /// A page of history, in ascending `seq`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -240,7 +233,7 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     async fn messages(
         &self,
         room: RoomId,
-        query: PageQuery,
+        query: HistoryPage,
         limit: usize,
     ) -> Result<Page, Self::Error>;
     /// The highest `seq` in the room, 0 if it has no messages.

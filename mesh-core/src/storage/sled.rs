@@ -153,7 +153,7 @@ use serde::de::DeserializeOwned;
 use sled::{Batch, Db, IVec};
 
 use super::{
-    AppendOutcome, DeviceRecord, Membership, NewMessage, Page, PageQuery, RoomUpdate, Store,
+    AppendOutcome, DeviceRecord, HistoryPage, Membership, NewMessage, Page, RoomUpdate, Store,
     StoreError, UserRecord, apply_update, clamp_limit, device_order, member_order, room_order,
     session_order,
 };
@@ -1451,22 +1451,22 @@ impl Store for SledStore {
         Ok(outcome)
     }
 
-    async fn messages(&self, room: RoomId, query: PageQuery, limit: usize) -> Result<Page> {
+    async fn messages(&self, room: RoomId, query: HistoryPage, limit: usize) -> Result<Page> {
         let limit = clamp_limit(limit);
         let (messages, has_more) = match query {
-            PageQuery::Latest => {
+            HistoryPage::Latest => {
                 let prefix = key2(b's', room.as_bytes(), &[]);
                 let (mut m, more) = self.page(self.db()?.scan_prefix(prefix).rev(), limit)?;
                 m.reverse();
                 (m, more)
             }
-            PageQuery::Before(seq) => {
+            HistoryPage::Before(seq) => {
                 let range = message_key(room, 0)..message_key(room, seq);
                 let (mut m, more) = self.page(self.db()?.range(range).rev(), limit)?;
                 m.reverse();
                 (m, more)
             }
-            PageQuery::After(seq) => match seq.checked_add(1) {
+            HistoryPage::After(seq) => match seq.checked_add(1) {
                 None => (Vec::new(), false),
                 Some(first) => {
                     let range = message_key(room, first)..=message_key(room, u64::MAX);
@@ -1812,7 +1812,7 @@ mod tests {
             assert_eq!(room.member_count, 1);
             assert_eq!(store.last_seq(room_id).await.expect("seq"), 20);
             let page = store
-                .messages(room_id, PageQuery::Latest, 100)
+                .messages(room_id, HistoryPage::Latest, 100)
                 .await
                 .expect("page");
             let seqs: Vec<u64> = page.messages.iter().map(|m| m.seq).collect();

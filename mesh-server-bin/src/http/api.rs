@@ -8,10 +8,10 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use mesh_core::Error;
 use mesh_core::protocol::http::{
-    CapabilityRequest, CreateRoomRequest, InviteRequest, LoginRequest, MemberResponse,
-    MembersResponse, MessagesResponse, P2pSessionRequest, P2pSessionResponse, P2pSessionsResponse,
-    PeersResponse, RegisterRequest, RoleRequest, RoomResponse, RoomsResponse, UpdateRoomRequest,
-    UserResponse,
+    CapabilityRequest, CreateRoomRequest, HistoryPage, HistoryQuery, InviteRequest, LoginRequest,
+    MemberResponse, MembersResponse, MessagesResponse, P2pSessionRequest, P2pSessionResponse,
+    P2pSessionsResponse, PeersResponse, RegisterRequest, RoleRequest, RoomResponse, RoomsResponse,
+    UpdateRoomRequest, UserResponse,
 };
 use mesh_core::protocol::{DeviceId, RoomId, SessionId, UserId};
 use serde_json::json;
@@ -48,7 +48,6 @@ pub(super) async fn route(
     let segments: Vec<&str> = path.trim_end_matches('/').split('/').skip(1).collect();
     let method = req.method().clone();
     let max = state.config.max_body_bytes;
-    let ip = Some(client);
     let svc = &state.service;
     match segments.as_slice() {
         ["health"] => match method {
@@ -66,7 +65,7 @@ pub(super) async fn route(
         ["api", "auth", "register"] => match method {
             Method::POST => {
                 let body: RegisterRequest = read_json(req, max).await?;
-                let answer = svc.register(body, ip).await?;
+                let answer = svc.register_from(client, body).await?;
                 Ok(json_response(StatusCode::CREATED, &answer))
             }
             _ => Err(not_allowed()),
@@ -74,7 +73,7 @@ pub(super) async fn route(
         ["api", "auth", "login"] => match method {
             Method::POST => {
                 let body: LoginRequest = read_json(req, max).await?;
-                let answer = svc.login(body, ip).await?;
+                let answer = svc.login_from(client, body).await?;
                 Ok(json_response(StatusCode::OK, &answer))
             }
             _ => Err(not_allowed()),
@@ -262,8 +261,19 @@ async fn room_route(
             let query = req.uri().query();
             let before = parse_num(query, "before")?;
             let after = parse_num(query, "after")?;
-            let limit = parse_num(query, "limit")?;
-            let page = svc.messages(identity, room, before, after, limit).await?;
+            let Some(page) = HistoryPage::from_bounds(before, after) else {
+                // Only a reader learns what is wrong with the query.
+                svc.require_reader(identity, room).await?;
+                return Err(Error::InvalidRequest(
+                    "give `before` or `after`, not both".into(),
+                ));
+            };
+            // Any whole number is a limit: the service caps it at 100.
+            let limit =
+                parse_num::<u64>(query, "limit")?.map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+            let page = svc
+                .messages(identity, room, HistoryQuery { page, limit })
+                .await?;
             Ok(json_response(
                 StatusCode::OK,
                 &MessagesResponse {

@@ -74,11 +74,7 @@ impl ServiceServer {
             password: "correct horse battery".into(),
             ..Default::default()
         };
-        self.service
-            .register(req, None)
-            .await
-            .expect("register")
-            .token
+        self.service.register(req).await.expect("register").token
     }
 }
 
