@@ -53,28 +53,14 @@ pub(crate) fn bound(threads: usize, secs: f64) -> anyhow::Result<()> {
 fn measure_bound(cores: usize, secs: f64) -> anyhow::Result<(f64, f64)> {
     let exe = std::env::current_exe()?;
     let all = format!("0-{}", cores.saturating_sub(1));
+    let (threads, secs) = (cores.to_string(), secs.to_string());
+    let args = ["argon2-bound", "--threads", &threads, "--secs", &secs];
     let out = Command::new("taskset")
         .args(["-c", &all])
         .arg(&exe)
-        .args([
-            "argon2-bound",
-            "--threads",
-            &cores.to_string(),
-            "--secs",
-            &secs.to_string(),
-        ])
+        .args(args)
         .output()
-        .or_else(|_| {
-            Command::new(&exe)
-                .args([
-                    "argon2-bound",
-                    "--threads",
-                    &cores.to_string(),
-                    "--secs",
-                    &secs.to_string(),
-                ])
-                .output()
-        })
+        .or_else(|_| Command::new(&exe).args(args).output())
         .context("running argon2-bound")?;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut nums = text.split_whitespace().map(str::parse::<f64>);

@@ -479,15 +479,7 @@ impl Quic {
             Ok::<_, anyhow::Error>((n, server_conn))
         });
         let mut stream = conn.open_uni().await?;
-        let mut file = tokio::fs::File::open(src).await?;
-        let mut buf = vec![0u8; BUF];
-        loop {
-            let n = file.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            stream.write_all(&buf[..n]).await?;
-        }
+        send_file_into(src, &mut stream).await?;
         stream.finish()?;
         let (n, server_conn) = receiver.await??;
         if n != size {
@@ -524,19 +516,28 @@ async fn tcp_transfer(
         }
         Ok::<_, anyhow::Error>(n)
     });
-    let mut file = tokio::fs::File::open(src).await?;
-    let mut buf = vec![0u8; BUF];
-    loop {
-        let n = file.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        conn.write_all(&buf[..n]).await?;
-    }
+    send_file_into(src, &mut conn).await?;
     conn.shutdown().await?;
     let n = receiver.await??;
     if n != size {
         bail!("TCP: {n} of {size} bytes arrived");
     }
     Ok(())
+}
+
+/// Writes the file at `src` into `to`, `BUF` bytes a read, as the
+/// baselines' senders do.
+async fn send_file_into(
+    src: &Path,
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+) -> anyhow::Result<()> {
+    let mut file = tokio::fs::File::open(src).await?;
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n]).await?;
+    }
 }

@@ -731,11 +731,7 @@ impl MeshClient {
             let req = CreateRoomRequest {
                 name,
                 topic,
-                visibility: Some(if private {
-                    Visibility::Private
-                } else {
-                    Visibility::Public
-                }),
+                visibility: Some(Visibility::private_if(private)),
             };
             Ok(client.create_room(&req).await?.into())
         })

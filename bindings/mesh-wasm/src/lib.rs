@@ -859,11 +859,7 @@ impl MeshClient {
         let req = CreateRoomRequest {
             name,
             topic,
-            visibility: Some(if private {
-                Visibility::Private
-            } else {
-                Visibility::Public
-            }),
+            visibility: Some(Visibility::private_if(private)),
         };
         let http = self.http.clone();
         let weak = Rc::downgrade(&self.shared);

@@ -102,11 +102,7 @@ pub(crate) async fn room(ctx: &Ctx, cmd: RoomCommand) -> anyhow::Result<()> {
                 .create_room(&CreateRoomRequest {
                     name,
                     topic,
-                    visibility: Some(if private {
-                        Visibility::Private
-                    } else {
-                        Visibility::Public
-                    }),
+                    visibility: Some(Visibility::private_if(private)),
                 })
                 .await
                 .context("creating the room")?;

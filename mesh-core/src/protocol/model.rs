@@ -25,6 +25,18 @@ pub enum Visibility {
     Private,
 }
 
+impl Visibility {
+    /// `Private` when `private`, else `Public`: for the `--private` flags
+    /// and `private: bool` arguments of the CLI and the bindings.
+    pub fn private_if(private: bool) -> Self {
+        if private {
+            Visibility::Private
+        } else {
+            Visibility::Public
+        }
+    }
+}
+
 /// A chat room.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Room {
