@@ -5,7 +5,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n== %s\n' "$*"; }
+# Each step's wall-clock time is printed when the next one starts, and the
+# total when the script ends (passed or not).
+script_start=$(date +%s)
+step_start=$script_start
+step_name=""
+step_done() {
+  if [ -n "$step_name" ]; then
+    printf -- '-- %s: %d s\n' "${step_name:0:60}" $(( $(date +%s) - step_start ))
+  fi
+}
+step() {
+  step_done
+  step_name="$*"
+  step_start=$(date +%s)
+  printf '\n== %s\n' "$*"
+}
+trap 'step_done; printf -- "-- total: %d s\n" $(( $(date +%s) - script_start ))' EXIT
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 
