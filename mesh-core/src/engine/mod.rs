@@ -154,7 +154,6 @@ impl Engine {
     /// is the user's first connection. Rooms named in `since` are marked as
     /// catching up: live messages for them are held until
     /// [`Engine::backfill`] says the backlog is delivered.
-    #[allow(clippy::too_many_arguments)]
     pub fn connect(
         &mut self,
         now: Timestamp,
