@@ -52,7 +52,7 @@ pub enum Error {
     Auth(AuthError),
     /// Anything else that is our fault.
     #[error("internal: {0}")]
-    Internal(#[source] Failure),
+    Internal(Failure),
 }
 
 impl Error {
@@ -127,7 +127,7 @@ impl From<AuthError> for Error {
 }
 
 /// A failure in our own words, and the error that caused it when another
-/// one did: the cause is kept (`source()`, or [`Failure::cause`] to downcast)
+/// one did: the cause is kept, typed ([`Failure::cause`], to downcast),
 /// rather than flattened into text.
 ///
 /// Its display is the words, then `": "` and the cause's display, as the
@@ -180,13 +180,10 @@ impl fmt::Display for Failure {
     }
 }
 
-impl std::error::Error for Failure {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.cause
-            .as_deref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
+// `source()` stays `None`: the display already ends with the cause, and
+// error reports that walk the chain (anyhow's `{:#}`) would print it twice.
+// The cause is there, typed, through `Failure::cause`.
+impl std::error::Error for Failure {}
 
 impl From<String> for Failure {
     fn from(what: String) -> Self {
@@ -234,20 +231,24 @@ mod tests {
         let e = Failure::caused_by("loading the key", io);
         assert_eq!(e.to_string(), "loading the key: no such file");
         assert_eq!(e.what(), "loading the key");
-        let cause = e.source().expect("the cause is kept");
+        let cause = e.cause().expect("the cause is kept");
         let io = cause.downcast_ref::<std::io::Error>().expect("as its type");
         assert_eq!(io.kind(), std::io::ErrorKind::NotFound);
+        // Not also a source: a chain printer would show it twice.
+        assert!(e.source().is_none());
         let plain = Failure::from("no key loaded");
-        assert!(plain.source().is_none());
+        assert!(plain.cause().is_none());
         assert_eq!(plain.to_string(), "no key loaded");
-        // The crate's error keeps it too.
+        // The crate's error keeps it too, and reads as it did.
         let e = Error::Internal(Failure::caused_by("a task", std::fmt::Error));
-        assert!(
-            e.source()
-                .expect("source")
-                .downcast_ref::<Failure>()
-                .is_some()
+        assert_eq!(
+            e.to_string(),
+            format!("internal: a task: {}", std::fmt::Error)
         );
+        match e {
+            Error::Internal(f) => assert!(f.cause().is_some()),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

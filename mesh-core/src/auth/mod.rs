@@ -70,10 +70,10 @@ pub enum AuthError {
     OutOfScope(String),
     /// Key generation, loading or signing failed.
     #[error("key: {0}")]
-    Key(#[source] crate::Failure),
+    Key(crate::Failure),
     /// Password hashing failed (not a wrong password: that is `Ok(false)`).
     #[error("password hash: {0}")]
-    Hash(#[source] crate::Failure),
+    Hash(crate::Failure),
 }
 
 impl AuthError {

@@ -44,7 +44,7 @@ pub enum ClientError {
     /// TLS failed: the server's certificate is not trusted, or the server
     /// does not speak TLS. The message says which and what to do.
     #[error("TLS: {0}")]
-    Tls(#[source] crate::Failure),
+    Tls(crate::Failure),
     /// The network or socket failed.
     #[error("transport: {0}")]
     Transport(#[source] Arc<dyn std::error::Error + Send + Sync + 'static>),

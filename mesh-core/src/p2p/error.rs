@@ -168,7 +168,7 @@ pub enum P2pError {
     Unreachable(Vec<Failure>),
     /// The QUIC connection failed or was closed.
     #[error("connection: {0}")]
-    Connection(#[source] Failure),
+    Connection(Failure),
     /// The peer sent bytes that are not a valid frame.
     #[error("bad frame: {0}")]
     Frame(#[from] FrameError),
@@ -198,7 +198,7 @@ pub enum P2pError {
     BadLocalPath(String),
     /// Certificate generation, loading, or TLS configuration failed.
     #[error("identity / TLS: {0}")]
-    Tls(#[source] Failure),
+    Tls(Failure),
     /// The endpoint was closed.
     #[error("the endpoint is closed")]
     Closed,
