@@ -21,7 +21,9 @@ step() {
   step_start=$(date +%s)
   printf '\n== %s\n' "$*"
 }
-trap 'step_done; printf -- "-- total: %d s\n" $(( $(date +%s) - script_start ))' EXIT
+# The services started below are stopped however the script ends.
+source scripts/services.sh
+trap 'stop_services; step_done; printf -- "-- total: %d s\n" $(( $(date +%s) - script_start ))' EXIT
 
 target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 
@@ -33,12 +35,12 @@ fi
 
 step "system packages (Debian): the services the tests start, Chromium, the JVM"
 # One `apt-get update` and one install, of what is missing only. The tests
-# start their own instances (coturn, pebble, nginx) on free ports; CI=true
-# makes a test without its service fail.
+# start their own instances (PostgreSQL, nats-server, coturn, pebble, nginx)
+# on free ports; CI=true makes a test without its service fail.
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=""
-for pkg in coturn pebble nginx-light iptables iproute2 procps conntrack iputils-ping openssl ca-certificates libnss3-tools chromium chromium-driver libjna-java; do
+for pkg in postgresql nats-server coturn pebble nginx-light iptables iproute2 procps conntrack iputils-ping openssl ca-certificates libnss3-tools chromium chromium-driver libjna-java; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing="$missing $pkg"
 done
 command -v python3 >/dev/null 2>&1 || missing="$missing python3"
@@ -50,6 +52,9 @@ if [ -n "$missing" ]; then
   # No recommends: big installs with them fail here.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
+
+step "services: PostgreSQL and nats-server on free ports in a temporary folder (stopped at exit)"
+start_services
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

@@ -84,7 +84,8 @@ impl Error {
             ErrorCode::Internal => "internal server error".to_owned(),
             // The cause (a path, an OS error) stays in the log.
             ErrorCode::Unavailable => {
-                "the server's disk is full or unavailable; nothing was stored, try again later"
+                "the server's storage is unavailable (disk full or database unreachable); \
+                 nothing was stored, try again later"
                     .to_owned()
             }
             _ => self.to_string(),
@@ -220,7 +221,7 @@ mod tests {
         assert_eq!(e.code(), ErrorCode::Unavailable);
         assert_eq!(e.code().http_status(), 503);
         assert_eq!(e.code().as_str(), "unavailable");
-        assert!(e.client_message().contains("disk is full"));
+        assert!(e.client_message().contains("disk full"));
         assert!(!e.client_message().contains("secret"));
     }
 

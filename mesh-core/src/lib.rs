@@ -54,6 +54,8 @@ mod bounded_map;
 #[cfg(feature = "client")]
 pub mod client;
 #[cfg(feature = "server")]
+pub mod cluster;
+#[cfg(feature = "server")]
 pub mod engine;
 pub mod error;
 #[cfg(feature = "p2p")]

@@ -358,7 +358,7 @@ impl Server {
                     self.out.push_back((peer, Item::Close(why)));
                     self.closed.push((peer, reason));
                 }
-                Output::SessionEnded { .. } => {}
+                Output::SessionEnded { .. } | Output::Presence(_) => {}
             }
         }
     }

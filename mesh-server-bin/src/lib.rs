@@ -38,10 +38,14 @@ use anyhow::Context as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use mesh_core::auth::turn::IceConfig;
 use mesh_core::auth::{KeyRing, TokenVerifier};
+use mesh_core::cluster::ClusterConfig;
+use mesh_core::cluster::nats::NatsBus;
 use mesh_core::protocol::P2pServerInfo;
 use mesh_core::relay::grant::RelaySecret;
 use mesh_core::relay::server::Relay;
 use mesh_core::service::{Service, ServiceConfig};
+use mesh_core::storage::IntoDynStore;
+use mesh_core::storage::postgres::{PgOptions, PgStore};
 use mesh_core::storage::sled::{CheckReport, SledStore, SledStoreError};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -62,11 +66,71 @@ pub use tls::ServerTls;
 
 use conn::{Activity, Admission, ConnCounter, ConnSlot, IdleIo};
 
+/// Where a server keeps its records.
+#[derive(Clone, Default)]
+pub enum StoreChoice {
+    /// sled in the data folder (`db/`): one node, nothing else to run.
+    #[default]
+    Embedded,
+    /// PostgreSQL: the system of record shared by every node of a
+    /// deployment. See docs/deploy.md.
+    Postgres {
+        /// `postgres://user:password@host:port/database`.
+        url: String,
+        options: PgOptions,
+    },
+}
+
+impl StoreChoice {
+    /// The store named by `--store`: `sled` (the data folder's), or a
+    /// `postgres://` / `postgresql://` URL.
+    pub fn parse(value: &str) -> anyhow::Result<Self> {
+        if value == "sled" {
+            return Ok(StoreChoice::Embedded);
+        }
+        if value.starts_with("postgres://") || value.starts_with("postgresql://") {
+            return Ok(StoreChoice::Postgres {
+                url: value.to_owned(),
+                options: PgOptions::default(),
+            });
+        }
+        anyhow::bail!("--store is `sled` or a postgres:// URL")
+    }
+}
+
+impl fmt::Debug for StoreChoice {
+    // The URL may hold a password: never printed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreChoice::Embedded => f.write_str("Embedded"),
+            StoreChoice::Postgres { options, .. } => f
+                .debug_struct("Postgres")
+                .field("url", &"(not shown)")
+                .field("options", options)
+                .finish(),
+        }
+    }
+}
+
+/// How a node joins the other nodes of a deployment.
+#[derive(Clone, Debug)]
+pub struct ClusterChoice {
+    /// The NATS server(s): `nats://host:4222` (comma-separated for several).
+    pub bus_url: String,
+    pub config: ClusterConfig,
+}
+
 /// Settings of a server.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Where the database (`db/`) and the signing keys (`keys/`) live.
+    /// Where the signing keys (`keys/`), the TURN secret and, with the
+    /// embedded store, the database (`db/`) live.
     pub data_dir: PathBuf,
+    /// The database: sled in `data_dir` (the default) or PostgreSQL.
+    pub store: StoreChoice,
+    /// Other nodes to serve the same deployment with (PostgreSQL store
+    /// only); `None`: this node alone.
+    pub cluster: Option<ClusterChoice>,
     /// Largest HTTP request body; larger gets 413.
     pub max_body_bytes: usize,
     /// WebSocket limits.
@@ -94,6 +158,8 @@ impl Config {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         Self {
             data_dir: data_dir.into(),
+            store: StoreChoice::Embedded,
+            cluster: None,
             max_body_bytes: 64 * 1024,
             ws: WsLimits::default(),
             conn: ConnLimits::default(),
@@ -183,23 +249,25 @@ impl From<TcpListener> for Listeners {
     }
 }
 
-/// Opens the data folder: the sled database and the signing keys.
+/// Opens the store (the data folder's sled database, or PostgreSQL) and
+/// the signing keys.
 ///
-/// A database that cannot be trusted (see `mesh_core::storage::sled`,
+/// A sled database that cannot be trusted (see `mesh_core::storage::sled`,
 /// "Integrity at open") is refused with an error that names the folder and
-/// says what to do; nothing on disk is changed then.
-pub fn open_service(config: &Config) -> anyhow::Result<Service> {
+/// says what to do; nothing on disk is changed then. PostgreSQL's schema is
+/// brought up to date (see `mesh_core::storage::postgres`).
+pub async fn open_service(config: &Config) -> anyhow::Result<Service> {
     let data = &config.data_dir;
     std::fs::create_dir_all(data)
         .with_context(|| format!("creating the data folder {}", data.display()))?;
-    let store = match SledStore::open(data.join("db")) {
-        Ok(store) => store,
-        Err(e @ (SledStoreError::Refused { .. } | SledStoreError::NewerSchema { .. })) => {
-            return Err(anyhow::Error::new(e).context(refusal_advice(data)));
-        }
-        Err(e) => {
-            return Err(anyhow::Error::new(e)
-                .context(format!("opening the database in {}", data.display())));
+    let store = match &config.store {
+        StoreChoice::Embedded => open_sled(data)?.into_dyn(),
+        StoreChoice::Postgres { url, options } => {
+            let store = PgStore::connect(url, options.clone())
+                .await
+                .context("opening the PostgreSQL store (--store)")?;
+            tracing::info!("records in PostgreSQL ({store:?})");
+            store.into_dyn()
         }
     };
     let keys = KeyRing::load_or_generate(&config.data_dir.join("keys"))
@@ -218,10 +286,25 @@ pub fn open_service(config: &Config) -> anyhow::Result<Service> {
         };
     }
     let service = Service::builder()
-        .store(store)
+        .dyn_store(store)
         .keys(keys)
         .config(service_config)
         .build()?;
+    if let Some(cluster) = &config.cluster {
+        anyhow::ensure!(
+            matches!(config.store, StoreChoice::Postgres { .. }),
+            "a cluster (--bus) needs the store every node shares: a PostgreSQL --store"
+        );
+        let node = &cluster.config.node_id;
+        let bus = NatsBus::connect(&cluster.bus_url, node.as_str())
+            .await
+            .context("connecting to the bus (--bus)")?;
+        service
+            .join_cluster(Arc::new(bus), cluster.config.clone())
+            .await
+            .context("joining the cluster")?;
+        tracing::info!("node {node} of a cluster, bus on NATS");
+    }
     Ok(service)
 }
 
@@ -263,6 +346,21 @@ pub fn load_or_create_turn_secret(path: &Path) -> anyhow::Result<String> {
         .and_then(|()| file.sync_all())
         .with_context(|| format!("writing the TURN secret {}", path.display()))?;
     Ok(secret)
+}
+
+/// The data folder's sled database, refused with advice when it cannot be
+/// trusted.
+fn open_sled(data: &Path) -> anyhow::Result<SledStore> {
+    match SledStore::open(data.join("db")) {
+        Ok(store) => Ok(store),
+        Err(e @ (SledStoreError::Refused { .. } | SledStoreError::NewerSchema { .. })) => {
+            Err(anyhow::Error::new(e).context(refusal_advice(data)))
+        }
+        Err(e) => {
+            Err(anyhow::Error::new(e)
+                .context(format!("opening the database in {}", data.display())))
+        }
+    }
 }
 
 /// What an operator reads when the database is refused.
@@ -371,7 +469,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let listeners = listeners.into();
     config.p2p.udp_port = listeners.udp_port();
-    let service = open_service(&config)?;
+    let service = open_service(&config).await?;
     serve(listeners, service, config, shutdown).await
 }
 
@@ -472,6 +570,7 @@ pub async fn serve(
     }
     tracing::info!("shutting down");
     drop(listener);
+    state.service.leave_cluster().await;
     let _ = stop_tx.send(true);
     drop(state);
     if tokio::time::timeout(grace, all_done.recv()).await.is_err() {

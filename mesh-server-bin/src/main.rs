@@ -33,9 +33,36 @@ struct Args {
     /// Address to listen on.
     #[arg(long, env = "MESH_LISTEN", default_value = "127.0.0.1:8000")]
     listen: SocketAddr,
-    /// Folder for the database and the signing keys (created if missing).
+    /// Folder for the signing keys, the TURN secret and the embedded
+    /// database (created if missing).
     #[arg(long, env = "MESH_DATA", default_value = "./mesh-data")]
     data: PathBuf,
+    /// Where records live: `sled` (in --data; one node) or a PostgreSQL URL,
+    /// `postgres://user:password@host:port/database`, shared by every node
+    /// of a deployment (docs/deploy.md) [default: sled].
+    #[arg(long, env = "MESH_STORE", value_name = "sled|URL")]
+    store: Option<String>,
+    /// The bus to the other nodes of a deployment, `nats://host:4222`
+    /// (several comma-separated); needs a PostgreSQL --store (docs/deploy.md).
+    #[arg(long, env = "MESH_BUS", value_name = "URL")]
+    bus: Option<String>,
+    /// This node's name in the cluster, unique per node [default: random].
+    #[arg(long, env = "MESH_NODE_ID")]
+    node_id: Option<String>,
+    /// Subjects on the bus start with this; deployments sharing one NATS
+    /// keep apart by prefix [default: mesh].
+    #[arg(long, env = "MESH_BUS_PREFIX")]
+    bus_prefix: Option<String>,
+    /// Milliseconds between this node's presence heartbeats [default: 5000].
+    #[arg(long, env = "MESH_CLUSTER_HEARTBEAT_MS")]
+    cluster_heartbeat_ms: Option<u64>,
+    /// Milliseconds after which a silent node counts as gone, its users
+    /// offline [default: 15000].
+    #[arg(long, env = "MESH_CLUSTER_NODE_TIMEOUT_MS")]
+    cluster_node_timeout_ms: Option<u64>,
+    /// Connections to PostgreSQL this node opens at most [default: 16].
+    #[arg(long, env = "MESH_STORE_CONNECTIONS")]
+    store_connections: Option<usize>,
     /// Frames a WebSocket connection may send in a burst [default: 60].
     #[arg(long, env = "MESH_FRAME_BURST")]
     frame_burst: Option<u32>,
@@ -206,6 +233,57 @@ impl Args {
     /// The server's settings: the defaults, overridden by the flags given.
     fn config(&self) -> anyhow::Result<mesh_server_bin::Config> {
         let mut config = mesh_server_bin::Config::new(self.data.clone());
+        if let Some(store) = &self.store {
+            config.store = mesh_server_bin::StoreChoice::parse(store)?;
+        }
+        if let Some(bus) = &self.bus {
+            let node_id = match &self.node_id {
+                Some(id) => mesh_core::cluster::NodeId::new(id)?,
+                None => mesh_core::cluster::NodeId::random(),
+            };
+            let mut cluster = mesh_core::cluster::ClusterConfig::new(node_id);
+            if let Some(prefix) = &self.bus_prefix {
+                anyhow::ensure!(
+                    !prefix.is_empty()
+                        && prefix
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+                    "--bus-prefix is letters, digits, _ and -"
+                );
+                cluster.subject_prefix = prefix.clone();
+            }
+            if let Some(ms) = self.cluster_heartbeat_ms {
+                anyhow::ensure!(ms >= 10, "--cluster-heartbeat-ms must be at least 10");
+                cluster.heartbeat = Duration::from_millis(ms);
+            }
+            if let Some(ms) = self.cluster_node_timeout_ms {
+                cluster.node_timeout = Duration::from_millis(ms);
+            }
+            anyhow::ensure!(
+                cluster.node_timeout > cluster.heartbeat * 2,
+                "--cluster-node-timeout-ms must be more than two heartbeats"
+            );
+            config.cluster = Some(mesh_server_bin::ClusterChoice {
+                bus_url: bus.clone(),
+                config: cluster,
+            });
+        } else {
+            anyhow::ensure!(
+                self.node_id.is_none() && self.bus_prefix.is_none(),
+                "--node-id and --bus-prefix are for a cluster: give --bus too"
+            );
+        }
+        if let Some(n) = self.store_connections {
+            anyhow::ensure!(n >= 1, "--store-connections must be at least 1");
+            match &mut config.store {
+                mesh_server_bin::StoreChoice::Postgres { options, .. } => {
+                    options.max_connections = n
+                }
+                mesh_server_bin::StoreChoice::Embedded => {
+                    anyhow::bail!("--store-connections is for a PostgreSQL --store")
+                }
+            }
+        }
         let frame = &mut config.service.frame_rate;
         if let Some(burst) = self.frame_burst {
             anyhow::ensure!(burst >= 1, "--frame-burst must be at least 1");
@@ -376,7 +454,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     config.p2p.udp_port = Some(udp.local_addr()?.port());
     // The data folder first: a server that refuses its data never listens.
-    let service = mesh_server_bin::open_service(&config)?;
+    let service = mesh_server_bin::open_service(&config).await?;
     let challenges = tls_setup(&args, &mut config)?;
     let listener = tcp
         .listen(1024)

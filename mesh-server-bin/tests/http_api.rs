@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 async fn health_and_unknown_routes() {
     let s = TestServer::start().await;
     let (status, body) = s.call(Method::GET, "/health", None, None).await;
-    assert_eq!((status, body), (200, json!({"status": "ok"})));
+    assert_eq!(
+        (status, body),
+        (200, json!({"status": "ok", "store": "ok"}))
+    );
     let (status, body) = s.call(Method::GET, "/api/nope", None, None).await;
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");

@@ -53,7 +53,9 @@ impl Server {
             .local_addr()
             .expect("udp addr");
         config.p2p.udp_port = listeners.udp_port();
-        let service = mesh_server_bin::open_service(&config).expect("service");
+        let service = mesh_server_bin::open_service(&config)
+            .await
+            .expect("service");
         let (stop, stopped) = oneshot::channel::<()>();
         tokio::spawn(mesh_server_bin::serve(
             listeners,

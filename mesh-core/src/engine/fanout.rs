@@ -35,6 +35,19 @@ use crate::transport::CloseCode;
 use super::Engine;
 use super::state::{Held, Pending, Timer};
 
+/// The most skipped seqs a room remembers; older ones, if they ever come,
+/// are dropped (clients fill such holes from history).
+const MAX_SKIPPED: usize = 1024;
+
+/// How many seqs below the first one a room sees may still arrive and be
+/// delivered (late, once).
+const BASELINE_SLACK: u64 = 64;
+
+/// The seqs just below a baseline, which may still come.
+pub(super) fn baseline_slack(baseline: u64) -> std::collections::BTreeSet<u64> {
+    (baseline.saturating_sub(BASELINE_SLACK).max(1)..baseline).collect()
+}
+
 impl Engine {
     pub(super) fn do_message_created(
         &mut self,
@@ -49,19 +62,50 @@ impl Engine {
         match order.last {
             Some(last) if seq > last.saturating_add(1) => {
                 let deadline = now.saturating_add(self.config.reorder_window);
-                order.pending.insert(
-                    seq,
-                    Pending {
-                        message,
-                        origin,
-                        deadline,
-                    },
-                );
-                self.arm_reorder(room);
+                match order.pending.get_mut(&seq) {
+                    // A second copy of a held message: one is enough, but
+                    // the origin's request must keep its answer.
+                    Some(held) => {
+                        if held.origin.is_none() {
+                            held.origin = origin;
+                        }
+                    }
+                    None => {
+                        order.pending.insert(
+                            seq,
+                            Pending {
+                                message,
+                                origin,
+                                deadline,
+                            },
+                        );
+                        self.arm_reorder(room);
+                    }
+                }
             }
-            Some(last) if seq <= last => self.deliver(now, message, origin),
-            _ => {
+            Some(last) if seq <= last => {
+                if order.skipped.remove(&seq) {
+                    self.deliver(now, message, origin);
+                } else if let Some((peer, request_id)) = origin {
+                    // Delivered already (filled in from the store or another
+                    // node first): the room has it; its sender still gets
+                    // the one answer to its request.
+                    if self.peers.contains_key(&peer) {
+                        self.reply(peer, request_id, ServerEvent::MessageCreated { message });
+                    }
+                }
+            }
+            Some(_) => {
                 order.last = Some(seq);
+                self.deliver(now, message, origin);
+                self.release_consecutive(now, room);
+            }
+            None => {
+                // The baseline. Messages just before it may still be on
+                // their way (stored concurrently, or from another node):
+                // they count as skipped, to be delivered once if they come.
+                order.last = Some(seq);
+                order.skipped = baseline_slack(seq);
                 self.deliver(now, message, origin);
                 self.release_consecutive(now, room);
             }
@@ -122,6 +166,15 @@ impl Engine {
         };
         let rest = r.order.pending.split_off(&upto.saturating_add(1));
         let due = std::mem::replace(&mut r.order.pending, rest);
+        // The seqs jumped over may still come (a slow store, another node):
+        // remembered, so that they are delivered then, and only once.
+        if let Some(last) = r.order.last {
+            let skipped = (last.saturating_add(1)..upto).filter(|seq| !due.contains_key(seq));
+            r.order.skipped.extend(skipped.take(MAX_SKIPPED));
+            while r.order.skipped.len() > MAX_SKIPPED {
+                r.order.skipped.pop_first();
+            }
+        }
         r.order.last = Some(r.order.last.map_or(upto, |last| last.max(upto)));
         for (_, pending) in due {
             self.deliver(now, pending.message, pending.origin);

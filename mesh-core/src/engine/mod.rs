@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 
+mod cluster;
 mod fanout;
 mod presence;
 mod rooms;
@@ -33,6 +34,7 @@ mod state;
 mod tests;
 mod typing;
 
+pub use cluster::NodePresence;
 use state::{PeerState, RoomState, Timer, UserState};
 
 use crate::error::Error;
@@ -104,6 +106,9 @@ pub enum Output {
     /// A P2P session ended (closed, expired, or a peer left): the service
     /// removes it from the store.
     SessionEnded { session_id: SessionId },
+    /// A user's presence on this node changed (connected, gone, or chose a
+    /// status): for the other nodes of a cluster; ignored by a lone node.
+    Presence(NodePresence),
 }
 
 /// What the engine knows of a connected peer.
@@ -128,6 +133,8 @@ pub struct Engine {
     /// Every pending deadline, earliest first (see `state`).
     timers: BTreeSet<(Timestamp, Timer)>,
     outputs: VecDeque<Output>,
+    /// Presence of users online on other nodes only (see `cluster`).
+    remote: HashMap<UserId, (Presence, Option<String>)>,
 }
 
 impl Engine {
@@ -141,6 +148,7 @@ impl Engine {
             sessions: BTreeMap::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
+            remote: HashMap::new(),
         }
     }
 
@@ -304,9 +312,10 @@ impl Engine {
     /// The user's presence as others see it: `Offline` with no connection,
     /// else the chosen status (`Online` by default).
     pub fn presence_of(&self, user: UserId) -> Presence {
-        self.users
-            .get(&user)
-            .map_or(Presence::Offline, UserState::visible)
+        match self.users.get(&user) {
+            Some(state) => state.visible(),
+            None => self.remote_presence_of(user),
+        }
     }
 
     /// Relays an `rtc.*` signal to its target peer only, with `from_peer_id`

@@ -105,6 +105,7 @@ impl Engine {
                     message,
                 },
             );
+            self.presence_changed(user.id);
         }
     }
 
@@ -134,7 +135,8 @@ impl Engine {
                 .users
                 .get(&user)
                 .is_some_and(|u| u.chosen == Presence::Offline);
-            if !invisible {
+            // Still online on another node: nothing changes for others.
+            if !invisible && !self.online_elsewhere(user) {
                 let mut audience = self.audience_of(user);
                 audience.remove(&peer);
                 self.broadcast(
@@ -169,6 +171,9 @@ impl Engine {
             if u.peers.is_empty() {
                 self.users.remove(&user);
             }
+        }
+        if last {
+            self.presence_changed(user);
         }
     }
 
@@ -245,5 +250,6 @@ impl Engine {
         };
         self.broadcast(audience.into_iter().collect(), event.clone());
         self.reply(peer, request_id, event);
+        self.presence_changed(user);
     }
 }

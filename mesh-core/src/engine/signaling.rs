@@ -46,13 +46,7 @@ impl Engine {
         }
         signal.from_peer_id = Some(from);
         signal.from_user_id = Some(sender);
-        let event = match kind {
-            RtcKind::Offer => ServerEvent::RtcOffer(signal),
-            RtcKind::Answer => ServerEvent::RtcAnswer(signal),
-            RtcKind::Ice => ServerEvent::RtcIce(signal),
-            RtcKind::Hangup => ServerEvent::RtcHangup(signal),
-        };
-        self.broadcast(vec![target], event);
+        self.broadcast(vec![target], kind.event(signal));
         Ok(())
     }
 

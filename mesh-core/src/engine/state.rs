@@ -101,6 +101,11 @@ pub(super) struct Order {
     /// The newest `seq` delivered; `None` until the first message, which is
     /// the baseline (the engine cannot know what came before it).
     pub(super) last: Option<u64>,
+    /// Seqs at or below `last` that were skipped (the reorder window ran
+    /// out before they came): the only ones below `last` still to deliver.
+    /// Anything else at or below `last` was delivered already, and a second
+    /// copy (from another node, or from the store filling a gap) is dropped.
+    pub(super) skipped: BTreeSet<u64>,
     pub(super) pending: BTreeMap<u64, Pending>,
     /// The deadline currently in the timer set for this room, if any.
     pub(super) timer: Option<Timestamp>,

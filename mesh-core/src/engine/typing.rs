@@ -49,7 +49,7 @@ impl Engine {
 
     /// Sends `chat.typing` to the room's connections of users other than
     /// `user`.
-    fn relay_typing(&mut self, room: RoomId, user: UserId, typing: bool) {
+    pub(super) fn relay_typing(&mut self, room: RoomId, user: UserId, typing: bool) {
         let Some(r) = self.rooms.get(&room) else {
             return;
         };

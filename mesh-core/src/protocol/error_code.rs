@@ -19,7 +19,8 @@ pub enum ErrorCode {
     /// Extension: the path exists but not with this HTTP method (405).
     MethodNotAllowed,
     /// Extension: the server cannot store anything right now, typically
-    /// because its disk is full (503). Nothing was stored; retry later.
+    /// because its disk is full or its database is out of reach (503).
+    /// Nothing was stored; retry later.
     Unavailable,
     /// Extension: the request header did not arrive within the server's
     /// header time-out (408); the server closes the connection after it.

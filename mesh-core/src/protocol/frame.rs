@@ -34,7 +34,8 @@ pub struct Hello {
 
 /// The kinds of WebRTC signal (`rtc.offer`, `rtc.answer`, `rtc.ice`,
 /// `rtc.hangup`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RtcKind {
     Offer,
     Answer,
@@ -43,6 +44,16 @@ pub enum RtcKind {
 }
 
 impl RtcKind {
+    /// The event that carries `signal` to its target.
+    pub fn event(self, signal: RtcSignal) -> ServerEvent {
+        match self {
+            RtcKind::Offer => ServerEvent::RtcOffer(signal),
+            RtcKind::Answer => ServerEvent::RtcAnswer(signal),
+            RtcKind::Ice => ServerEvent::RtcIce(signal),
+            RtcKind::Hangup => ServerEvent::RtcHangup(signal),
+        }
+    }
+
     /// The kind as the event types name it: `offer` for `rtc.offer`, …
     pub fn as_str(self) -> &'static str {
         match self {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use super::Service;
 use super::limits::{ConnectionLimiter, Verdict};
 use crate::auth::{Identity, Scope};
+use crate::cluster::ClusterEvent;
 use crate::engine::PeerInfo;
 use crate::error::Error;
 use crate::protocol::RtcKind;
@@ -185,7 +186,13 @@ impl PeerConnection {
             ClientRequest::Typing { room_id, typing } => {
                 let peer = self.peer;
                 self.service
-                    .with_engine(|engine, now| engine.typing(now, peer, room_id, typing))
+                    .with_engine(|engine, now| engine.typing(now, peer, room_id, typing))?;
+                self.service.publish(ClusterEvent::Typing {
+                    room_id,
+                    user_id: self.user().id,
+                    typing,
+                });
+                Ok(())
             }
             ClientRequest::PresenceUpdate { status, message } => {
                 match validate::presence_message(message.as_deref()) {
@@ -233,6 +240,14 @@ impl PeerConnection {
 
     fn rtc(&self, kind: RtcKind, signal: crate::protocol::RtcSignal) -> Result<(), Error> {
         let peer = self.peer;
+        let target = signal.target_peer_id;
+        let here = super::lock(&self.service.inner.hub)
+            .engine
+            .peer(target)
+            .is_some();
+        if !here && self.service.in_cluster() {
+            return self.service.rtc_elsewhere(peer, kind, signal);
+        }
         self.service
             .with_engine(|engine, now| engine.relay_rtc(now, peer, kind, signal))
     }
@@ -262,9 +277,13 @@ impl PeerConnection {
             p2p: hello.p2p.map(validate::p2p_info).transpose()?,
         };
         let catch_up: Vec<(RoomId, u64)> = since.iter().map(|(r, s)| (*r, *s)).collect();
+        let heads_from = self.service.in_cluster().then(|| rooms.clone());
         self.service
             .with_engine(|engine, now| engine.connect(now, info, rooms, since, id));
         self.live = true;
+        if let Some(rooms) = heads_from {
+            self.service.observe_heads(&rooms).await;
+        }
         for (room, after) in catch_up {
             self.backfill(room, after).await?;
         }
@@ -317,6 +336,13 @@ impl PeerConnection {
         let peer = self.peer;
         self.service
             .with_engine(|engine, now| engine.join_room(now, peer, room, members, id));
+        self.service.publish(ClusterEvent::MemberJoined {
+            room_id: room,
+            user: self.user().clone(),
+        });
+        if self.service.in_cluster() {
+            self.service.observe_heads(&[room]).await;
+        }
         Ok(())
     }
 
@@ -355,11 +381,20 @@ impl PeerConnection {
         // dropped mid-append cannot leave a stored message unannounced.
         let service = self.service.clone();
         let task = tokio::spawn(async move {
+            // Until the engine has it, a gap fill must not deliver it
+            // without its request id (see `Service::fill_room`).
+            let _local = service.appending(message.id);
             let outcome = service.inner.store.append_message(message).await?;
             match outcome {
-                AppendOutcome::Created(message) => service.with_engine(|engine, now| {
-                    engine.message_created(now, message, Some((peer, id)))
-                }),
+                AppendOutcome::Created(message) => {
+                    let event = ClusterEvent::MessageCreated {
+                        message: message.clone(),
+                    };
+                    service.with_engine(|engine, now| {
+                        engine.message_created(now, message, Some((peer, id)))
+                    });
+                    service.publish(event);
+                }
                 AppendOutcome::Duplicate(message) => {
                     let frame = OutgoingFrame::reply(id, ServerEvent::MessageCreated { message });
                     service.with_hub(|hub, now| hub.send_direct(now, peer, &frame));

@@ -1,15 +1,23 @@
 //! The hub: the engine plus the live connections its output goes to.
 //!
-//! This is the one place where the engine's fan-out and presence leave the
-//! process. Scaling out to several server nodes replaces
-//! [`Hub::dispatch`]'s local delivery with a broker (NATS subjects per room
-//! and per peer) without touching the engine or the service.
+//! This is the one place where the engine's fan-out leaves for sockets.
+//! What other nodes must hear of goes out through the service's cluster
+//! link (`service::cluster`), not from here.
 
 use std::collections::HashMap;
 
-use crate::engine::{Engine, Output};
+use crate::engine::{Engine, NodePresence, Output};
 use crate::protocol::{DeviceId, OutgoingFrame, PeerId, SessionId, Timestamp, UserId};
 use crate::transport::{CloseCode, DynConnection, EncodedFrame, SendError};
+
+/// What [`Hub::dispatch`] leaves for the caller, to do outside the lock.
+#[derive(Debug, Default)]
+pub(crate) struct Dispatched {
+    /// P2P sessions that ended: to remove from the store.
+    pub(crate) ended: Vec<SessionId>,
+    /// Presence changes of this node's users: for the other nodes.
+    pub(crate) presence: Vec<NodePresence>,
+}
 
 /// A live connection and whose it is.
 #[derive(Debug)]
@@ -65,8 +73,8 @@ impl Hub {
     /// P2P sessions that ended (returned, for the caller to remove from the
     /// store outside the lock). A slow consumer whose queue overflows is
     /// closed with 1013 and disconnected from the engine at once.
-    pub(crate) fn dispatch(&mut self, now: Timestamp) -> Vec<SessionId> {
-        let mut ended = Vec::new();
+    pub(crate) fn dispatch(&mut self, now: Timestamp) -> Dispatched {
+        let mut out = Dispatched::default();
         loop {
             let mut overflowed = Vec::new();
             while let Some(output) = self.engine.poll_output() {
@@ -85,11 +93,12 @@ impl Hub {
                             entry.conn.close(code, &reason);
                         }
                     }
-                    Output::SessionEnded { session_id } => ended.push(session_id),
+                    Output::SessionEnded { session_id } => out.ended.push(session_id),
+                    Output::Presence(presence) => out.presence.push(presence),
                 }
             }
             if overflowed.is_empty() {
-                return ended;
+                return out;
             }
             for peer in overflowed {
                 self.engine.disconnect(now, peer);

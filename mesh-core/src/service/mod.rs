@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use crate::auth::tokens::{self, MAX_CAPABILITY_TTL};
 use crate::auth::{Authenticator, Identity, JwtAuthenticator, KeyRing, Scope};
+use crate::cluster::ClusterEvent;
 use crate::engine::{Engine, EngineConfig};
 use crate::error::{Error, Result};
 use crate::protocol::http::{
@@ -49,6 +50,7 @@ use crate::storage::{
 };
 use crate::validate;
 
+mod cluster;
 mod connection;
 mod hashing;
 mod hub;
@@ -141,6 +143,9 @@ impl ServiceBuilder {
             next_timer: AtomicI64::new(i64::MAX),
             users: users::UserCache::new(users::UserCache::CAPACITY),
             config: self.config,
+            cluster: std::sync::OnceLock::new(),
+            directory: Mutex::new(Default::default()),
+            appending: Mutex::new(Default::default()),
         });
         runtime.spawn(run_timers(Arc::downgrade(&inner), timers));
         Ok(Service { inner })
@@ -213,6 +218,13 @@ struct Inner {
     /// User records read from the store (they never change).
     users: users::UserCache,
     config: ServiceConfig,
+    /// The link to the other nodes, once [`Service::join_cluster`] ran.
+    cluster: std::sync::OnceLock<cluster::ClusterLink>,
+    /// Presence on the other nodes.
+    directory: Mutex<crate::cluster::directory::Directory>,
+    /// Messages being stored and announced by this node (see
+    /// `cluster::Service::appending`).
+    appending: Mutex<std::collections::HashSet<crate::protocol::MessageId>>,
 }
 
 /// Locks a mutex even if a panicking thread poisoned it: the engine's state
@@ -258,18 +270,21 @@ impl Service {
 
     fn with_hub<R>(&self, f: impl FnOnce(&mut Hub, Timestamp) -> R) -> R {
         let now = Timestamp::now();
-        let (result, ended, next) = {
+        let (result, dispatched, next) = {
             let mut hub = lock(&self.inner.hub);
             let result = f(&mut hub, now);
-            let ended = hub.dispatch(now);
-            (result, ended, hub.engine.poll_timeout())
+            let dispatched = hub.dispatch(now);
+            (result, dispatched, hub.engine.poll_timeout())
         };
         if let Some(next) = next
             && next.unix_millis() < self.inner.next_timer.load(Ordering::Relaxed)
         {
             self.inner.timers.notify_one();
         }
-        self.forget_sessions(ended);
+        for presence in dispatched.presence {
+            self.publish(ClusterEvent::Presence { presence });
+        }
+        self.forget_sessions(dispatched.ended);
         result
     }
 
@@ -564,6 +579,7 @@ impl Service {
             store.put_device(record).await?;
         }
         self.with_engine(|engine, now| engine.revoke_device(now, device));
+        self.publish(ClusterEvent::DeviceRevoked { device_id: device });
         Ok(())
     }
 
@@ -621,6 +637,10 @@ impl Service {
         };
         self.inner.store.create_room(room.clone(), owner).await?;
         self.with_engine(|engine, now| engine.member_added(now, room.id, &user));
+        self.publish(ClusterEvent::MemberJoined {
+            room_id: room.id,
+            user: user.clone(),
+        });
         Ok(room)
     }
 
@@ -757,6 +777,10 @@ impl Service {
         self.join(identity, id).await?;
         let user = self.me(identity).await?;
         self.with_engine(|engine, now| engine.member_added(now, id, &user));
+        self.publish(ClusterEvent::MemberJoined {
+            room_id: id,
+            user: user.clone(),
+        });
         self.visible_room(identity, id).await
     }
 
@@ -777,6 +801,10 @@ impl Service {
         self.inner.store.remove_member(id, identity.user_id).await?;
         let user = identity.user_id;
         self.with_engine(|engine, now| engine.leave_room(now, id, user, reply));
+        self.publish(ClusterEvent::MemberLeft {
+            room_id: id,
+            user_id: user,
+        });
         Ok(())
     }
 
@@ -815,6 +843,7 @@ impl Service {
             .await?
             .ok_or_else(|| Error::NotFound("no such room".into()))?;
         self.with_engine(|engine, now| engine.room_updated(now, &room));
+        self.publish(ClusterEvent::RoomUpdated { room: room.clone() });
         Ok(room)
     }
 
@@ -829,6 +858,7 @@ impl Service {
         }
         self.inner.store.delete_room(id).await?;
         self.with_engine(|engine, now| engine.room_deleted(now, id));
+        self.publish(ClusterEvent::RoomDeleted { room_id: id });
         Ok(())
     }
 
@@ -872,6 +902,10 @@ impl Service {
             )));
         }
         self.with_engine(|engine, now| engine.member_added(now, id, &user));
+        self.publish(ClusterEvent::MemberJoined {
+            room_id: id,
+            user: user.clone(),
+        });
         let presence = lock(&self.inner.hub).engine.presence_of(user.id);
         Ok(Member {
             user,
@@ -907,6 +941,10 @@ impl Service {
         }
         self.inner.store.remove_member(id, user).await?;
         self.with_engine(|engine, now| engine.leave_room(now, id, user, None));
+        self.publish(ClusterEvent::MemberLeft {
+            room_id: id,
+            user_id: user,
+        });
         Ok(())
     }
 
@@ -934,6 +972,11 @@ impl Service {
             .ok_or_else(|| Error::NotFound("that user is not a member".into()))?;
         self.inner.store.set_role(id, user, role).await?;
         self.with_engine(|engine, now| engine.role_changed(now, id, user, role));
+        self.publish(ClusterEvent::RoleChanged {
+            room_id: id,
+            user_id: user,
+            role,
+        });
         let record = self.user(user).await?;
         let presence = lock(&self.inner.hub).engine.presence_of(user);
         Ok(Member {

@@ -23,6 +23,14 @@ pub struct EraseStoreError<S: Store>(pub S);
 impl<S: Store> Store for EraseStoreError<S> {
     type Error = StoreError;
 
+    async fn last_seqs(&self, rooms: &[RoomId]) -> Result<Vec<u64>, StoreError> {
+        self.0.last_seqs(rooms).await.map_err(Into::into)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.0.ping().await.map_err(Into::into)
+    }
+
     async fn create_user(&self, record: UserRecord) -> Result<bool, StoreError> {
         self.0.create_user(record).await.map_err(Into::into)
     }

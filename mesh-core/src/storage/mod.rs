@@ -9,6 +9,8 @@
 //! - [`memory::MemoryStore`]: in memory, for tests and embedding.
 //! - [`sled::SledStore`] (feature `sled`): the embedded on-disk default, with
 //!   group commit.
+//! - [`postgres::PgStore`] (feature `postgres`): PostgreSQL, the system of
+//!   record for deployments of several nodes.
 //!
 //! Every backend passes the same suite, [`conformance`] (feature
 //! `conformance`): one macro call proves a new backend.
@@ -31,6 +33,8 @@ use crate::protocol::{
 pub mod conformance;
 mod erase;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sled")]
 pub mod sled;
 
@@ -238,6 +242,16 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     ) -> Result<Page, Self::Error>;
     /// The highest `seq` in the room, 0 if it has no messages.
     async fn last_seq(&self, room: RoomId) -> Result<u64, Self::Error>;
+    /// [`Store::last_seq`] of each room, in the order given (a cluster
+    /// node's sweep asks for all its live rooms at once). The default asks
+    /// one by one; a database answers in one query.
+    async fn last_seqs(&self, rooms: &[RoomId]) -> Result<Vec<u64>, Self::Error> {
+        let mut lasts = Vec::with_capacity(rooms.len());
+        for room in rooms {
+            lasts.push(self.last_seq(*room).await?);
+        }
+        Ok(lasts)
+    }
 
     // ---- P2P sessions ----
 
@@ -250,6 +264,14 @@ pub trait Store: fmt::Debug + Send + Sync + 'static {
     async fn sessions_of(&self, user: UserId) -> Result<Vec<P2pSession>, Self::Error>;
     /// `false` if there was no such session.
     async fn delete_session(&self, id: SessionId) -> Result<bool, Self::Error>;
+
+    // ---- health ----
+
+    /// Whether the backend can serve now, for a health check: a database
+    /// server answers, for example. The default (an embedded store) says yes.
+    async fn ping(&self) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 /// Clamps a requested page size to `1..=MAX_PAGE`, as [`Store::messages`]

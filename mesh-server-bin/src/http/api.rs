@@ -34,6 +34,36 @@ fn parse_num<T: FromStr>(query: Option<&str>, name: &str) -> Result<Option<T>, E
         .transpose()
 }
 
+/// `GET /health`: 200 when the store answers, 503 (with the store's
+/// error) when it does not. A load balancer stops sending new clients to a
+/// node that answers 503.
+async fn health(svc: &mesh_core::service::Service) -> Response<Body> {
+    let store = svc.store().ping().await;
+    let bus = svc.bus_health().await;
+    let mut body = json!({"status": "ok", "store": "ok"});
+    let mut ok = true;
+    if let Err(e) = &store {
+        tracing::warn!("health check: the store does not answer: {e}");
+        body["store"] = json!(e.to_string());
+        ok = false;
+    }
+    if let Some(bus) = bus {
+        body["bus"] = json!("ok");
+        body["nodes"] = json!(svc.cluster_nodes());
+        if let Err(e) = bus {
+            tracing::warn!("health check: the bus does not answer: {e}");
+            body["bus"] = json!(e.to_string());
+            ok = false;
+        }
+    }
+    if ok {
+        json_response(StatusCode::OK, &body)
+    } else {
+        body["status"] = json!("unavailable");
+        json_response(StatusCode::SERVICE_UNAVAILABLE, &body)
+    }
+}
+
 fn not_allowed() -> Error {
     Error::MethodNotAllowed
 }
@@ -51,7 +81,7 @@ pub(super) async fn route(
     let svc = &state.service;
     match segments.as_slice() {
         ["health"] => match method {
-            Method::GET => Ok(json_response(StatusCode::OK, &json!({"status": "ok"}))),
+            Method::GET => Ok(health(svc).await),
             _ => Err(not_allowed()),
         },
         ["ws"] => match method {

@@ -5,6 +5,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod process;
+pub mod services;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -47,7 +48,9 @@ pub struct ServiceServer {
 impl ServiceServer {
     /// Serves `config` (whose data folder is in `dir`) on 127.0.0.1:0.
     pub async fn start(config: mesh_server_bin::Config, dir: tempfile::TempDir) -> Self {
-        let service = mesh_server_bin::open_service(&config).expect("service");
+        let service = mesh_server_bin::open_service(&config)
+            .await
+            .expect("service");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -109,6 +112,18 @@ impl TestServer {
             stop: Some(stop),
             task: Some(task),
             _dir: dir,
+        }
+    }
+
+    /// A handle on a server running elsewhere (a child process): requests
+    /// only; [`TestServer::stop`] does nothing.
+    pub fn attach(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            http: http_client(),
+            stop: None,
+            task: None,
+            _dir: None,
         }
     }
 
@@ -270,6 +285,24 @@ impl WsClient {
         }
     }
 
+    /// The next JSON frame (set-aside ones first), or `None` once the
+    /// connection is closed or broken.
+    pub async fn try_next(&mut self) -> Option<Value> {
+        if !self.seen.is_empty() {
+            return Some(self.seen.remove(0));
+        }
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame or the end in time");
+            match msg {
+                Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).ok(),
+                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return None,
+                Some(Ok(_)) => continue,
+            }
+        }
+    }
+
     /// Waits for a frame of type `kind`; other frames are kept in `seen`.
     pub async fn expect(&mut self, kind: &str) -> Value {
         self.expect_where(kind, |_| true).await
@@ -287,6 +320,34 @@ impl WsClient {
             }
             self.seen.push(frame);
         }
+    }
+
+    /// Every `chat.message.created` of `room` (those set aside by earlier
+    /// waits first), until one with `seq` at least `until` has come; in the
+    /// order they came.
+    pub async fn messages_until(&mut self, room: &str, until: u64) -> Vec<Value> {
+        let is_message = |f: &Value| {
+            f["type"] == "chat.message.created" && f["payload"]["message"]["room_id"] == room
+        };
+        let mut got: Vec<Value> = Vec::new();
+        let mut rest = Vec::new();
+        for frame in std::mem::take(&mut self.seen) {
+            if is_message(&frame) {
+                got.push(frame["payload"]["message"].clone());
+            } else {
+                rest.push(frame);
+            }
+        }
+        self.seen = rest;
+        while !got.iter().any(|m| m["seq"].as_u64() >= Some(until)) {
+            let frame = self.next().await;
+            if is_message(&frame) {
+                got.push(frame["payload"]["message"].clone());
+            } else {
+                self.seen.push(frame);
+            }
+        }
+        got
     }
 
     /// Waits for the answer to request `id`.

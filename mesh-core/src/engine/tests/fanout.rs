@@ -142,6 +142,55 @@ fn a_missing_seq_is_skipped_after_the_window_and_delivered_late_if_it_comes() {
 }
 
 #[test]
+fn a_second_copy_of_a_seq_is_dropped_but_its_origin_still_gets_its_answer() {
+    // Copies come from the store filling a gap and from other nodes: each
+    // seq reaches the room once.
+    let mut h = Harness::new();
+    let room = RoomId::new();
+    let alice = user("alice");
+    let a = h.connect(&alice, &[room]);
+    let b = h.connect(&user("bob"), &[room]);
+    h.clear();
+    for seq in [1, 2, 2, 1, 3] {
+        h.engine
+            .message_created(h.now, message(room, seq, &alice), None);
+    }
+    h.drain();
+    assert_eq!(h.seqs(b), vec![1, 2, 3]);
+    h.clear();
+    // 5 comes before 4, twice: once filled from the store, once as the
+    // sender's own (with its request id).
+    h.engine
+        .message_created(h.now, message(room, 5, &alice), None);
+    h.engine.message_created(
+        h.now,
+        message(room, 5, &alice),
+        Some((a, Some("r5".into()))),
+    );
+    h.engine
+        .message_created(h.now, message(room, 4, &alice), None);
+    h.drain();
+    assert_eq!(h.seqs(b), vec![4, 5]);
+    let to_a = h.take(a);
+    assert_eq!(to_a.len(), 2, "alice gets 4, and 5 once: as her answer");
+    assert_eq!(to_a[1].id.as_deref(), Some("r5"));
+    // Delivered already, then the sender's own copy comes: it answers the
+    // request only.
+    h.engine
+        .message_created(h.now, message(room, 6, &alice), None);
+    h.engine.message_created(
+        h.now,
+        message(room, 6, &alice),
+        Some((a, Some("r6".into()))),
+    );
+    h.drain();
+    assert_eq!(h.seqs(b), vec![6]);
+    let to_a = h.take(a);
+    assert_eq!(to_a.len(), 2);
+    assert_eq!(to_a[1].id.as_deref(), Some("r6"));
+}
+
+#[test]
 fn a_later_message_released_by_timeout_takes_earlier_held_ones_along() {
     let mut h = Harness::new();
     let room = RoomId::new();

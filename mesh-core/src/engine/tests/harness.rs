@@ -139,6 +139,7 @@ impl Harness {
                 }
                 Output::Close { peer, code, reason } => self.closed.push((peer, code, reason)),
                 Output::SessionEnded { session_id } => self.ended.push(session_id),
+                Output::Presence(_) => {}
             }
         }
         self.land();

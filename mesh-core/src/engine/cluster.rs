@@ -1,0 +1,218 @@
+//! What other nodes of a deployment tell this engine, and what this engine
+//! tells them (see [`crate::cluster`]).
+//!
+//! A node's engine knows only its own connections. Messages stored by
+//! another node come in through [`Engine::message_created`] like local ones
+//! (without an origin), and the room's order deduplicates them by `seq`
+//! (see `fanout`). Typing and presence of users connected elsewhere come in
+//! here: they reach this node's connections, and the user's presence as
+//! this node shows it is the local one, or else the one other nodes report.
+//! Local presence changes leave as [`Output::Presence`] for the driver to
+//! publish.
+
+use crate::error::Error;
+use crate::protocol::{
+    PeerId, Presence, RoomId, RtcKind, RtcSignal, ServerEvent, Timestamp, UserId,
+};
+
+use super::state::Timer;
+use super::{Engine, Output};
+
+/// A user's presence on one node, as nodes tell each other.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodePresence {
+    pub user_id: UserId,
+    /// `Offline`: no connection on that node (or invisible).
+    pub status: Presence,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The rooms the user's connections there are subscribed to: who
+    /// should hear about it.
+    pub rooms: Vec<RoomId>,
+    /// The user's connections there (for signals addressed to a peer).
+    #[serde(default)]
+    pub peers: Vec<PeerId>,
+}
+
+impl Engine {
+    /// A user connected to other nodes changed presence there (`None`: no
+    /// longer online on any other node). `rooms`: where to tell it, the
+    /// rooms the user was and is in. Told to this node's connections in
+    /// those rooms unless the user is connected here too (then their local
+    /// presence stands).
+    pub fn remote_presence(
+        &mut self,
+        _now: Timestamp,
+        user: UserId,
+        presence: Option<(Presence, Option<String>)>,
+        rooms: &[RoomId],
+    ) {
+        let (status, message) = presence.clone().unwrap_or((Presence::Offline, None));
+        let old = match presence {
+            Some(now_there) => self.remote.insert(user, now_there),
+            None => self.remote.remove(&user),
+        };
+        let old = old.unwrap_or((Presence::Offline, None));
+        if old == (status, message.clone()) || self.users.contains_key(&user) {
+            // Nothing new, or connected here too: the local presence stands.
+            return;
+        }
+        if status == Presence::Offline {
+            for room in rooms {
+                self.end_typing(*room, user);
+            }
+        }
+        let mut to = std::collections::BTreeSet::new();
+        for room in rooms {
+            if let Some(r) = self.rooms.get(room) {
+                to.extend(r.subscribers.iter().copied());
+            }
+        }
+        self.broadcast(
+            to.into_iter().collect(),
+            ServerEvent::PresenceUpdate {
+                user_id: user,
+                status,
+                message,
+            },
+        );
+    }
+
+    /// `chat.typing` of a user connected to another node: relayed to this
+    /// node's other users in the room; a `true` ends by itself after
+    /// [`EngineConfig::typing_ttl`](super::EngineConfig::typing_ttl), as a
+    /// local one does.
+    pub fn remote_typing(&mut self, now: Timestamp, room: RoomId, user: UserId, typing: bool) {
+        if !self.rooms.contains_key(&room) {
+            return;
+        }
+        if !typing {
+            self.end_typing(room, user);
+            return;
+        }
+        let expires = now.saturating_add(self.config.typing_ttl);
+        let old = self
+            .rooms
+            .get_mut(&room)
+            .and_then(|r| r.typing.insert(user, expires));
+        self.reschedule(Timer::Typing(room, user), old, Some(expires));
+        self.relay_typing(room, user, true);
+    }
+
+    /// An `rtc.*` signal from a peer on another node (`from_peer_id` and
+    /// `from_user_id` filled in there, the sender's room checked there):
+    /// delivered if its target is connected here and in the room.
+    pub fn remote_rtc(&mut self, kind: RtcKind, signal: RtcSignal) {
+        let target = signal.target_peer_id;
+        if self.is_subscribed(target, signal.room_id) {
+            self.broadcast(vec![target], kind.event(signal));
+        }
+    }
+
+    /// Checks an `rtc.*` signal from `from`, connected here, to a peer that
+    /// is not: the sender must be in the room. The signal with its sender
+    /// filled in, for another node to deliver.
+    pub fn rtc_to_elsewhere(
+        &mut self,
+        now: Timestamp,
+        from: PeerId,
+        mut signal: RtcSignal,
+    ) -> Result<RtcSignal, Error> {
+        let Some(sender) = self.user_of(from) else {
+            return Err(Error::NotFound("sending peer is not connected".into()));
+        };
+        self.touch(now, from);
+        if !self.is_subscribed(from, signal.room_id) {
+            return Err(Error::Forbidden(
+                "signaling is only allowed between peers in the same room".into(),
+            ));
+        }
+        signal.from_peer_id = Some(from);
+        signal.from_user_id = Some(sender);
+        Ok(signal)
+    }
+
+    /// Every user connected here, with their presence and rooms: what a
+    /// node's heartbeat carries.
+    pub fn local_presence(&self) -> Vec<NodePresence> {
+        self.users
+            .keys()
+            .map(|user| self.node_presence(*user))
+            .collect()
+    }
+
+    /// The rooms with connections here and the newest `seq` delivered in
+    /// each (`None` before the first): what a node compares with the store
+    /// to find messages the bus lost.
+    pub fn room_heads(&self) -> Vec<(RoomId, Option<u64>)> {
+        self.rooms
+            .iter()
+            .filter(|(_, r)| !r.subscribers.is_empty())
+            .map(|(id, r)| (*id, r.order.last))
+            .collect()
+    }
+
+    /// The newest `seq` delivered in the room (`None` before the first, or
+    /// when no connection here is in it).
+    pub fn room_head(&self, room: RoomId) -> Option<u64> {
+        self.rooms.get(&room).and_then(|r| r.order.last)
+    }
+
+    /// The store says `room` has messages up to `last`, and none was
+    /// delivered here yet: `last` becomes the room's baseline (the ones
+    /// just before it still count as to come), so that a later gap is seen.
+    pub fn observe_room_head(&mut self, room: RoomId, last: u64) {
+        if let Some(r) = self.rooms.get_mut(&room)
+            && r.order.last.is_none()
+        {
+            r.order.last = Some(last);
+            r.order.skipped = super::fanout::baseline_slack(last);
+        }
+    }
+
+    /// The user's presence on this node.
+    pub(super) fn node_presence(&self, user: UserId) -> NodePresence {
+        let Some(state) = self.users.get(&user) else {
+            return NodePresence {
+                user_id: user,
+                status: Presence::Offline,
+                message: None,
+                rooms: Vec::new(),
+                peers: Vec::new(),
+            };
+        };
+        let mut rooms = std::collections::BTreeSet::new();
+        for peer in &state.peers {
+            if let Some(p) = self.peers.get(peer) {
+                rooms.extend(p.rooms.iter().copied());
+            }
+        }
+        NodePresence {
+            user_id: user,
+            status: state.visible(),
+            message: state.message.clone(),
+            rooms: rooms.into_iter().collect(),
+            peers: state.peers.iter().copied().collect(),
+        }
+    }
+
+    /// Tells the driver the user's presence here changed (for other nodes).
+    pub(super) fn presence_changed(&mut self, user: UserId) {
+        let presence = self.node_presence(user);
+        self.outputs.push_back(Output::Presence(presence));
+    }
+
+    /// Whether other nodes report the user online.
+    pub(super) fn online_elsewhere(&self, user: UserId) -> bool {
+        self.remote
+            .get(&user)
+            .is_some_and(|(s, _)| *s != Presence::Offline)
+    }
+
+    /// The user's presence as other nodes report it.
+    pub(super) fn remote_presence_of(&self, user: UserId) -> Presence {
+        self.remote
+            .get(&user)
+            .map_or(Presence::Offline, |(s, _)| *s)
+    }
+}

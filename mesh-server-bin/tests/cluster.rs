@@ -1,0 +1,462 @@
+//! Three `mesh-server` processes on one PostgreSQL and one NATS: users on
+//! different nodes chat in one room, see each other's presence and typing,
+//! call each other (WebRTC signals);
+//! a node killed with `kill -9` mid-chat loses nothing acknowledged and its
+//! users go offline everywhere within the node time-out.
+//!
+//! Each test has a database of its own and a subject prefix of its own on
+//! the NATS that `scripts/services.sh` starts (`MESH_TEST_POSTGRES`,
+//! `MESH_TEST_NATS`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::process::{ServerProcess, start_binary};
+use common::services::{pg_database, service_url};
+use common::{TestServer, WsClient};
+use serde_json::{Value, json};
+
+/// Heartbeats every 200 ms, a silent node gone after 1.5 s: the
+/// documented defaults are 5 s and 15 s; the tests run the same code
+/// faster.
+const HEARTBEAT_MS: &str = "200";
+const NODE_TIMEOUT_MS: &str = "1500";
+
+struct Cluster {
+    url: String,
+    nats: String,
+    prefix: String,
+    data: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn new() -> Option<Self> {
+        let nats = service_url("MESH_TEST_NATS", "NATS")?;
+        let url = pg_database().await?;
+        Some(Self {
+            url,
+            nats,
+            prefix: format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            // One data folder for every node: the signing keys the first
+            // node writes are the ones all of them use.
+            data: tempfile::tempdir().expect("dir"),
+        })
+    }
+
+    fn start(&self, name: &str) -> ServerProcess {
+        start_node(self.data.path(), &self.url, &self.nats, &self.prefix, name)
+    }
+}
+
+fn start_node(data: &Path, url: &str, nats: &str, prefix: &str, name: &str) -> ServerProcess {
+    let flags = [
+        "--store",
+        url,
+        "--bus",
+        nats,
+        "--bus-prefix",
+        prefix,
+        "--node-id",
+        name,
+        "--cluster-heartbeat-ms",
+        HEARTBEAT_MS,
+        "--cluster-node-timeout-ms",
+        NODE_TIMEOUT_MS,
+    ];
+    start_binary(data, &flags).expect("a node starts")
+}
+
+async fn hello(node: &ServerProcess, token: &str, since: Value) -> WsClient {
+    TestServer::attach(node.addr)
+        .ws_with_hello(token, json!({ "since": since }))
+        .await
+}
+
+async fn presence_of(ws: &mut WsClient, user: &str, status: &str) {
+    ws.expect_where("presence.update", |f| {
+        f["payload"]["user_id"] == user && f["payload"]["status"] == status
+    })
+    .await;
+}
+
+/// The seqs of `messages`, checked to be 1..=n in order, each once.
+fn assert_exactly_once_in_order(messages: &[Value], n: u64, who: &str) {
+    let seqs: Vec<u64> = messages.iter().filter_map(|m| m["seq"].as_u64()).collect();
+    assert_eq!(
+        seqs,
+        (1..=n).collect::<Vec<_>>(),
+        "{who} saw every message once, in order"
+    );
+}
+
+#[tokio::test]
+async fn users_on_three_nodes_chat_type_and_see_each_other() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let nodes: Vec<ServerProcess> = ["a", "b", "c"].iter().map(|n| cluster.start(n)).collect();
+    let on = |i: usize| TestServer::attach(nodes[i].addr);
+    let (alice, alice_token) = on(0).register("alice").await;
+    let (bob, bob_token) = on(1).register("bob").await;
+    let (carol, carol_token) = on(2).register("carol").await;
+    let room = on(0).create_room(&alice_token, "everyone", "public").await;
+    for (i, token) in [(1, &bob_token), (2, &carol_token)] {
+        let (status, body) = on(i)
+            .post(&format!("/api/rooms/{room}/join"), Some(token), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let id = |user: &Value| user["id"].as_str().expect("id").to_owned();
+    let (alice, bob, carol) = (id(&alice), id(&bob), id(&carol));
+
+    let mut wa = hello(&nodes[0], &alice_token, json!({})).await;
+    let mut wb = hello(&nodes[1], &bob_token, json!({})).await;
+    presence_of(&mut wa, &bob, "online").await;
+    let mut wc = hello(&nodes[2], &carol_token, json!({})).await;
+    presence_of(&mut wa, &carol, "online").await;
+    presence_of(&mut wb, &carol, "online").await;
+    // A node's own members API shows presence from the others.
+    let (status, members) = on(2)
+        .get(&format!("/api/rooms/{room}/members"), &carol_token)
+        .await;
+    assert_eq!(status, 200);
+    let alice_there = members["members"]
+        .as_array()
+        .and_then(|m| {
+            m.iter()
+                .find(|m| m["user"]["id"] == alice.as_str())
+                .cloned()
+        })
+        .expect("alice is a member");
+    assert_eq!(alice_there["presence"], "online", "{members}");
+
+    // Typing crosses nodes.
+    wb.send(
+        "chat.typing",
+        json!({"room_id": room, "typing": true}),
+        None,
+    )
+    .await;
+    for ws in [&mut wa, &mut wc] {
+        ws.expect_where("chat.typing", |f| {
+            f["payload"]["user_id"] == bob.as_str() && f["payload"]["typing"] == true
+        })
+        .await;
+    }
+
+    // A call: WebRTC signals cross nodes, only to their target, with the
+    // sender filled in; a peer no node has is not found.
+    let offer = json!({"room_id": room, "target_peer_id": wb.peer_id, "sdp": "v=0"});
+    wa.send("rtc.offer", offer, None).await;
+    let got = wb.expect("rtc.offer").await;
+    assert_eq!(got["payload"]["from_user_id"], alice.as_str(), "{got}");
+    assert_eq!(got["payload"]["from_peer_id"], wa.peer_id.as_str(), "{got}");
+    assert_eq!(got["payload"]["sdp"], "v=0");
+    let answer = json!({"room_id": room, "target_peer_id": wa.peer_id, "sdp": "v=0 answer"});
+    wb.send("rtc.answer", answer, None).await;
+    let got = wa.expect("rtc.answer").await;
+    assert_eq!(got["payload"]["from_user_id"], bob.as_str(), "{got}");
+    let nobody = json!({"room_id": room, "target_peer_id": uuid::Uuid::new_v4(), "sdp": "x"});
+    let refused = wa.request("rtc.offer", nobody, "lost").await;
+    assert_eq!(refused["payload"]["code"], "not_found", "{refused}");
+
+    // Messages from all three nodes, interleaved: everyone sees 1..=N.
+    const EACH: u64 = 10;
+    for i in 0..EACH {
+        for (ws, who) in [(&mut wa, "a"), (&mut wb, "b"), (&mut wc, "c")] {
+            ws.send(
+                "chat.message.send",
+                json!({"room_id": room, "content": format!("{who}{i}"), "client_id": format!("{who}{i}")}),
+                None,
+            )
+            .await;
+        }
+    }
+    let n = 3 * EACH;
+    for (ws, who) in [(&mut wa, "alice"), (&mut wb, "bob"), (&mut wc, "carol")] {
+        let got = ws.messages_until(&room, n).await;
+        assert_exactly_once_in_order(&got, n, who);
+    }
+
+    // Carol leaves: offline for the others, on both other nodes.
+    drop(wc);
+    presence_of(&mut wa, &carol, "offline").await;
+    presence_of(&mut wb, &carol, "offline").await;
+    for node in nodes {
+        node.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_chat_loses_nothing() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let mut nodes: Vec<Option<ServerProcess>> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Some(cluster.start(n)))
+        .collect();
+    let addr =
+        |nodes: &Vec<Option<ServerProcess>>, i: usize| nodes[i].as_ref().expect("running").addr;
+    let on = |a| TestServer::attach(a);
+    let mut tokens = Vec::new();
+    for (i, name) in ["writer0", "writer1", "writer2", "watcher", "dave"]
+        .iter()
+        .enumerate()
+    {
+        let (_, token) = on(addr(&nodes, i % 3)).register(name).await;
+        tokens.push(token);
+    }
+    let room = on(addr(&nodes, 0))
+        .create_room(&tokens[0], "busy", "public")
+        .await;
+    for token in &tokens[1..] {
+        let (status, body) = on(addr(&nodes, 0))
+            .post(&format!("/api/rooms/{room}/join"), Some(token), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let dave_id = {
+        let (_, me) = on(addr(&nodes, 2)).get("/api/auth/me", &tokens[4]).await;
+        me["user"]["id"]
+            .as_str()
+            .map(str::to_owned)
+            .expect("dave's id")
+    };
+    // The watcher on node a; dave only on node c, the one to die.
+    let mut watcher = hello(nodes[0].as_ref().expect("a"), &tokens[3], json!({})).await;
+    let _dave = hello(nodes[2].as_ref().expect("c"), &tokens[4], json!({})).await;
+    presence_of(&mut watcher, &dave_id, "online").await;
+    // One writer per node.
+    let mut writers = Vec::new();
+    for i in 0..3 {
+        writers.push(hello(nodes[i].as_ref().expect("node"), &tokens[i], json!({})).await);
+    }
+
+    // Each writer sends PER messages; node c dies halfway through.
+    const PER: usize = 40;
+    let mut acked: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unacked: Vec<Vec<String>> = vec![Vec::new(); 3];
+    for i in 0..PER {
+        if i == PER / 2 {
+            nodes[2].take().expect("c").kill();
+        }
+        for (w, ws) in writers.iter_mut().enumerate() {
+            let cid = format!("w{w}-{i}");
+            if w == 2 && i >= PER / 2 {
+                unacked[w].push(cid);
+                continue;
+            }
+            ws.send(
+                "chat.message.send",
+                json!({"room_id": room, "content": cid, "client_id": cid}),
+                Some(&cid),
+            )
+            .await;
+            unacked[w].push(cid);
+        }
+        // Collect the answers to what the live writers sent.
+        for (w, ws) in writers.iter_mut().enumerate().take(2) {
+            let cid = format!("w{w}-{i}");
+            let ack = ws.reply(&cid).await;
+            assert_eq!(ack["type"], "chat.message.created", "{ack}");
+            acked.insert(
+                cid.clone(),
+                ack["payload"]["message"]["seq"].as_u64().expect("seq"),
+            );
+            unacked[w].retain(|c| *c != cid);
+        }
+    }
+    // Writer 2's answers that came before its node died.
+    let mut w2 = writers.pop().expect("w2");
+    while let Some(frame) = next_or_closed(&mut w2).await {
+        if frame["type"] == "chat.message.created"
+            && let Some(id) = frame["id"].as_str()
+        {
+            acked.insert(
+                id.to_owned(),
+                frame["payload"]["message"]["seq"].as_u64().expect("seq"),
+            );
+            unacked[2].retain(|c| c != id);
+        }
+    }
+    // It reconnects to node a with `since` and sends what was not
+    // acknowledged again, with the same client ids (as the SDK does).
+    let last_seen = acked.values().copied().max().unwrap_or(0);
+    let mut w2 = hello(
+        nodes[0].as_ref().expect("a"),
+        &tokens[2],
+        json!({ room.clone(): last_seen }),
+    )
+    .await;
+    for cid in &unacked[2] {
+        let ack = w2
+            .request(
+                "chat.message.send",
+                json!({"room_id": room, "content": cid, "client_id": cid}),
+                cid,
+            )
+            .await;
+        assert_eq!(ack["type"], "chat.message.created", "{ack}");
+        acked.insert(
+            cid.clone(),
+            ack["payload"]["message"]["seq"].as_u64().expect("seq"),
+        );
+    }
+
+    // Every message once, seqs 1..=N, every acknowledged seq as told.
+    let n = (3 * PER) as u64;
+    assert_eq!(acked.len() as u64, n);
+    let history = common::process::history(addr(&nodes, 1), &tokens[3], &room).await;
+    assert_exactly_once_in_order(&history, n, "history");
+    for m in &history {
+        let cid = m["client_id"].as_str().expect("client id");
+        assert_eq!(acked.get(cid), m["seq"].as_u64().as_ref(), "{cid}");
+    }
+    // The watcher on node a saw them all live, once, in order.
+    let live = watcher.messages_until(&room, n).await;
+    assert_exactly_once_in_order(&live, n, "the watcher");
+    // Dave was only on the dead node: offline for the watcher.
+    presence_of(&mut watcher, &dave_id, "offline").await;
+}
+
+/// The next frame, or `None` once the connection is gone.
+async fn next_or_closed(ws: &mut WsClient) -> Option<Value> {
+    ws.try_next().await
+}
+
+/// A nats-server of the test's own (`MESH_TEST_NATS_BIN`), to stop and
+/// start again on the same port.
+struct OwnNats {
+    bin: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnNats {
+    fn start() -> Option<Self> {
+        let bin = service_url("MESH_TEST_NATS_BIN", "NATS")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut nats = Self {
+            bin,
+            port,
+            child: None,
+        };
+        nats.restart();
+        Some(nats)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again), and waits until it accepts connections.
+    fn restart(&mut self) {
+        let child = std::process::Command::new(&self.bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + common::WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server listens in time"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_mid_chat_loses_and_duplicates_nothing() {
+    let (Some(mut nats), Some(url)) = (OwnNats::start(), pg_database().await) else {
+        return;
+    };
+    let data = tempfile::tempdir().expect("dir");
+    let a = start_node(data.path(), &url, &nats.url(), "mesh", "a");
+    let b = start_node(data.path(), &url, &nats.url(), "mesh", "b");
+    let (_, alice_token) = TestServer::attach(a.addr).register("alice").await;
+    let (_, bob_token) = TestServer::attach(b.addr).register("bob").await;
+    let room = TestServer::attach(a.addr)
+        .create_room(&alice_token, "through", "public")
+        .await;
+    let (status, body) = TestServer::attach(b.addr)
+        .post(
+            &format!("/api/rooms/{room}/join"),
+            Some(&bob_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut alice = hello(&a, &alice_token, json!({})).await;
+    let mut bob = hello(&b, &bob_token, json!({})).await;
+    let mut sent = 0u64;
+    let send = async |ws: &mut WsClient, sent: &mut u64| {
+        *sent += 1;
+        let cid = format!("m{sent}");
+        let ack = ws
+            .request(
+                "chat.message.send",
+                json!({"room_id": room, "content": cid, "client_id": cid}),
+                &cid,
+            )
+            .await;
+        assert_eq!(ack["type"], "chat.message.created", "{ack}");
+    };
+    for _ in 0..5 {
+        send(&mut alice, &mut sent).await;
+    }
+    assert_exactly_once_in_order(&bob.messages_until(&room, sent).await, sent, "bob, before");
+    // NATS goes away: sends still succeed (the store has them), and bob's
+    // node finds them in the store.
+    nats.kill();
+    for _ in 0..5 {
+        send(&mut alice, &mut sent).await;
+    }
+    let during = bob.messages_until(&room, sent).await;
+    assert_eq!(
+        during
+            .iter()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect::<Vec<_>>(),
+        (6..=10).collect::<Vec<_>>(),
+        "bob, while NATS is down"
+    );
+    // NATS is back: the nodes reconnect, and delivery goes on.
+    nats.restart();
+    for _ in 0..5 {
+        send(&mut alice, &mut sent).await;
+    }
+    let after = bob.messages_until(&room, sent).await;
+    assert_eq!(
+        after
+            .iter()
+            .filter_map(|m| m["seq"].as_u64())
+            .collect::<Vec<_>>(),
+        (11..=15).collect::<Vec<_>>(),
+        "bob, after NATS is back"
+    );
+    let history = common::process::history(b.addr, &bob_token, &room).await;
+    assert_exactly_once_in_order(&history, sent, "history");
+}
