@@ -15,7 +15,6 @@ use crate::protocol::{
     PeerId, Presence, RoomId, RtcKind, RtcSignal, ServerEvent, Timestamp, UserId,
 };
 
-use super::state::Timer;
 use super::{Engine, Output};
 
 /// A user's presence on one node, as nodes tell each other.
@@ -83,20 +82,9 @@ impl Engine {
     /// [`EngineConfig::typing_ttl`](super::EngineConfig::typing_ttl), as a
     /// local one does.
     pub fn remote_typing(&mut self, now: Timestamp, room: RoomId, user: UserId, typing: bool) {
-        if !self.rooms.contains_key(&room) {
-            return;
+        if self.rooms.contains_key(&room) {
+            self.set_typing(now, room, user, typing);
         }
-        if !typing {
-            self.end_typing(room, user);
-            return;
-        }
-        let expires = now.saturating_add(self.config.typing_ttl);
-        let old = self
-            .rooms
-            .get_mut(&room)
-            .and_then(|r| r.typing.insert(user, expires));
-        self.reschedule(Timer::Typing(room, user), old, Some(expires));
-        self.relay_typing(room, user, true);
     }
 
     /// An `rtc.*` signal from a peer on another node (`from_peer_id` and

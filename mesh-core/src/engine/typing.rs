@@ -33,9 +33,17 @@ impl Engine {
         }
         let user = p.info.user.id;
         self.touch(now, peer);
+        self.set_typing(now, room, user, typing);
+        Ok(())
+    }
+
+    /// Turns `user`'s indicator in `room` on (until
+    /// [`EngineConfig::typing_ttl`](super::EngineConfig::typing_ttl) passes
+    /// without renewal) or off, telling the room's other users.
+    pub(super) fn set_typing(&mut self, now: Timestamp, room: RoomId, user: UserId, typing: bool) {
         if !typing {
             self.end_typing(room, user);
-            return Ok(());
+            return;
         }
         let expires = now.saturating_add(self.config.typing_ttl);
         let old = self
@@ -44,7 +52,6 @@ impl Engine {
             .and_then(|r| r.typing.insert(user, expires));
         self.reschedule(Timer::Typing(room, user), old, Some(expires));
         self.relay_typing(room, user, true);
-        Ok(())
     }
 
     /// Sends `chat.typing` to the room's connections of users other than
