@@ -271,7 +271,7 @@ async fn a_node_killed_mid_chat_loses_nothing() {
     }
     // Writer 2's answers that came before its node died.
     let mut w2 = writers.pop().expect("w2");
-    while let Some(frame) = next_or_closed(&mut w2).await {
+    while let Some(frame) = w2.try_next().await {
         if frame["type"] == "chat.message.created"
             && let Some(id) = frame["id"].as_str()
         {
@@ -320,11 +320,6 @@ async fn a_node_killed_mid_chat_loses_nothing() {
     assert_exactly_once_in_order(&live, n, "the watcher");
     // Dave was only on the dead node: offline for the watcher.
     presence_of(&mut watcher, &dave_id, "offline").await;
-}
-
-/// The next frame, or `None` once the connection is gone.
-async fn next_or_closed(ws: &mut WsClient) -> Option<Value> {
-    ws.try_next().await
 }
 
 /// A nats-server of the test's own (`MESH_TEST_NATS_BIN`), to stop and

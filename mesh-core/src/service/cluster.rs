@@ -186,13 +186,17 @@ impl Service {
     }
 
     /// Marks a message this node is storing and announcing, until the
-    /// guard drops.
-    pub(super) fn appending(&self, id: MessageId) -> Appending {
+    /// guard drops. Only a node in a cluster fills gaps, so only there is
+    /// the mark kept.
+    pub(super) fn appending(&self, id: MessageId) -> Option<Appending> {
+        if !self.in_cluster() {
+            return None;
+        }
         lock(&self.inner.appending).insert(id);
-        Appending {
+        Some(Appending {
             service: self.clone(),
             id,
-        }
+        })
     }
 
     /// An `rtc.*` signal from `from` to a peer not connected here: sent to

@@ -33,8 +33,8 @@ use tokio_postgres::{NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    AppendOutcome, DeviceRecord, HistoryPage, MAX_PAGE, Membership, NewMessage, Page, RoomUpdate,
-    Store, StoreError, UserRecord, clamp_limit,
+    AppendOutcome, DeviceRecord, HistoryPage, Membership, NewMessage, Page, RoomUpdate, Store,
+    StoreError, UserRecord, clamp_limit,
 };
 use crate::protocol::{
     DeviceId, Message, P2pSession, PeerId, Role, Room, RoomId, SessionId, SessionKind,
@@ -768,7 +768,7 @@ impl Store for PgStore {
     async fn messages(&self, room: RoomId, query: HistoryPage, limit: usize) -> Result<Page> {
         let limit = clamp_limit(limit);
         // One more than asked, to learn whether there is more.
-        let fetch = i64::try_from(limit.min(MAX_PAGE) + 1).unwrap_or(i64::MAX);
+        let fetch = i64::try_from(limit + 1).unwrap_or(i64::MAX);
         let (newest_first, bound) = match query {
             HistoryPage::Latest => (true, i64::MAX),
             HistoryPage::Before(seq) => (true, seq_param(seq)),
