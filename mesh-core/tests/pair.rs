@@ -358,7 +358,9 @@ impl Server {
                     self.out.push_back((peer, Item::Close(why)));
                     self.closed.push((peer, reason));
                 }
-                Output::SessionEnded { .. } | Output::Presence(_) => {}
+                Output::SessionEnded { .. }
+                | Output::Presence(_)
+                | Output::RemoteSessionEnded { .. } => {}
             }
         }
     }

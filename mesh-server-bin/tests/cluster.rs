@@ -13,9 +13,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use common::agent::{Agent, Tweaks, attempt, guard};
 use common::process::{ServerProcess, start_binary};
 use common::services::{pg_database, service_url};
 use common::{TestServer, WsClient};
+use mesh_core::client::Event;
+use mesh_core::p2p::{ReceiveOptions, SendOptions};
+use mesh_core::protocol::SessionKind;
+use mesh_core::protocol::http::CreateRoomRequest;
 use serde_json::{Value, json};
 
 /// Heartbeats every 200 ms, a silent node gone after 1.5 s: the
@@ -187,6 +192,146 @@ async fn users_on_three_nodes_chat_type_and_see_each_other() {
     for node in nodes {
         node.kill();
     }
+}
+
+/// Waits for the first event of `agent` that `pick` takes.
+async fn event_where<T>(agent: &mut Agent, what: &str, pick: impl Fn(Event) -> Option<T>) -> T {
+    guard(what, async {
+        loop {
+            match agent.events.next().await {
+                Some(event) => {
+                    if let Some(found) = pick(event) {
+                        return found;
+                    }
+                }
+                None => panic!("{what}: the event stream ended"),
+            }
+        }
+    })
+    .await
+}
+
+/// Agents on two nodes: a session asked for on one node is announced on
+/// both with each agent's details; the token, signed by the first node,
+/// verifies at the agent on the second (one set of keys); a file crosses
+/// over QUIC; closing on one side ends the session on both; and a second
+/// session ends at the initiator when the target's node is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let nodes: Vec<ServerProcess> = ["a", "b"].iter().map(|n| cluster.start(n)).collect();
+    let mut alice = Agent::start(
+        &TestServer::attach(nodes[0].addr),
+        "alice",
+        Tweaks::default(),
+    )
+    .await;
+    let mut bob = Agent::start(&TestServer::attach(nodes[1].addr), "bob", Tweaks::default()).await;
+    let room = guard(
+        "create room",
+        alice.client.create_room(&CreateRoomRequest {
+            name: "p2p".into(),
+            ..CreateRoomRequest::default()
+        }),
+    )
+    .await
+    .expect("room")
+    .id;
+    guard("join", bob.client.join_room(room))
+        .await
+        .expect("join");
+    // Once alice hears bob joined, her node knows his agent and his room
+    // (node b tells its nodes his presence before the membership).
+    let bob_user = bob.client.me().expect("welcomed").1.id;
+    event_where(&mut alice, "bob joined", |e| match e {
+        Event::RoomJoined { user, .. } if user.id == bob_user => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let grant = guard(
+        "p2p.session.request",
+        alice
+            .client
+            .request_p2p_session(room, bob.me, SessionKind::File),
+    )
+    .await
+    .expect("node a grants a session with a peer on node b");
+    assert_eq!(grant.target, bob.info, "bob's details, from his node");
+    let to_bob = bob.grant(grant.session.id).await;
+    assert_eq!(to_bob.session_token, grant.session_token);
+    assert_eq!(to_bob.initiator, alice.info);
+    bob.expect(&to_bob);
+
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let bytes: Vec<u8> = (0..200_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let path = src.path().join("across.bin");
+    std::fs::write(&path, &bytes).expect("write");
+    let (out, inc) = attempt(
+        &alice.endpoint,
+        &grant.target,
+        grant.session.id,
+        &grant.session_token,
+        &bob,
+    )
+    .await;
+    let inc = inc.expect("bob's agent verifies node a's token");
+    let dest = dst.path().to_owned();
+    let receiver = tokio::spawn(async move {
+        inc.receive_file(&dest, &ReceiveOptions::default(), |_| {})
+            .await
+    });
+    guard(
+        "send",
+        out.expect("alice connects")
+            .send_file(&path, &SendOptions::default(), |_| {}),
+    )
+    .await
+    .expect("sent");
+    guard("receive", receiver)
+        .await
+        .expect("join")
+        .expect("received");
+    assert_eq!(
+        std::fs::read(dst.path().join("across.bin")).expect("read"),
+        bytes
+    );
+
+    // Bob closes it on his node: alice hears it from hers.
+    bob.client.close_p2p_session(grant.session.id);
+    let closed = |id| {
+        move |e| match e {
+            Event::P2pSessionClosed { session_id, reason } if session_id == id => Some(reason),
+            _ => None,
+        }
+    };
+    let reason = event_where(&mut alice, "closed at alice", closed(grant.session.id)).await;
+    assert_eq!(reason, "closed");
+    let reason = event_where(&mut bob, "closed at bob", closed(grant.session.id)).await;
+    assert_eq!(reason, "closed");
+
+    // A second session; bob's node dies: alice's ends within the node
+    // time-out, with nothing from node b.
+    let second = guard(
+        "second session",
+        alice
+            .client
+            .request_p2p_session(room, bob.me, SessionKind::Terminal),
+    )
+    .await
+    .expect("granted");
+    bob.grant(second.session.id).await;
+    let mut nodes = nodes.into_iter();
+    let (node_a, node_b) = (nodes.next().expect("a"), nodes.next().expect("b"));
+    node_b.kill();
+    let reason = event_where(&mut alice, "ended at alice", closed(second.session.id)).await;
+    assert_eq!(reason, "peer_disconnected");
+    node_a.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::NodeId;
 use crate::engine::NodePresence;
-use crate::protocol::{PeerId, Presence, RoomId, Timestamp, UserId};
+use crate::protocol::{P2pInfo, PeerId, Presence, RoomId, Timestamp, UserId};
 
 /// A user's presence across the other nodes changed.
 #[derive(Clone, Debug, PartialEq)]
@@ -19,6 +19,14 @@ pub(crate) struct Change {
     /// `None`: online on no other node.
     pub(crate) presence: Option<(Presence, Option<String>)>,
     pub(crate) rooms: Vec<RoomId>,
+}
+
+/// A peer connected to another node (see [`Directory::peer`]).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct RemotePeer {
+    pub(crate) user: UserId,
+    pub(crate) in_room: bool,
+    pub(crate) p2p: P2pInfo,
 }
 
 #[derive(Debug, Default)]
@@ -99,13 +107,26 @@ impl Directory {
         changes
     }
 
-    /// Whether another node has `peer` connected, and if so whether its
-    /// user is in `room` there.
-    pub(crate) fn peer_in_room(&self, peer: PeerId, room: RoomId) -> Option<bool> {
+    /// `peer`, if another node has it connected: its user, whether that
+    /// user is in `room` there, and what the peer announced for P2P.
+    pub(crate) fn peer(&self, peer: PeerId, room: RoomId) -> Option<RemotePeer> {
         self.nodes
             .values()
             .flat_map(|e| e.users.values())
-            .find_map(|p| p.peers.contains(&peer).then(|| p.rooms.contains(&room)))
+            .find(|p| p.peers.contains(&peer))
+            .map(|p| RemotePeer {
+                user: p.user_id,
+                in_room: p.rooms.contains(&room),
+                p2p: p.p2p.get(&peer).cloned().unwrap_or_default(),
+            })
+    }
+
+    /// Whether another node has `peer` connected.
+    pub(crate) fn has_peer(&self, peer: PeerId) -> bool {
+        self.nodes
+            .values()
+            .flat_map(|e| e.users.values())
+            .any(|p| p.peers.contains(&peer))
     }
 
     /// The nodes currently known.
@@ -181,7 +202,30 @@ mod tests {
             message: None,
             rooms: vec![room],
             peers: Vec::new(),
+            p2p: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn peers_are_found_with_their_user_room_and_p2p_details() {
+        let a = NodeId::new("a").expect("id");
+        let (user, room, peer) = (UserId::new(), RoomId::new(), PeerId::new());
+        let info = P2pInfo {
+            cert_fingerprint: Some("ab".repeat(32)),
+            addrs: vec!["192.0.2.1:4000".into()],
+        };
+        let mut d = Directory::default();
+        assert!(d.peer(peer, room).is_none());
+        let mut p = online(user, room);
+        p.peers = vec![peer];
+        p.p2p.insert(peer, info.clone());
+        d.update(&a, at(0), p);
+        let found = d.peer(peer, room).expect("found");
+        assert_eq!((found.user, found.in_room, found.p2p), (user, true, info));
+        assert!(!d.peer(peer, RoomId::new()).expect("found").in_room);
+        assert!(d.has_peer(peer));
+        d.remove(&a);
+        assert!(!d.has_peer(peer));
     }
 
     #[test]

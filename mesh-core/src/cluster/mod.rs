@@ -8,9 +8,11 @@
 //! What travels ([`ClusterEvent`], JSON in an [`Envelope`] naming the
 //! sending node):
 //! - on `PREFIX.room.<room id>`: messages after they are committed, typing,
-//!   membership and room changes;
-//! - on `PREFIX.nodes`: presence deltas and heartbeats, device revocations,
-//!   a node leaving.
+//!   membership and room changes, WebRTC signals and P2P sessions opened
+//!   between peers on two nodes;
+//! - on `PREFIX.nodes`: presence deltas and heartbeats (with what agents
+//!   announced for P2P), device revocations, such sessions' ends, a node
+//!   leaving.
 //!
 //! **Nothing is acknowledged on the bus's word.** A message is acknowledged
 //! to its sender once the store has committed it; the bus only makes the
@@ -37,7 +39,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::NodePresence;
-use crate::protocol::{DeviceId, Message, Role, Room, RoomId, RtcKind, RtcSignal, User, UserId};
+use crate::protocol::{
+    DeviceId, Message, P2pInfo, P2pSession, Role, Room, RoomId, RtcKind, RtcSignal, SessionId,
+    User, UserId,
+};
 
 pub mod bus;
 pub(crate) mod directory;
@@ -170,6 +175,20 @@ pub enum ClusterEvent {
         kind: RtcKind,
         signal: RtcSignal,
     },
+    /// A P2P session from a peer connected to the sending node to a peer
+    /// connected to another: that node announces it to its peer.
+    SessionOpened {
+        session: P2pSession,
+        session_token: String,
+        /// What the initiator announced.
+        initiator: P2pInfo,
+    },
+    /// A session with a party on another node ended on the sending node
+    /// (closed, expired, its party there left).
+    SessionClosed {
+        session_id: SessionId,
+        reason: String,
+    },
     /// A device was revoked: its connections close on every node.
     DeviceRevoked {
         device_id: DeviceId,
@@ -198,7 +217,9 @@ impl ClusterEvent {
             | ClusterEvent::RoleChanged { room_id, .. } => Some(*room_id),
             ClusterEvent::RoomUpdated { room } => Some(room.id),
             ClusterEvent::Rtc { signal, .. } => Some(signal.room_id),
+            ClusterEvent::SessionOpened { session, .. } => Some(session.room_id),
             ClusterEvent::DeviceRevoked { .. }
+            | ClusterEvent::SessionClosed { .. }
             | ClusterEvent::Presence { .. }
             | ClusterEvent::Heartbeat { .. }
             | ClusterEvent::NodeLeft => None,

@@ -10,9 +10,12 @@
 //! Local presence changes leave as [`Output::Presence`] for the driver to
 //! publish.
 
+use std::collections::BTreeMap;
+
 use crate::error::Error;
 use crate::protocol::{
-    PeerId, Presence, RoomId, RtcKind, RtcSignal, ServerEvent, Timestamp, UserId,
+    P2pInfo, P2pSession, PeerId, Presence, RoomId, RtcKind, RtcSignal, ServerEvent, SessionId,
+    SessionKind, Timestamp, UserId,
 };
 
 use super::{Engine, Output};
@@ -31,6 +34,9 @@ pub struct NodePresence {
     /// The user's connections there (for signals addressed to a peer).
     #[serde(default)]
     pub peers: Vec<PeerId>,
+    /// What the user's agents there announced for P2P sessions, by peer.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub p2p: BTreeMap<PeerId, P2pInfo>,
 }
 
 impl Engine {
@@ -120,6 +126,93 @@ impl Engine {
         Ok(signal)
     }
 
+    /// Checks a P2P session request from `initiator`, connected here, to
+    /// `target`, a peer of `target_user` connected to another node (the
+    /// driver checked there that it is in the room), and builds the session
+    /// as [`Engine::prepare_session`] does.
+    pub fn prepare_session_elsewhere(
+        &self,
+        now: Timestamp,
+        id: SessionId,
+        initiator: PeerId,
+        room: RoomId,
+        (target, target_user): (PeerId, UserId),
+        kind: SessionKind,
+    ) -> Result<P2pSession, Error> {
+        let initiator_user = self.check_initiator(initiator, room, target)?;
+        Ok(self.new_session(
+            now,
+            id,
+            (initiator, initiator_user),
+            room,
+            (target, target_user),
+            kind,
+        ))
+    }
+
+    /// Records a session prepared by [`Engine::prepare_session_elsewhere`]
+    /// and announces it to the initiator (`target_info`: what the target
+    /// announced there). The driver then tells the target's node, which
+    /// calls [`Engine::remote_session_opened`].
+    pub fn open_session_elsewhere(
+        &mut self,
+        now: Timestamp,
+        session: P2pSession,
+        session_token: String,
+        request_id: Option<String>,
+        target_info: P2pInfo,
+    ) {
+        let target = session.target_peer_id;
+        self.do_open_session(
+            now,
+            session,
+            session_token,
+            request_id,
+            Some((target, target_info)),
+        );
+    }
+
+    /// Another node opened a session whose target may be connected here:
+    /// if it is, and in the room, the session is recorded and announced to
+    /// it (with its own relay key). Whether the target is here.
+    pub fn remote_session_opened(
+        &mut self,
+        now: Timestamp,
+        session: P2pSession,
+        session_token: String,
+        initiator_info: P2pInfo,
+    ) -> bool {
+        let (target, initiator) = (session.target_peer_id, session.initiator_peer_id);
+        if !self.is_subscribed(target, session.room_id) {
+            return false;
+        }
+        self.do_open_session(
+            now,
+            session,
+            session_token,
+            None,
+            Some((initiator, initiator_info)),
+        );
+        true
+    }
+
+    /// The node of a session's other party ended it (or that party is
+    /// gone): `p2p.session.closed` to the party here.
+    pub fn remote_session_closed(&mut self, now: Timestamp, id: SessionId, reason: &str) {
+        if self.elsewhere.remove(&id).is_some() {
+            self.end_session(now, id, reason);
+        }
+    }
+
+    /// The live sessions whose other party is connected to another node,
+    /// with that party's peer (to end those whose peer is gone).
+    pub fn sessions_elsewhere(&self) -> Vec<(SessionId, PeerId)> {
+        self.elsewhere
+            .iter()
+            .map(|(id, peer)| (*id, *peer))
+            .collect()
+    }
+
     /// Every user connected here, with their presence and rooms: what a
     /// node's heartbeat carries.
     pub fn local_presence(&self) -> Vec<NodePresence> {
@@ -167,6 +260,7 @@ impl Engine {
                 message: None,
                 rooms: Vec::new(),
                 peers: Vec::new(),
+                p2p: BTreeMap::new(),
             };
         };
         let mut rooms = std::collections::BTreeSet::new();
@@ -181,6 +275,14 @@ impl Engine {
             message: state.message.clone(),
             rooms: rooms.into_iter().collect(),
             peers: state.peers.iter().copied().collect(),
+            p2p: state
+                .peers
+                .iter()
+                .filter_map(|peer| {
+                    let info = self.peers.get(peer)?.info.p2p.clone()?;
+                    Some((*peer, info))
+                })
+                .collect(),
         }
     }
 

@@ -109,6 +109,14 @@ pub enum Output {
     /// A user's presence on this node changed (connected, gone, or chose a
     /// status): for the other nodes of a cluster; ignored by a lone node.
     Presence(NodePresence),
+    /// A P2P session whose other party is connected to another node ended
+    /// here (closed, expired, or the party here left): for that node, which
+    /// tells its party (see [`Engine::remote_session_closed`]). Comes
+    /// beside [`Output::SessionEnded`].
+    RemoteSessionEnded {
+        session_id: SessionId,
+        reason: String,
+    },
 }
 
 /// What the engine knows of a connected peer.
@@ -130,6 +138,9 @@ pub struct Engine {
     devices: HashMap<DeviceId, BTreeSet<PeerId>>,
     rooms: HashMap<RoomId, RoomState>,
     sessions: BTreeMap<SessionId, P2pSession>,
+    /// The sessions whose other party is connected to another node, and
+    /// that party's peer (see `cluster`).
+    elsewhere: BTreeMap<SessionId, PeerId>,
     /// Every pending deadline, earliest first (see `state`).
     timers: BTreeSet<(Timestamp, Timer)>,
     outputs: VecDeque<Output>,
@@ -146,6 +157,7 @@ impl Engine {
             devices: HashMap::new(),
             rooms: HashMap::new(),
             sessions: BTreeMap::new(),
+            elsewhere: BTreeMap::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             remote: HashMap::new(),
@@ -361,7 +373,7 @@ impl Engine {
         session_token: String,
         request_id: Option<String>,
     ) {
-        self.do_open_session(now, session, session_token, request_id);
+        self.do_open_session(now, session, session_token, request_id, None);
     }
 
     /// Replaces `peer`'s announced [`P2pInfo`] (`p2p.announce`); sessions
@@ -371,6 +383,10 @@ impl Engine {
         match self.peers.get_mut(&peer) {
             Some(p) => {
                 p.info.p2p = Some(info);
+                let user = p.info.user.id;
+                // Other nodes learn it with the user's presence: sessions
+                // they open to this peer carry it.
+                self.presence_changed(user);
                 Ok(())
             }
             None => Err(Error::InvalidRequest("say system.hello first".into())),

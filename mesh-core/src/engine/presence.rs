@@ -105,8 +105,10 @@ impl Engine {
                     message,
                 },
             );
-            self.presence_changed(user.id);
         }
+        // Other nodes learn of every connection (signals and sessions are
+        // addressed to peers), not only the first.
+        self.presence_changed(user.id);
     }
 
     pub(super) fn do_disconnect(&mut self, now: Timestamp, peer: PeerId) {
@@ -172,9 +174,7 @@ impl Engine {
                 self.users.remove(&user);
             }
         }
-        if last {
-            self.presence_changed(user);
-        }
+        self.presence_changed(user);
     }
 
     /// The peer is alive: push its heartbeat deadline out.

@@ -34,6 +34,7 @@ impl Engine {
         for p in self.peers_of(user.id) {
             self.subscribe(p, room);
         }
+        self.presence_changed(user.id);
         let others: Vec<PeerId> = self
             .subscribers(room)
             .into_iter()
@@ -64,6 +65,9 @@ impl Engine {
         let peers = self.peers_of(user.id);
         for p in &peers {
             self.subscribe(*p, room);
+        }
+        if !peers.is_empty() {
+            self.presence_changed(user.id);
         }
         // `room.joined` names a connection; an invited user may have none,
         // and then the nil id says so.
@@ -107,8 +111,12 @@ impl Engine {
             self.reply(peer, request_id, event);
         }
         self.end_typing(room, user);
-        for p in self.peers_of(user) {
-            self.unsubscribe(p, room);
+        let peers = self.peers_of(user);
+        for p in &peers {
+            self.unsubscribe(*p, room);
+        }
+        if !peers.is_empty() {
+            self.presence_changed(user);
         }
     }
 
@@ -125,8 +133,13 @@ impl Engine {
         for id in sessions {
             self.end_session(now, id, "room_deleted");
         }
+        let mut users = std::collections::BTreeSet::new();
         for p in to {
+            users.extend(self.user_of(p));
             self.unsubscribe(p, room);
+        }
+        for user in users {
+            self.presence_changed(user);
         }
         // Everything else about the room goes: typing (nobody is left to
         // tell), held messages, the ordering baseline.

@@ -10,8 +10,8 @@
 
 use crate::error::Error;
 use crate::protocol::{
-    P2pSession, PeerId, RelayParty, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind,
-    SessionState, Timestamp, UserId,
+    P2pInfo, P2pSession, PeerId, RelayParty, RoomId, RtcSignal, ServerEvent, SessionId,
+    SessionKind, SessionState, Timestamp, UserId,
 };
 
 use super::state::Timer;
@@ -59,27 +59,57 @@ impl Engine {
         target: PeerId,
         kind: SessionKind,
     ) -> Result<P2pSession, Error> {
-        if initiator == target {
-            return Err(Error::InvalidRequest(
-                "a P2P session needs two different peers".into(),
-            ));
-        }
-        let not_shared = || Error::Forbidden("both peers must be members of the room".into());
-        let Some(initiator_user) = self.user_of(initiator) else {
-            return Err(Error::NotFound("initiating peer is not connected".into()));
-        };
-        // The initiator's own room first: an outsider learns nothing about
-        // which peers are connected.
-        if !self.is_subscribed(initiator, room) {
-            return Err(not_shared());
-        }
+        let initiator_user = self.check_initiator(initiator, room, target)?;
         let Some(target_user) = self.user_of(target) else {
             return Err(Error::NotFound("target peer is not connected".into()));
         };
         if !self.is_subscribed(target, room) {
             return Err(not_shared());
         }
-        Ok(P2pSession {
+        Ok(self.new_session(
+            now,
+            id,
+            (initiator, initiator_user),
+            room,
+            (target, target_user),
+            kind,
+        ))
+    }
+
+    /// The initiator's side of a session request: its user, if the peer is
+    /// connected here and in the room. The initiator's room is checked
+    /// before anything about the target: an outsider learns nothing about
+    /// which peers are connected.
+    pub(super) fn check_initiator(
+        &self,
+        initiator: PeerId,
+        room: RoomId,
+        target: PeerId,
+    ) -> Result<UserId, Error> {
+        if initiator == target {
+            return Err(Error::InvalidRequest(
+                "a P2P session needs two different peers".into(),
+            ));
+        }
+        let Some(initiator_user) = self.user_of(initiator) else {
+            return Err(Error::NotFound("initiating peer is not connected".into()));
+        };
+        if !self.is_subscribed(initiator, room) {
+            return Err(not_shared());
+        }
+        Ok(initiator_user)
+    }
+
+    pub(super) fn new_session(
+        &self,
+        now: Timestamp,
+        id: SessionId,
+        (initiator, initiator_user): (PeerId, UserId),
+        room: RoomId,
+        (target, target_user): (PeerId, UserId),
+        kind: SessionKind,
+    ) -> P2pSession {
+        P2pSession {
             id,
             room_id: room,
             kind,
@@ -90,15 +120,20 @@ impl Engine {
             state: SessionState::Pending,
             created_at: now,
             expires_at: now.saturating_add(self.config.session_ttl),
-        })
+        }
     }
 
+    /// Records a session and announces it to its parties connected here.
+    /// `elsewhere`: the party connected to another node, with what it
+    /// announced (that node announces the session to it). A party that
+    /// should be here but vanished in between ends the session at once.
     pub(super) fn do_open_session(
         &mut self,
         now: Timestamp,
         session: P2pSession,
         session_token: String,
         request_id: Option<String>,
+        elsewhere: Option<(PeerId, P2pInfo)>,
     ) {
         let id = session.id;
         if self.sessions.contains_key(&id) {
@@ -106,11 +141,14 @@ impl Engine {
             return;
         }
         let (initiator, target) = (session.initiator_peer_id, session.target_peer_id);
-        let info_of = |peer: PeerId| {
-            self.peers
+        let remote = elsewhere.as_ref().map(|(peer, _)| *peer);
+        let info_of = |peer: PeerId| match &elsewhere {
+            Some((there, info)) if *there == peer => info.clone(),
+            _ => self
+                .peers
                 .get(&peer)
                 .and_then(|p| p.info.p2p.clone())
-                .unwrap_or_default()
+                .unwrap_or_default(),
         };
         let event_for = |party: RelayParty| ServerEvent::P2pSessionCreated {
             session: session.clone(),
@@ -132,15 +170,19 @@ impl Engine {
                 p.sessions.insert(id);
             }
         }
+        if let Some(peer) = remote {
+            self.elsewhere.insert(id, peer);
+        }
         self.reschedule(Timer::Session(id), None, Some(session.expires_at));
         self.sessions.insert(id, session);
-        if self.peers.contains_key(&target) {
+        if remote != Some(target) && self.peers.contains_key(&target) {
             self.broadcast(vec![target], to_target);
         }
-        if self.peers.contains_key(&initiator) {
+        if remote != Some(initiator) && self.peers.contains_key(&initiator) {
             self.reply(initiator, request_id, to_initiator);
         }
-        if !self.peers.contains_key(&initiator) || !self.peers.contains_key(&target) {
+        let gone = |peer: PeerId| remote != Some(peer) && !self.peers.contains_key(&peer);
+        if gone(initiator) || gone(target) {
             self.end_session(now, id, "peer_disconnected");
         }
     }
@@ -215,5 +257,15 @@ impl Engine {
         );
         self.outputs
             .push_back(Output::SessionEnded { session_id: id });
+        if self.elsewhere.remove(&id).is_some() {
+            self.outputs.push_back(Output::RemoteSessionEnded {
+                session_id: id,
+                reason: reason.to_owned(),
+            });
+        }
     }
+}
+
+fn not_shared() -> Error {
+    Error::Forbidden("both peers must be members of the room".into())
 }

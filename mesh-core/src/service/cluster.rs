@@ -8,10 +8,12 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::{Inner, Service, lock};
-use crate::cluster::directory::Change;
+use crate::cluster::directory::{Change, RemotePeer};
 use crate::cluster::{Bus, BusError, BusMessage, ClusterConfig, ClusterEvent, Envelope};
 use crate::error::{Error, Result};
-use crate::protocol::{MessageId, PeerId, RoomId, RtcKind, RtcSignal, Timestamp};
+use crate::protocol::{
+    MessageId, P2pInfo, P2pSession, PeerId, RoomId, RtcKind, RtcSignal, SessionId, Timestamp,
+};
 use crate::storage::{HistoryPage, MAX_PAGE};
 
 /// Events waiting to be published; past it new ones are dropped (and
@@ -150,6 +152,20 @@ impl Service {
             ClusterEvent::Rtc { kind, signal } => {
                 self.with_engine(|engine, _| engine.remote_rtc(kind, signal));
             }
+            ClusterEvent::SessionOpened {
+                session,
+                session_token,
+                initiator,
+            } => {
+                self.with_engine(|engine, now| {
+                    engine.remote_session_opened(now, session, session_token, initiator)
+                });
+            }
+            ClusterEvent::SessionClosed { session_id, reason } => {
+                self.with_engine(|engine, now| {
+                    engine.remote_session_closed(now, session_id, &reason);
+                });
+            }
             ClusterEvent::DeviceRevoked { device_id } => {
                 self.with_engine(|engine, now| engine.revoke_device(now, device_id));
             }
@@ -177,6 +193,71 @@ impl Service {
                 engine.remote_presence(now, change.user, change.presence, &change.rooms);
             }
         });
+        self.end_sessions_with_gone_peers();
+    }
+
+    /// Ends the sessions whose party on another node is no longer
+    /// connected anywhere (it left, or its node died or left): that node
+    /// may never say so.
+    fn end_sessions_with_gone_peers(&self) {
+        let sessions = self.with_engine(|engine, _| engine.sessions_elsewhere());
+        if sessions.is_empty() {
+            return;
+        }
+        let gone: Vec<SessionId> = {
+            let directory = lock(&self.inner.directory);
+            sessions
+                .into_iter()
+                .filter(|(_, peer)| !directory.has_peer(*peer))
+                .map(|(id, _)| id)
+                .collect()
+        };
+        if gone.is_empty() {
+            return;
+        }
+        self.with_engine(|engine, now| {
+            for id in gone {
+                engine.remote_session_closed(now, id, "peer_disconnected");
+            }
+        });
+    }
+
+    /// `target`, if it is a peer connected to another node: `NotFound`
+    /// unless this node or another has it, `Forbidden` unless its user is
+    /// in `room` there. `None` outside a cluster or when it is connected
+    /// here.
+    pub(super) fn target_elsewhere(
+        &self,
+        target: PeerId,
+        room: RoomId,
+    ) -> Result<Option<RemotePeer>> {
+        if !self.in_cluster() || lock(&self.inner.hub).engine.peer(target).is_some() {
+            return Ok(None);
+        }
+        match lock(&self.inner.directory).peer(target, room) {
+            None => Err(Error::NotFound("target peer is not connected".into())),
+            Some(there) if !there.in_room => Err(Error::Forbidden(
+                "both peers must be members of the room".into(),
+            )),
+            Some(there) => Ok(Some(there)),
+        }
+    }
+
+    /// Tells the target's node of a session opened here. If the target
+    /// left in between (its node told this one before the session was
+    /// recorded), the session ends now rather than at its expiry.
+    pub(super) fn session_opened_elsewhere(
+        &self,
+        session: &P2pSession,
+        token: &str,
+        initiator: P2pInfo,
+    ) {
+        self.publish(ClusterEvent::SessionOpened {
+            session: session.clone(),
+            session_token: token.to_owned(),
+            initiator,
+        });
+        self.end_sessions_with_gone_peers();
     }
 
     /// Forgets the nodes that went quiet, and their users.
@@ -211,7 +292,10 @@ impl Service {
         let target = signal.target_peer_id;
         let room = signal.room_id;
         let signal = self.with_engine(|engine, now| engine.rtc_to_elsewhere(now, from, signal))?;
-        match lock(&self.inner.directory).peer_in_room(target, room) {
+        match lock(&self.inner.directory)
+            .peer(target, room)
+            .map(|p| p.in_room)
+        {
             None => return Err(Error::NotFound("target peer is not connected".into())),
             Some(false) => {
                 return Err(Error::Forbidden(

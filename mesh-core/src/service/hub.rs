@@ -17,6 +17,9 @@ pub(crate) struct Dispatched {
     pub(crate) ended: Vec<SessionId>,
     /// Presence changes of this node's users: for the other nodes.
     pub(crate) presence: Vec<NodePresence>,
+    /// Sessions with a party on another node that ended here, and why:
+    /// for that node.
+    pub(crate) ended_elsewhere: Vec<(SessionId, String)>,
 }
 
 /// A live connection and whose it is.
@@ -95,6 +98,9 @@ impl Hub {
                     }
                     Output::SessionEnded { session_id } => out.ended.push(session_id),
                     Output::Presence(presence) => out.presence.push(presence),
+                    Output::RemoteSessionEnded { session_id, reason } => {
+                        out.ended_elsewhere.push((session_id, reason));
+                    }
                 }
             }
             if overflowed.is_empty() {

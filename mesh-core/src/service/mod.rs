@@ -284,6 +284,9 @@ impl Service {
         for presence in dispatched.presence {
             self.publish(ClusterEvent::Presence { presence });
         }
+        for (session_id, reason) in dispatched.ended_elsewhere {
+            self.publish(ClusterEvent::SessionClosed { session_id, reason });
+        }
         self.forget_sessions(dispatched.ended);
         result
     }
@@ -1004,47 +1007,73 @@ impl Service {
     ) -> Result<(P2pSession, String)> {
         Self::require(identity, Scope::P2p)?;
         self.require_member(identity, room).await?;
-        let session = {
+        // A target connected to another node is looked up in what the
+        // nodes tell each other; its node announces the session to it.
+        let elsewhere = self.target_elsewhere(target, room)?;
+        let now = Timestamp::now();
+        let (session, initiator_info) = {
             let hub = lock(&self.inner.hub);
-            let initiator = match initiator {
-                Some(peer) => {
-                    if hub
-                        .conns
-                        .get(&peer)
-                        .is_none_or(|c| c.user != identity.user_id)
-                    {
-                        return Err(Error::NotFound(
-                            "initiator_peer_id is not one of your connected peers".into(),
-                        ));
-                    }
-                    peer
-                }
-                None => {
-                    let on_device = hub.peers_of(identity.user_id, Some(identity.device_id));
-                    let any = hub.peers_of(identity.user_id, None);
-                    *on_device.first().or(any.first()).ok_or_else(|| {
-                        Error::Conflict(
-                            "you have no connected peer: open a WebSocket (or run `mesh agent`) first"
-                                .into(),
-                        )
-                    })?
-                }
+            let initiator = Self::initiator_peer(&hub, identity, initiator)?;
+            let session = match &elsewhere {
+                Some(there) => hub.engine.prepare_session_elsewhere(
+                    now,
+                    SessionId::new(),
+                    initiator,
+                    room,
+                    (target, there.user),
+                    kind,
+                )?,
+                None => hub.engine.prepare_session(
+                    now,
+                    SessionId::new(),
+                    initiator,
+                    room,
+                    target,
+                    kind,
+                )?,
             };
-            hub.engine.prepare_session(
-                Timestamp::now(),
-                SessionId::new(),
-                initiator,
-                room,
-                target,
-                kind,
-            )?
+            let info = hub.engine.peer(initiator).and_then(|p| p.p2p.clone());
+            (session, info.unwrap_or_default())
         };
         let token =
             tokens::issue_session_token(self.inner.auth.keys(), &session, Timestamp::now())?.token;
         self.inner.store.put_session(session.clone()).await?;
         let (s, t) = (session.clone(), token.clone());
-        self.with_engine(move |engine, now| engine.open_session(now, s, t, request_id));
+        match elsewhere {
+            Some(there) => {
+                self.with_engine(move |engine, now| {
+                    engine.open_session_elsewhere(now, s, t, request_id, there.p2p);
+                });
+                self.session_opened_elsewhere(&session, &token, initiator_info);
+            }
+            None => self.with_engine(move |engine, now| engine.open_session(now, s, t, request_id)),
+        }
         Ok((session, token))
+    }
+
+    /// The session's initiator: `asked` if it is one of the caller's
+    /// peers connected here, else the caller's peer on the same device, else
+    /// any of theirs.
+    fn initiator_peer(hub: &Hub, identity: &Identity, asked: Option<PeerId>) -> Result<PeerId> {
+        if let Some(peer) = asked {
+            if hub
+                .conns
+                .get(&peer)
+                .is_none_or(|c| c.user != identity.user_id)
+            {
+                return Err(Error::NotFound(
+                    "initiator_peer_id is not one of your connected peers".into(),
+                ));
+            }
+            return Ok(peer);
+        }
+        let on_device = hub.peers_of(identity.user_id, Some(identity.device_id));
+        let any = hub.peers_of(identity.user_id, None);
+        on_device.first().or(any.first()).copied().ok_or_else(|| {
+            Error::Conflict(
+                "you have no connected peer: open a WebSocket (or run `mesh agent`) first".into(),
+            )
+        })
     }
 
     /// The caller's live P2P sessions.

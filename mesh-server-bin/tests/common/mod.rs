@@ -4,6 +4,7 @@
 
 #![allow(dead_code, unreachable_pub)]
 
+pub mod agent;
 pub mod process;
 pub mod services;
 pub mod tls;

@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use crate::engine::{Engine, EngineConfig, Output, PeerInfo};
+use crate::engine::{Engine, EngineConfig, NodePresence, Output, PeerInfo};
 use crate::protocol::{
     DeviceId, Message, MessageId, OutgoingFrame, PeerId, RoomId, ServerEvent, SessionId, Timestamp,
     User, UserId,
@@ -46,6 +46,10 @@ pub(super) struct Harness {
     links: HashMap<PeerId, (Link, u32)>,
     pub(super) closed: Vec<(PeerId, CloseCode, String)>,
     pub(super) ended: Vec<SessionId>,
+    /// `Output::RemoteSessionEnded`s: for another node.
+    pub(super) ended_elsewhere: Vec<(SessionId, String)>,
+    /// `Output::Presence`s: what other nodes would be told.
+    pub(super) node_presence: Vec<NodePresence>,
     /// Every `Output::Send` as emitted, for counting frames.
     pub(super) sends: Vec<(Vec<PeerId>, OutgoingFrame)>,
 }
@@ -85,6 +89,8 @@ impl Harness {
             links: HashMap::new(),
             closed: Vec::new(),
             ended: Vec::new(),
+            ended_elsewhere: Vec::new(),
+            node_presence: Vec::new(),
             sends: Vec::new(),
         }
     }
@@ -139,7 +145,10 @@ impl Harness {
                 }
                 Output::Close { peer, code, reason } => self.closed.push((peer, code, reason)),
                 Output::SessionEnded { session_id } => self.ended.push(session_id),
-                Output::Presence(_) => {}
+                Output::RemoteSessionEnded { session_id, reason } => {
+                    self.ended_elsewhere.push((session_id, reason));
+                }
+                Output::Presence(p) => self.node_presence.push(p),
             }
         }
         self.land();

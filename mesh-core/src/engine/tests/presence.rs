@@ -276,3 +276,37 @@ fn timers_stay_one_per_peer_however_chatty() {
         Some(h.now.saturating_add(Duration::from_secs(45)))
     );
 }
+
+#[test]
+fn other_nodes_hear_of_every_connection_and_room_change() {
+    let mut h = Harness::new();
+    let alice = user("alice");
+    let (room, other) = (RoomId::new(), RoomId::new());
+    let last = |h: &mut Harness| h.node_presence.pop().expect("told");
+    let first = h.connect(&alice, &[room]);
+    let told = last(&mut h);
+    assert_eq!(
+        (told.peers.clone(), told.rooms.clone()),
+        (vec![first], vec![room])
+    );
+    // A second connection: its peer is told too (signals are addressed to it).
+    let second = h.connect(&alice, &[room]);
+    let mut peers = vec![first, second];
+    peers.sort();
+    assert_eq!(last(&mut h).peers, peers);
+    // Joining and leaving a room change what the other nodes know.
+    h.engine.member_added(h.now, other, &alice);
+    h.drain();
+    assert_eq!(last(&mut h).rooms.len(), 2);
+    h.engine.leave_room(h.now, other, alice.id, None);
+    h.drain();
+    assert_eq!(last(&mut h).rooms, vec![room]);
+    // A connection going that is not the last.
+    h.engine.disconnect(h.now, second);
+    h.drain();
+    let told = last(&mut h);
+    assert_eq!((told.peers, told.status), (vec![first], Presence::Online));
+    h.engine.disconnect(h.now, first);
+    h.drain();
+    assert_eq!(last(&mut h).status, Presence::Offline);
+}

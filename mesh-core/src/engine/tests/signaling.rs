@@ -8,6 +8,7 @@ use super::harness::{Harness, user};
 use crate::engine::PeerInfo;
 use crate::error::Error;
 use crate::protocol::RtcKind;
+use crate::protocol::UserId;
 use crate::protocol::{
     DeviceId, P2pInfo, P2pSession, PeerId, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind,
     SessionState,
@@ -306,4 +307,192 @@ fn rtc_kinds_read_and_print_as_the_event_types_name_them() {
         "ring".parse::<RtcKind>().map_err(Error::from),
         Err(Error::InvalidRequest(_))
     ));
+}
+
+/// Two nodes' engines: alice's agent on `a`, bob's on `b`, both in `room`.
+fn two_nodes() -> (Harness, Harness, RoomId, PeerId, (PeerId, UserId)) {
+    let (mut a, mut b) = (Harness::new(), Harness::new());
+    let (room, alice, _) = pair(&mut a);
+    let bob_user = user("bob");
+    let bob = b.connect(&bob_user, &[room]);
+    b.clear();
+    (a, b, room, alice, (bob, bob_user.id))
+}
+
+#[test]
+fn a_session_across_nodes_is_announced_on_each_and_ends_on_both() {
+    let (mut a, mut b, room, alice, (bob, bob_user)) = two_nodes();
+    let bob_info = P2pInfo {
+        cert_fingerprint: Some("cd".into()),
+        addrs: vec!["10.0.0.2:7000".into()],
+    };
+    // The target is not here: the local prepare says so, the one for a
+    // peer elsewhere builds the session.
+    assert!(matches!(
+        a.engine
+            .prepare_session(a.now, SessionId::new(), alice, room, bob, SessionKind::File),
+        Err(Error::NotFound(_))
+    ));
+    let session = a
+        .engine
+        .prepare_session_elsewhere(
+            a.now,
+            SessionId::new(),
+            alice,
+            room,
+            (bob, bob_user),
+            SessionKind::File,
+        )
+        .expect("prepared");
+    assert_eq!(session.target_user_id, bob_user);
+    a.engine.open_session_elsewhere(
+        a.now,
+        session.clone(),
+        "tok".into(),
+        Some("q1".into()),
+        bob_info.clone(),
+    );
+    a.drain();
+    let to_alice = a.take(alice);
+    assert_eq!(to_alice.len(), 1);
+    assert_eq!(to_alice[0].id.as_deref(), Some("q1"));
+    let ServerEvent::P2pSessionCreated { target, .. } = &to_alice[0].event else {
+        panic!("not created: {to_alice:?}")
+    };
+    assert_eq!(
+        target, &bob_info,
+        "the target's details as its node told them"
+    );
+    assert!(a.ended.is_empty(), "the target elsewhere does not end it");
+
+    // Bob's node: a node without the target ignores it; bob's announces it.
+    let mut c = Harness::new();
+    assert!(!c.engine.remote_session_opened(
+        c.now,
+        session.clone(),
+        "tok".into(),
+        P2pInfo::default()
+    ));
+    let alice_info = a
+        .engine
+        .peer(alice)
+        .and_then(|p| p.p2p.clone())
+        .expect("announced");
+    assert!(b.engine.remote_session_opened(
+        b.now,
+        session.clone(),
+        "tok".into(),
+        alice_info.clone()
+    ));
+    b.drain();
+    let to_bob = b.events(bob);
+    let [
+        ServerEvent::P2pSessionCreated {
+            session: s,
+            initiator,
+            ..
+        },
+    ] = &to_bob[..]
+    else {
+        panic!("not created: {to_bob:?}")
+    };
+    assert_eq!((s, initiator), (&session, &alice_info));
+    assert_eq!(b.engine.sessions_of(bob_user), vec![session.clone()]);
+
+    // Bob leaves: his node ends it and says so for alice's node, which
+    // tells alice and does not echo it back.
+    b.engine.disconnect(b.now, bob);
+    b.drain();
+    assert_eq!(b.ended, vec![session.id]);
+    assert_eq!(
+        b.ended_elsewhere,
+        vec![(session.id, "peer_disconnected".to_owned())]
+    );
+    let (id, reason) = b.ended_elsewhere[0].clone();
+    a.engine.remote_session_closed(a.now, id, &reason);
+    a.drain();
+    assert_eq!(
+        a.events(alice),
+        vec![ServerEvent::P2pSessionClosed {
+            session_id: session.id,
+            reason: reason.clone()
+        }]
+    );
+    assert_eq!(a.ended, vec![session.id]);
+    assert!(a.ended_elsewhere.is_empty(), "no echo");
+    // Told twice, or about a session it never had: nothing.
+    a.engine.remote_session_closed(a.now, id, &reason);
+    a.drain();
+    assert!(a.take(alice).is_empty());
+}
+
+#[test]
+fn a_session_across_nodes_expires_on_both_and_alice_closing_tells_bobs_node() {
+    let (mut a, mut b, room, alice, (bob, bob_user)) = two_nodes();
+    let open = |a: &mut Harness, b: &mut Harness| {
+        let session = a
+            .engine
+            .prepare_session_elsewhere(
+                a.now,
+                SessionId::new(),
+                alice,
+                room,
+                (bob, bob_user),
+                SessionKind::Terminal,
+            )
+            .expect("prepared");
+        a.engine.open_session_elsewhere(
+            a.now,
+            session.clone(),
+            "tok".into(),
+            None,
+            P2pInfo::default(),
+        );
+        assert!(b.engine.remote_session_opened(
+            b.now,
+            session.clone(),
+            "tok".into(),
+            P2pInfo::default()
+        ));
+        a.drain();
+        b.drain();
+        a.clear();
+        b.clear();
+        session
+    };
+    let first = open(&mut a, &mut b);
+    let alice_user = first.initiator_user_id;
+    a.engine
+        .close_session(a.now, first.id, alice_user, "closed")
+        .expect("a party closes");
+    a.drain();
+    assert_eq!(a.ended_elsewhere, vec![(first.id, "closed".to_owned())]);
+    b.engine.remote_session_closed(b.now, first.id, "closed");
+    b.drain();
+    assert_eq!(
+        b.events(bob),
+        vec![ServerEvent::P2pSessionClosed {
+            session_id: first.id,
+            reason: "closed".into()
+        }]
+    );
+
+    // Expiry: each node ends its copy by itself, and says so.
+    let second = open(&mut a, &mut b);
+    for (h, peer) in [(&mut a, alice), (&mut b, bob)] {
+        for _ in 0..18 {
+            h.advance(Duration::from_secs(10));
+            h.engine.heard_from(h.now, peer);
+        }
+        h.drain();
+        assert!(h.ended.contains(&second.id), "expired");
+        assert!(
+            h.ended_elsewhere
+                .contains(&(second.id, "expired".to_owned()))
+        );
+        assert!(
+            h.closed.iter().all(|(p, _, _)| *p != peer),
+            "the party stayed"
+        );
+    }
 }
