@@ -69,6 +69,15 @@ step "cargo test (unit, conformance, integration, examples, doc tests)"
 # and make the lab rebuild the workspace.
 cargo test --workspace --all-features --no-fail-fast
 
+step "the binaries, libraries, examples and benchmarks the later steps use (not run here)"
+# With the test step's packages and features, so nothing is compiled twice:
+# a narrower -p or another feature set would rebuild mesh-core and its
+# dependencies for each step (minutes each on 2 cores). The bindings' library
+# (libmesh_ffi.so) carries the server's features too; the client builds are
+# checked apart below.
+workspace_build=(--workspace --all-features --lib --bins --examples --benches)
+cargo build -q "${workspace_build[@]}"
+
 step "mesh-core's line coverage: its own tests and the server's, in one instrumented build (cargo-llvm-cov; the seed's target is 80%)"
 # mesh-core's unit, conformance and Pair tests and mesh-server-bin's
 # integration tests (real server, real sockets) run again, instrumented,
@@ -124,11 +133,8 @@ done
 rm -rf "$fuzz_scratch"
 echo "fuzzing took $(( $(date +%s) - fuzz_start )) s"
 
-step "the embedding example runs"
-cargo run -q -p mesh-examples --example embedded_chat
-
-step "benchmarks build (the load tool and the criterion benches; not run)"
-cargo build -q -p mesh-benches --all-targets
+step "the embedding example runs (built above)"
+"$target_dir/debug/examples/embedded_chat"
 
 step "client builds compile no server code: no argon2, jsonwebtoken, ed25519-dalek or sled (an agent's p2p may verify tokens: no argon2, no sled)"
 # Each set of features must build alone (so a feature gate cannot hide
@@ -167,8 +173,7 @@ python3 scripts/longest_fn.py mesh-core/src 100
 
 step "Python binding (uniffi, bindings/mesh-ffi): generate, then the chat test against a real server (plain, and once over HTTPS with a test CA)"
 bindings_start=$(date +%s)
-cargo build -q -p mesh-server-bin --bin mesh-server
-bindings/mesh-ffi/generate.sh
+MESH_FFI_BUILD="${workspace_build[*]}" bindings/mesh-ffi/generate.sh
 PYTHONPATH=bindings/mesh-ffi/generated/python MESH_SERVER_BIN="$target_dir/debug/mesh-server" \
   timeout 300 python3 -m unittest discover -s bindings/mesh-ffi/tests -v
 echo "python binding took $(( $(date +%s) - bindings_start )) s"
@@ -215,7 +220,6 @@ if [ "${MESH_SKIP_BROWSER:-}" = 1 ]; then
 else
   # Browsers are never downloaded by npm; Debian's Chromium is the one we drive.
   (cd web-tests && npm ci --no-audit --no-fund --loglevel=error)
-  cargo build -q -p mesh-server-bin --bin mesh-server
   browser_start=$(date +%s)
   (cd web-tests && MESH_SERVER_BIN="$target_dir/debug/mesh-server" timeout 300 node --test --test-concurrency=1 tests/)
   echo "browser suite took $(( $(date +%s) - browser_start )) s; screenshots in target/screenshots/"
@@ -230,10 +234,8 @@ else
 fi
 
 step "P2P NAT lab: mesh agents behind NAT routers (network namespaces; direct, hole punched, relayed over UDP and TCP; needs root)"
-# The real binaries: the CLI's debug build (cargo test built it; build it
-# again in case) and the server's from above. run.sh prints each scenario's
-# path and time and its own total; it fails without root under CI=true.
-cargo build -q -p mesh-cli --bin mesh -p mesh-server-bin --bin mesh-server
+# The real binaries, built above. run.sh prints each scenario's path and
+# time and its own total; it fails without root under CI=true.
 MESH_BIN="$target_dir/debug/mesh" MESH_SERVER_BIN="$target_dir/debug/mesh-server" \
   timeout 600 mesh-cli/tests/nat-lab/run.sh
 

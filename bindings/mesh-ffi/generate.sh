@@ -15,7 +15,10 @@ flag=""
 if [ "$profile" = release ]; then flag="--release"; fi
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 
-cargo build -q $flag -p mesh-ffi -p uniffi-bindgen
+# MESH_FFI_BUILD: other cargo build arguments that include both (the test
+# script passes its workspace-wide ones, so nothing is compiled twice).
+# shellcheck disable=SC2086
+cargo build -q $flag ${MESH_FFI_BUILD:--p mesh-ffi -p uniffi-bindgen}
 case "$(uname -s)" in
   Darwin) lib="libmesh_ffi.dylib" ;;
   *) lib="libmesh_ffi.so" ;;
