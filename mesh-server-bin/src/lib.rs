@@ -61,7 +61,7 @@ pub use conn::ConnLimits;
 pub use http::WsLimits;
 pub use proxy::{BadCidr, ProxyNet, TrustedProxies};
 pub use redirect::serve_redirect;
-pub use relay::P2pConfig;
+pub use relay::{P2pConfig, parse_public_addr as relay_public_addr};
 pub use tls::ServerTls;
 
 use conn::{Activity, Admission, ConnCounter, ConnSlot, IdleIo};
@@ -279,6 +279,11 @@ pub async fn open_service(config: &Config) -> anyhow::Result<Service> {
             udp_port: Some(port),
             relay: config.p2p.relay,
         });
+        engine.relay_addr = config
+            .p2p
+            .relay_addr()
+            .filter(|_| config.p2p.relay)
+            .map(|a| a.to_string());
         engine.relay_secret = if config.p2p.relay {
             Some(RelaySecret::generate().map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?)
         } else {
@@ -504,6 +509,10 @@ pub async fn serve(
             let relay = Relay::new(secret, verifier, config.p2p.limits.clone(), Instant::now());
             let hub = Arc::new(relay::RelayHub::new(relay, Arc::new(udp), &config.p2p));
             tokio::spawn(relay::udp_loop(hub.clone(), stop_rx.clone()));
+            if let Some(reports) = service.relay_usage_reports() {
+                let (hub, service, stop) = (hub.clone(), service.clone(), stop_rx.clone());
+                tokio::spawn(relay::share_usage(hub, service, reports, stop));
+            }
             Some(hub)
         }
         None => None,

@@ -208,6 +208,17 @@ struct Args {
     /// [default: 8].
     #[arg(long, env = "MESH_RELAY_SESSION_GIB", value_name = "GIB")]
     relay_session_gib: Option<u64>,
+    /// Relayed sessions one user may be a party of at once, across all the
+    /// nodes of a cluster [default: 16].
+    #[arg(long, env = "MESH_RELAY_USER_SESSIONS", value_name = "N")]
+    relay_user_sessions: Option<usize>,
+    /// The address at which agents reach this node's UDP port (STUN and
+    /// the relay), as an IP with an optional port (default: the UDP port
+    /// bound). In a cluster, set it on every node: a session is relayed by
+    /// the node that granted it, and its grant names this address, so both
+    /// agents meet there wherever they are connected.
+    #[arg(long, env = "MESH_RELAY_PUBLIC_ADDR", value_name = "IP[:PORT]")]
+    relay_public_addr: Option<String>,
     /// Seconds a P2P session grant (its token) stays valid for connecting;
     /// a connected session outlives it [default: 180].
     #[arg(long, env = "MESH_P2P_SESSION_TTL_SECS", value_name = "SECS")]
@@ -367,6 +378,19 @@ impl Args {
                 "--relay-session-gib must be between 1 and 1048576"
             );
             config.p2p.limits.session_bytes = gib << 30;
+        }
+        if let Some(addr) = &self.relay_public_addr {
+            config.p2p.public_addr = Some(
+                mesh_server_bin::relay_public_addr(addr)
+                    .map_err(|e| anyhow::anyhow!("--relay-public-addr: {e}"))?,
+            );
+        }
+        if let Some(n) = self.relay_user_sessions {
+            anyhow::ensure!(
+                (1..=65_536).contains(&n),
+                "--relay-user-sessions must be between 1 and 65536"
+            );
+            config.p2p.limits.user_sessions = n;
         }
         if let Some(secs) = self.p2p_session_ttl_secs {
             let max = mesh_core::auth::tokens::MAX_CAPABILITY_TTL.as_secs();

@@ -20,7 +20,7 @@
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -29,6 +29,7 @@ use bytes::Bytes;
 use mesh_core::protocol::Timestamp;
 use mesh_core::relay::server::{Action, Relay, RelayLimits, Sink};
 use mesh_core::relay::wire;
+use mesh_core::service::{RelayReport, Service};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 
@@ -57,6 +58,29 @@ pub struct P2pConfig {
     pub stream_queue: usize,
     /// Bytes queued for one relay WebSocket before more frames are dropped.
     pub stream_queue_bytes: usize,
+    /// Where agents reach the UDP port (`--relay-public-addr`): named in
+    /// every relay grant (see `EngineConfig::relay_addr`). A port of `None`
+    /// is [`Self::udp_port`].
+    pub public_addr: Option<(IpAddr, Option<u16>)>,
+}
+
+impl P2pConfig {
+    /// The relay's address as grants name it (`IP:port`), if configured
+    /// and there is a UDP port.
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        let (ip, port) = self.public_addr?;
+        Some(SocketAddr::new(ip, port.or(self.udp_port)?))
+    }
+}
+
+/// Parses `--relay-public-addr`: an IP, or an IP and a port.
+pub fn parse_public_addr(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(addr) = s.parse::<SocketAddr>() {
+        return Ok((addr.ip(), Some(addr.port())));
+    }
+    s.parse::<IpAddr>()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("{s:?} is neither an IP address nor IP:PORT (a name would need resolving by every agent the same way)"))
 }
 
 impl Default for P2pConfig {
@@ -67,6 +91,7 @@ impl Default for P2pConfig {
             limits: RelayLimits::default(),
             stream_queue: 256,
             stream_queue_bytes: 1024 * 1024,
+            public_addr: None,
         }
     }
 }
@@ -356,6 +381,35 @@ pub(crate) async fn udp_loop(hub: Arc<RelayHub>, mut shutdown: watch::Receiver<b
         }
     }
 }
+
+/// In a cluster: every second, tells the other nodes what this relay did
+/// for each user, and charges here what theirs did, so that per-user relay
+/// budgets hold across nodes (see `mesh_core::relay::server`).
+pub(crate) async fn share_usage(
+    hub: Arc<RelayHub>,
+    service: Service,
+    mut reports: mpsc::Receiver<RelayReport>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(USAGE_REPORT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let usage = hub.relay().take_usage();
+                service.publish_relay_usage(usage);
+            }
+            report = reports.recv() => match report {
+                Some((node, users)) => hub.relay().remote_usage(&node, users, Instant::now()),
+                None => return,
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// How often a node reports its relay's use to the others.
+const USAGE_REPORT: Duration = Duration::from_secs(1);
 
 /// An IPv4 peer on a dual-stack socket is reported as `::ffff:a.b.c.d`;
 /// STUN answers it as IPv4.

@@ -11,16 +11,21 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use common::agent::{Agent, Tweaks, attempt, guard};
 use common::process::{ServerProcess, start_binary};
+use common::relay::{Grant, ask, is_bound, refusal, udp_client};
 use common::services::{pg_database, service_url};
 use common::{TestServer, WsClient};
 use mesh_core::client::Event;
-use mesh_core::p2p::{ReceiveOptions, SendOptions};
+use mesh_core::cluster::nats::NatsBus;
+use mesh_core::cluster::{Bus, ClusterEvent, Envelope};
+use mesh_core::p2p::{PathKind, ReceiveOptions, SendOptions};
 use mesh_core::protocol::SessionKind;
 use mesh_core::protocol::http::CreateRoomRequest;
+use mesh_core::relay::RefuseCode;
 use serde_json::{Value, json};
 
 /// Heartbeats every 200 ms, a silent node gone after 1.5 s: the
@@ -51,12 +56,31 @@ impl Cluster {
     }
 
     fn start(&self, name: &str) -> ServerProcess {
-        start_node(self.data.path(), &self.url, &self.nats, &self.prefix, name)
+        self.start_with(name, &[])
+    }
+
+    /// A node with more flags.
+    fn start_with(&self, name: &str, more: &[&str]) -> ServerProcess {
+        start_node(
+            self.data.path(),
+            &self.url,
+            &self.nats,
+            &self.prefix,
+            name,
+            more,
+        )
     }
 }
 
-fn start_node(data: &Path, url: &str, nats: &str, prefix: &str, name: &str) -> ServerProcess {
-    let flags = [
+fn start_node(
+    data: &Path,
+    url: &str,
+    nats: &str,
+    prefix: &str,
+    name: &str,
+    more: &[&str],
+) -> ServerProcess {
+    let mut flags = vec![
         "--store",
         url,
         "--bus",
@@ -70,6 +94,7 @@ fn start_node(data: &Path, url: &str, nats: &str, prefix: &str, name: &str) -> S
         "--cluster-node-timeout-ms",
         NODE_TIMEOUT_MS,
     ];
+    flags.extend_from_slice(more);
     start_binary(data, &flags).expect("a node starts")
 }
 
@@ -334,6 +359,259 @@ async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
     node_a.kill();
 }
 
+/// A session between agents on two nodes that cannot reach each other
+/// directly: the node that granted it relays it, both grants name that
+/// relay's public address, and the agent on the other node binds there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_across_nodes_is_relayed_by_the_granting_node() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let relaying = ["--relay-public-addr", "127.0.0.1"];
+    let nodes: Vec<ServerProcess> = ["a", "b"]
+        .iter()
+        .map(|n| cluster.start_with(n, &relaying))
+        .collect();
+    let mut alice = Agent::start(
+        &TestServer::attach(nodes[0].addr),
+        "alice",
+        Tweaks::default(),
+    )
+    .await;
+    // Bob announces a port nothing answers at: no direct path.
+    let unreachable = Tweaks {
+        announce: Some(vec!["127.0.0.1:9".into()]),
+        ..Tweaks::default()
+    };
+    let mut bob = Agent::start(&TestServer::attach(nodes[1].addr), "bob", unreachable).await;
+    for agent in [&alice, &bob] {
+        agent
+            .endpoint
+            .use_server(agent.client.p2p_paths(true).await);
+    }
+    let room = guard(
+        "create room",
+        alice.client.create_room(&CreateRoomRequest {
+            name: "relay".into(),
+            ..CreateRoomRequest::default()
+        }),
+    )
+    .await
+    .expect("room")
+    .id;
+    guard("join", bob.client.join_room(room))
+        .await
+        .expect("join");
+    let bob_user = bob.client.me().expect("welcomed").1.id;
+    event_where(&mut alice, "bob joined", |e| match e {
+        Event::RoomJoined { user, .. } if user.id == bob_user => Some(()),
+        _ => None,
+    })
+    .await;
+
+    let grant = guard(
+        "p2p.session.request",
+        alice
+            .client
+            .request_p2p_session(room, bob.me, SessionKind::File),
+    )
+    .await
+    .expect("granted");
+    let node_a_relay = format!(
+        "127.0.0.1:{}",
+        alice
+            .client
+            .server_p2p()
+            .and_then(|p| p.udp_port)
+            .expect("node a's UDP port")
+    );
+    let relay = grant.relay.clone().expect("alice's relay grant");
+    assert_eq!(relay.addr.as_deref(), Some(node_a_relay.as_str()));
+    let to_bob = bob.grant(grant.session.id).await;
+    let bob_relay = to_bob
+        .relay
+        .clone()
+        .expect("bob's relay grant, from node a");
+    assert_eq!(
+        bob_relay.addr.as_deref(),
+        Some(node_a_relay.as_str()),
+        "node a's relay, not his own node's"
+    );
+    assert!(
+        bob.endpoint
+            .expect_announced(
+                &to_bob.session,
+                &to_bob.initiator,
+                &to_bob.session_token,
+                Some(&bob_relay)
+            )
+            .expect("announced")
+    );
+
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let bytes: Vec<u8> = (0..300_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let path = src.path().join("relayed.bin");
+    std::fs::write(&path, &bytes).expect("write");
+    let (out, inc) = guard("connect and accept", async {
+        tokio::join!(
+            alice.endpoint.connect_to_via(
+                &grant.target,
+                grant.session.id,
+                &grant.session_token,
+                Some(&relay)
+            ),
+            bob.accept()
+        )
+    })
+    .await;
+    let out = out.expect("alice reaches bob through node a's relay");
+    assert_eq!(out.path(), PathKind::Relay);
+    let inc = inc.expect("bob accepts");
+    let dest = dst.path().to_owned();
+    let receiver = tokio::spawn(async move {
+        inc.receive_file(&dest, &ReceiveOptions::default(), |_| {})
+            .await
+    });
+    guard(
+        "send",
+        out.send_file(&path, &SendOptions::default(), |_| {}),
+    )
+    .await
+    .expect("sent");
+    guard("receive", receiver)
+        .await
+        .expect("join")
+        .expect("received");
+    assert_eq!(
+        std::fs::read(dst.path().join("relayed.bin")).expect("read"),
+        bytes
+    );
+    for node in nodes {
+        node.kill();
+    }
+}
+
+/// A connection that said hello on `node`, and the node's UDP port (from
+/// the welcome).
+async fn hello_with_udp(node: &ServerProcess, token: &str) -> (WsClient, SocketAddr) {
+    let mut ws = WsClient::connect(node.addr, token).await;
+    ws.send("system.hello", json!({}), Some("hello")).await;
+    let welcome = ws.expect("system.welcome").await;
+    ws.peer_id = welcome["payload"]["peer_id"]
+        .as_str()
+        .expect("peer id")
+        .to_owned();
+    let port = welcome["payload"]["p2p"]["udp_port"]
+        .as_u64()
+        .expect("a UDP port");
+    let port = u16::try_from(port).expect("port");
+    (ws, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+/// `from` asks for a session with `to` in `room`: the grant `from` got.
+async fn relay_grant(from: &mut WsClient, to: &mut WsClient, room: &str) -> Grant {
+    let created = from
+        .request(
+            "p2p.session.request",
+            json!({"room_id": room, "target_peer_id": to.peer_id, "kind": "file"}),
+            "s",
+        )
+        .await;
+    assert_eq!(created["type"], "p2p.session.created", "{created}");
+    to.expect("p2p.session.created").await;
+    Grant::of(&created["payload"])
+}
+
+/// Per-user relay budgets hold across nodes: with one relayed session
+/// allowed per user, alice's session relayed by node a keeps node b from
+/// relaying another of hers, once node b has heard node a's report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_budgets_of_a_user_hold_across_nodes() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let one_each = ["--relay-user-sessions", "1"];
+    let nodes: Vec<ServerProcess> = ["a", "b"]
+        .iter()
+        .map(|n| cluster.start_with(n, &one_each))
+        .collect();
+    let on = |i: usize| TestServer::attach(nodes[i].addr);
+    let (alice, alice_token) = on(0).register("alice").await;
+    let (_, bob_token) = on(0).register("bob").await;
+    let (_, carol_token) = on(1).register("carol").await;
+    let alice_id = alice["id"].as_str().expect("id").to_owned();
+    let room = on(0).create_room(&alice_token, "relayed", "public").await;
+    for (i, token) in [(0, &bob_token), (1, &carol_token)] {
+        let (status, body) = on(i)
+            .post(&format!("/api/rooms/{room}/join"), Some(token), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // What node a's relay reports, as every node hears it.
+    let bus = NatsBus::connect(&cluster.nats, "test").await.expect("NATS");
+    let mut reports = bus
+        .subscribe(format!("{}.nodes", cluster.prefix))
+        .await
+        .expect("subscribe");
+
+    let (mut alice_a, udp_a) = hello_with_udp(&nodes[0], &alice_token).await;
+    let (mut bob_a, _) = hello_with_udp(&nodes[0], &bob_token).await;
+    let first = relay_grant(&mut alice_a, &mut bob_a, &room).await;
+    let sock = udp_client(udp_a).await;
+    assert!(
+        is_bound(&ask(&sock, &first.bind()).await, first.sid),
+        "node a relays alice's first"
+    );
+
+    // Two of node a's reports naming alice: node b has applied the first.
+    let mut heard = 0;
+    while heard < 2 {
+        let message = guard("node a's relay report", reports.recv())
+            .await
+            .expect("subscribed");
+        let Ok(envelope) = serde_json::from_slice::<Envelope>(&message.payload) else {
+            continue;
+        };
+        if let ClusterEvent::RelayUsage { users } = envelope.event
+            && envelope.node.as_str() == "a"
+            && users
+                .iter()
+                .any(|u| u.user_id.to_string() == alice_id && u.sessions == 1)
+        {
+            heard += 1;
+        }
+    }
+    let (mut alice_b, udp_b) = hello_with_udp(&nodes[1], &alice_token).await;
+    let (mut carol_b, _) = hello_with_udp(&nodes[1], &carol_token).await;
+    let second = relay_grant(&mut alice_b, &mut carol_b, &room).await;
+    let sock_b = udp_client(udp_b).await;
+    assert_eq!(
+        refusal(&ask(&sock_b, &second.bind()).await),
+        Some(RefuseCode::OverBudget),
+        "alice's session on node a counts on node b"
+    );
+    // Carol's own budget is untouched: a session of hers with someone else
+    // is relayed.
+    let (_, dave_token) = on(1).register("dave").await;
+    let (status, body) = on(1)
+        .post(
+            &format!("/api/rooms/{room}/join"),
+            Some(&dave_token),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (mut dave_b, _) = hello_with_udp(&nodes[1], &dave_token).await;
+    let third = relay_grant(&mut carol_b, &mut dave_b, &room).await;
+    assert!(is_bound(&ask(&sock_b, &third.bind()).await, third.sid));
+    for node in nodes {
+        node.kill();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_mid_chat_loses_nothing() {
     let Some(cluster) = Cluster::new().await else {
@@ -534,8 +812,8 @@ async fn nats_restarted_mid_chat_loses_and_duplicates_nothing() {
         return;
     };
     let data = tempfile::tempdir().expect("dir");
-    let a = start_node(data.path(), &url, &nats.url(), "mesh", "a");
-    let b = start_node(data.path(), &url, &nats.url(), "mesh", "b");
+    let a = start_node(data.path(), &url, &nats.url(), "mesh", "a", &[]);
+    let b = start_node(data.path(), &url, &nats.url(), "mesh", "b", &[]);
     let (_, alice_token) = TestServer::attach(a.addr).register("alice").await;
     let (_, bob_token) = TestServer::attach(b.addr).register("bob").await;
     let room = TestServer::attach(a.addr)

@@ -11,8 +11,8 @@
 //!   membership and room changes, WebRTC signals and P2P sessions opened
 //!   between peers on two nodes;
 //! - on `PREFIX.nodes`: presence deltas and heartbeats (with what agents
-//!   announced for P2P), device revocations, such sessions' ends, a node
-//!   leaving.
+//!   announced for P2P), device revocations, such sessions' ends, what
+//!   each relay did for each user (per-user relay budgets), a node leaving.
 //!
 //! **Nothing is acknowledged on the bus's word.** A message is acknowledged
 //! to its sender once the store has committed it; the bus only makes the
@@ -40,9 +40,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::NodePresence;
 use crate::protocol::{
-    DeviceId, Message, P2pInfo, P2pSession, Role, Room, RoomId, RtcKind, RtcSignal, SessionId,
-    User, UserId,
+    DeviceId, Message, P2pInfo, P2pSession, RelayGrant, Role, Room, RoomId, RtcKind, RtcSignal,
+    SessionId, User, UserId,
 };
+use crate::relay::RelayUsage;
 
 pub mod bus;
 pub(crate) mod directory;
@@ -182,12 +183,21 @@ pub enum ClusterEvent {
         session_token: String,
         /// What the initiator announced.
         initiator: P2pInfo,
+        /// The target's grant for the sending node's relay, which relays
+        /// the session (none when that relay's address is not configured).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        target_relay: Option<RelayGrant>,
     },
     /// A session with a party on another node ended on the sending node
     /// (closed, expired, its party there left).
     SessionClosed {
         session_id: SessionId,
         reason: String,
+    },
+    /// What the sending node's relay did for each user in the last second
+    /// (per-user relay budgets hold across nodes).
+    RelayUsage {
+        users: Vec<RelayUsage>,
     },
     /// A device was revoked: its connections close on every node.
     DeviceRevoked {
@@ -220,6 +230,7 @@ impl ClusterEvent {
             ClusterEvent::SessionOpened { session, .. } => Some(session.room_id),
             ClusterEvent::DeviceRevoked { .. }
             | ClusterEvent::SessionClosed { .. }
+            | ClusterEvent::RelayUsage { .. }
             | ClusterEvent::Presence { .. }
             | ClusterEvent::Heartbeat { .. }
             | ClusterEvent::NodeLeft => None,

@@ -14,8 +14,8 @@ use std::collections::BTreeMap;
 
 use crate::error::Error;
 use crate::protocol::{
-    P2pInfo, P2pSession, PeerId, Presence, RoomId, RtcKind, RtcSignal, ServerEvent, SessionId,
-    SessionKind, Timestamp, UserId,
+    P2pInfo, P2pSession, PeerId, Presence, RelayGrant, RelayParty, RoomId, RtcKind, RtcSignal,
+    ServerEvent, SessionId, SessionKind, Timestamp, UserId,
 };
 
 use super::{Engine, Output};
@@ -169,18 +169,21 @@ impl Engine {
             session_token,
             request_id,
             Some((target, target_info)),
+            None,
         );
     }
 
     /// Another node opened a session whose target may be connected here:
     /// if it is, and in the room, the session is recorded and announced to
-    /// it (with its own relay key). Whether the target is here.
+    /// it, with `target_relay`, the grant of the other node's relay (which
+    /// relays the session). Whether the target is here.
     pub fn remote_session_opened(
         &mut self,
         now: Timestamp,
         session: P2pSession,
         session_token: String,
         initiator_info: P2pInfo,
+        target_relay: Option<RelayGrant>,
     ) -> bool {
         let (target, initiator) = (session.target_peer_id, session.initiator_peer_id);
         if !self.is_subscribed(target, session.room_id) {
@@ -192,8 +195,17 @@ impl Engine {
             session_token,
             None,
             Some((initiator, initiator_info)),
+            Some(target_relay),
         );
         true
+    }
+
+    /// The relay grant for the target of a session opened here whose
+    /// target is connected to another node (for that node to hand on):
+    /// this node relays the session, so only with its relay's address
+    /// ([`EngineConfig::relay_addr`](super::EngineConfig::relay_addr)).
+    pub fn relay_grant_elsewhere(&self, id: SessionId) -> Option<RelayGrant> {
+        self.relay_grant(id, RelayParty::Target, true)
     }
 
     /// The node of a session's other party ended it (or that party is

@@ -66,6 +66,11 @@ pub struct EngineConfig {
     pub p2p_server: Option<crate::protocol::P2pServerInfo>,
     /// With it, `p2p.session.created` gives each party its relay key.
     pub relay_secret: Option<crate::relay::grant::RelaySecret>,
+    /// This node's relay as agents reach it (`IP:port`), named in every
+    /// relay grant: in a cluster the node that grants a session relays it,
+    /// and an agent connected to another node binds here. Without it, a
+    /// party connected to another node gets no relay grant.
+    pub relay_addr: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +84,7 @@ impl Default for EngineConfig {
             max_backlog: 1000,
             p2p_server: None,
             relay_secret: None,
+            relay_addr: None,
         }
     }
 }
@@ -373,7 +379,7 @@ impl Engine {
         session_token: String,
         request_id: Option<String>,
     ) {
-        self.do_open_session(now, session, session_token, request_id, None);
+        self.do_open_session(now, session, session_token, request_id, None, None);
     }
 
     /// Replaces `peer`'s announced [`P2pInfo`] (`p2p.announce`); sessions

@@ -10,7 +10,7 @@
 
 use crate::error::Error;
 use crate::protocol::{
-    P2pInfo, P2pSession, PeerId, RelayParty, RoomId, RtcSignal, ServerEvent, SessionId,
+    P2pInfo, P2pSession, PeerId, RelayGrant, RelayParty, RoomId, RtcSignal, ServerEvent, SessionId,
     SessionKind, SessionState, Timestamp, UserId,
 };
 
@@ -123,10 +123,30 @@ impl Engine {
         }
     }
 
+    /// `party`'s relay grant for session `id`, from this node's relay
+    /// (`None` without one). For a party connected to another node
+    /// (`elsewhere`), only if this relay's address is known: that agent
+    /// must be told where to bind.
+    pub(super) fn relay_grant(
+        &self,
+        id: SessionId,
+        party: RelayParty,
+        elsewhere: bool,
+    ) -> Option<RelayGrant> {
+        if elsewhere && self.config.relay_addr.is_none() {
+            return None;
+        }
+        let mut grant = self.config.relay_secret.as_ref()?.grant(id, party);
+        grant.addr = self.config.relay_addr.clone();
+        Some(grant)
+    }
+
     /// Records a session and announces it to its parties connected here.
     /// `elsewhere`: the party connected to another node, with what it
-    /// announced (that node announces the session to it). A party that
-    /// should be here but vanished in between ends the session at once.
+    /// announced (that node announces the session to it).
+    /// `relayed_elsewhere`: the target's relay grant, when another node
+    /// granted the session (it relays it). A party that should be here but
+    /// vanished in between ends the session at once.
     pub(super) fn do_open_session(
         &mut self,
         now: Timestamp,
@@ -134,6 +154,7 @@ impl Engine {
         session_token: String,
         request_id: Option<String>,
         elsewhere: Option<(PeerId, P2pInfo)>,
+        relayed_elsewhere: Option<Option<RelayGrant>>,
     ) {
         let id = session.id;
         if self.sessions.contains_key(&id) {
@@ -155,11 +176,10 @@ impl Engine {
             session_token: session_token.clone(),
             initiator: info_of(initiator),
             target: info_of(target),
-            relay: self
-                .config
-                .relay_secret
-                .as_ref()
-                .map(|secret| secret.grant(id, party)),
+            relay: match (&relayed_elsewhere, party) {
+                (Some(grant), RelayParty::Target) => grant.clone(),
+                _ => self.relay_grant(id, party, false),
+            },
         };
         let (to_initiator, to_target) = (
             event_for(RelayParty::Initiator),

@@ -723,6 +723,7 @@ mod tests {
                 relay: Some(RelayGrant {
                     party: crate::protocol::RelayParty::Target,
                     key: "00".repeat(32),
+                    addr: None,
                 }),
             },
             ServerEvent::P2pSessionClosed {

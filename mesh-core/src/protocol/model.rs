@@ -206,6 +206,12 @@ impl RelayParty {
 pub struct RelayGrant {
     pub party: RelayParty,
     pub key: String,
+    /// Extension: the relay to bind at (`IP:port` of its UDP port) when it
+    /// is not the one of the server the agent is connected to: in a
+    /// cluster, the node that granted the session relays it. Absent: the
+    /// server's own (`system.welcome`'s `p2p.udp_port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
 }
 
 #[cfg(test)]

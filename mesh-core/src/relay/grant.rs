@@ -57,6 +57,7 @@ impl RelaySecret {
         RelayGrant {
             party,
             key: hex(&self.key(session, party)),
+            addr: None,
         }
     }
 }

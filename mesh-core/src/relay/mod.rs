@@ -22,3 +22,17 @@ pub mod stun;
 pub mod wire;
 
 pub use wire::{RefuseCode, RelayFrame};
+
+use crate::protocol::UserId;
+
+/// What one node's relay relayed for a user, as the nodes of a cluster
+/// tell each other every second so that per-user budgets hold across
+/// them (see [`server::Relay::take_usage`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayUsage {
+    pub user_id: UserId,
+    /// Relayed sessions the user is a party of there now.
+    pub sessions: usize,
+    /// Bytes relayed there for the user since the last report.
+    pub bytes: u64,
+}

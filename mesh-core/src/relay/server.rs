@@ -34,12 +34,21 @@
 //!
 //! A session outlives its token: the token authorises a `BIND`, and a
 //! relayed transfer may run for longer than the token's 180 s.
+//!
+//! **Several nodes**: each node relays its own sessions; the per-user
+//! budgets hold across them. Every second a node reports what its relay
+//! did for each user ([`Relay::take_usage`]); the others count that
+//! user's sessions there against [`RelayLimits::user_sessions`] and charge
+//! the bytes to the user's rate here ([`Relay::remote_usage`]), so a user's
+//! total stays within the limits give or take one second's worth. A node
+//! not heard from for [`REMOTE_USAGE_TTL`] no longer counts.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::RelayUsage;
 use super::grant::RelaySecret;
 use super::stun;
 use super::wire::{RefuseCode, RelayFrame};
@@ -316,6 +325,18 @@ impl Session {
 struct UserShare {
     sessions: usize,
     bucket: Bucket,
+    /// Bytes relayed for the user since the last [`Relay::take_usage`].
+    unreported: u64,
+}
+
+/// How long another node's report of its relay counts.
+pub const REMOTE_USAGE_TTL: Duration = Duration::from_secs(3);
+
+/// Another node's last report (see the module docs).
+#[derive(Debug)]
+struct RemoteUsage {
+    at: Instant,
+    sessions: HashMap<UserId, usize>,
 }
 
 /// The relay's state; see the [module documentation](self).
@@ -328,6 +349,8 @@ pub struct Relay {
     limits: RelayLimits,
     sessions: HashMap<SessionId, Session>,
     users: HashMap<UserId, UserShare>,
+    /// The other nodes' relays, by node name.
+    remote: HashMap<String, RemoteUsage>,
     sources: SourceLimiter,
     counters: RelayCounters,
 }
@@ -347,6 +370,7 @@ impl Relay {
             limits,
             sessions: HashMap::new(),
             users: HashMap::new(),
+            remote: HashMap::new(),
             sources: SourceLimiter::new(now),
             counters: RelayCounters::default(),
         }
@@ -560,9 +584,8 @@ impl Relay {
             distinct.push(users[1]);
         }
         if distinct.iter().any(|u| {
-            self.users
-                .get(u)
-                .is_some_and(|share| share.sessions >= self.limits.user_sessions)
+            let here = self.users.get(u).map_or(0, |share| share.sessions);
+            here + self.remote_sessions(*u, now) >= self.limits.user_sessions
         }) {
             return Err((
                 RefuseCode::OverBudget,
@@ -576,6 +599,7 @@ impl Relay {
                 .or_insert_with(|| UserShare {
                     sessions: 0,
                     bucket: Bucket::full(user_burst, now),
+                    unreported: 0,
                 })
                 .sessions += 1;
         }
@@ -656,6 +680,7 @@ impl Relay {
                 let ok = share.bucket.has(n, user_rate, user_rate, now);
                 if ok && session_ok {
                     share.bucket.take(n);
+                    share.unreported += len;
                 }
                 ok
             }
@@ -677,6 +702,56 @@ impl Relay {
         self.counters.forwarded_packets += 1;
         self.counters.forwarded_bytes += len;
         Action::Forward { to }
+    }
+
+    /// What this relay did for each user since the last call: for the
+    /// other nodes of a cluster (call it every second).
+    pub fn take_usage(&mut self) -> Vec<RelayUsage> {
+        self.users
+            .iter_mut()
+            .map(|(user, share)| RelayUsage {
+                user_id: *user,
+                sessions: share.sessions,
+                bytes: std::mem::take(&mut share.unreported),
+            })
+            .collect()
+    }
+
+    /// Another node's report ([`Self::take_usage`] there): its sessions
+    /// count against each user's session limit here until the next report
+    /// (or for [`REMOTE_USAGE_TTL`]), its bytes are charged to each user's
+    /// rate here.
+    pub fn remote_usage(&mut self, node: &str, usage: Vec<RelayUsage>, now: Instant) {
+        let user_rate = self.limits.user_rate as f64;
+        let mut sessions = HashMap::new();
+        for u in usage {
+            if u.sessions > 0 {
+                sessions.insert(u.user_id, u.sessions);
+            }
+            if let Some(share) = self.users.get_mut(&u.user_id) {
+                share.bucket.refill(user_rate, user_rate, now);
+                // At most one second's worth of debt: a burst elsewhere
+                // slows this node down, it does not stop it for long.
+                share.bucket.tokens = (share.bucket.tokens - u.bytes as f64).max(-user_rate);
+            }
+        }
+        self.remote
+            .retain(|_, r| now.saturating_duration_since(r.at) < REMOTE_USAGE_TTL);
+        if sessions.is_empty() {
+            self.remote.remove(node);
+        } else {
+            self.remote
+                .insert(node.to_owned(), RemoteUsage { at: now, sessions });
+        }
+    }
+
+    /// The user's relayed sessions on the other nodes, as they last said.
+    fn remote_sessions(&self, user: UserId, now: Instant) -> usize {
+        self.remote
+            .values()
+            .filter(|r| now.saturating_duration_since(r.at) < REMOTE_USAGE_TTL)
+            .filter_map(|r| r.sessions.get(&user))
+            .sum()
     }
 
     /// A WebSocket relay connection closed: its bindings go (the sessions
@@ -1023,6 +1098,51 @@ mod tests {
                 s => s,
             }
         }
+    }
+
+    #[test]
+    fn user_budgets_hold_across_nodes() {
+        let mut lab = Lab::new(RelayLimits {
+            user_rate: 1000,
+            user_sessions: 2,
+            ..RelayLimits::default()
+        });
+        let (alice, bob) = (UserId::new(), UserId::new());
+        // Alice has one relayed session on another node: one left here.
+        let elsewhere = |sessions, bytes| {
+            vec![RelayUsage {
+                user_id: alice,
+                sessions,
+                bytes,
+            }]
+        };
+        lab.relay.remote_usage("b", elsewhere(1, 0), lab.now);
+        let (sid, token) = lab.session(Some((alice, bob)), 180);
+        let (a, b) = (udp(1), udp(2));
+        assert_eq!(lab.bind(a, sid, RelayParty::Initiator, &token), bound(sid));
+        lab.bind(b, sid, RelayParty::Target, &token);
+        let (s2, t2) = lab.session(Some((alice, UserId::new())), 180);
+        assert_eq!(
+            refused_code(&lab.bind(udp(3), s2, RelayParty::Initiator, &t2)),
+            Some(RefuseCode::OverBudget),
+            "one here and one there: the limit"
+        );
+        // What alice sends here is reported, once.
+        let frame = data(sid, &[0xc0; 83]); // 100 bytes
+        assert_eq!(lab.send(a, &frame), Action::Forward { to: b });
+        let usage = lab.relay.take_usage();
+        let mine = usage.iter().find(|u| u.user_id == alice).expect("alice");
+        assert_eq!((mine.sessions, mine.bytes), (1, 100));
+        assert!(lab.relay.take_usage().iter().all(|u| u.bytes == 0));
+        // Bytes relayed for her elsewhere are charged here: a second's
+        // worth there leaves nothing for her here until it refills.
+        lab.relay.remote_usage("b", elsewhere(1, 1000), lab.now);
+        assert_eq!(lab.send(a, &frame), Action::Nothing, "her rate is spent");
+        lab.advance(Duration::from_millis(1200));
+        assert_eq!(lab.send(a, &frame), Action::Forward { to: b });
+        // A node that stops reporting stops counting.
+        lab.advance(REMOTE_USAGE_TTL);
+        assert_eq!(lab.bind(udp(3), s2, RelayParty::Initiator, &t2), bound(s2));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::protocol::{
     MessageId, P2pInfo, P2pSession, PeerId, RoomId, RtcKind, RtcSignal, SessionId, Timestamp,
 };
+use crate::relay::RelayUsage;
 use crate::storage::{HistoryPage, MAX_PAGE};
 
 /// Events waiting to be published; past it new ones are dropped (and
@@ -23,6 +24,13 @@ const OUTBOX: usize = 16_384;
 /// The most pages of history one gap fill reads; a longer gap is left to
 /// clients, which fill holes from history themselves.
 const FILL_PAGES: usize = 10;
+
+/// Another node's relay report: its name and what it relayed per user.
+pub type RelayReport = (String, Vec<RelayUsage>);
+
+/// Relay reports waiting for the relay; past it they are dropped (the next
+/// second brings new ones).
+const RELAY_REPORTS: usize = 256;
 
 #[derive(Debug)]
 pub(super) struct ClusterLink {
@@ -87,6 +95,29 @@ impl Service {
     pub fn cluster_nodes(&self) -> Option<usize> {
         self.inner.cluster.get()?;
         Some(lock(&self.inner.directory).nodes() + 1)
+    }
+
+    /// Tells the other nodes what this node's relay did for each user
+    /// ([`Relay::take_usage`], every second). Nothing outside a cluster or
+    /// when `users` is empty.
+    ///
+    /// [`Relay::take_usage`]: crate::relay::server::Relay::take_usage
+    pub fn publish_relay_usage(&self, users: Vec<RelayUsage>) {
+        if !users.is_empty() {
+            self.publish(ClusterEvent::RelayUsage { users });
+        }
+    }
+
+    /// The other nodes' relay reports, by node name, for this node's relay
+    /// ([`Relay::remote_usage`]). One receiver: a second call replaces the
+    /// first. `None` outside a cluster.
+    ///
+    /// [`Relay::remote_usage`]: crate::relay::server::Relay::remote_usage
+    pub fn relay_usage_reports(&self) -> Option<mpsc::Receiver<RelayReport>> {
+        self.inner.cluster.get()?;
+        let (tx, rx) = mpsc::channel(RELAY_REPORTS);
+        *lock(&self.inner.relay_reports) = Some(tx);
+        Some(rx)
     }
 
     /// Hands `event` to the bus, if the service is in a cluster.
@@ -156,15 +187,30 @@ impl Service {
                 session,
                 session_token,
                 initiator,
+                target_relay,
             } => {
                 self.with_engine(|engine, now| {
-                    engine.remote_session_opened(now, session, session_token, initiator)
+                    engine.remote_session_opened(
+                        now,
+                        session,
+                        session_token,
+                        initiator,
+                        target_relay,
+                    )
                 });
             }
             ClusterEvent::SessionClosed { session_id, reason } => {
                 self.with_engine(|engine, now| {
                     engine.remote_session_closed(now, session_id, &reason);
                 });
+            }
+            ClusterEvent::RelayUsage { users } => {
+                let reports = lock(&self.inner.relay_reports);
+                if let Some(tx) = reports.as_ref()
+                    && tx.try_send((node.to_string(), users)).is_err()
+                {
+                    tracing::debug!(%node, "a relay report was dropped (the relay is behind)");
+                }
             }
             ClusterEvent::DeviceRevoked { device_id } => {
                 self.with_engine(|engine, now| engine.revoke_device(now, device_id));
@@ -252,10 +298,12 @@ impl Service {
         token: &str,
         initiator: P2pInfo,
     ) {
+        let target_relay = self.with_engine(|engine, _| engine.relay_grant_elsewhere(session.id));
         self.publish(ClusterEvent::SessionOpened {
             session: session.clone(),
             session_token: token.to_owned(),
             initiator,
+            target_relay,
         });
         self.end_sessions_with_gone_peers();
     }

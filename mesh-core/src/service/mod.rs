@@ -51,6 +51,7 @@ use crate::storage::{
 use crate::validate;
 
 mod cluster;
+pub use cluster::RelayReport;
 mod connection;
 mod hashing;
 mod hub;
@@ -146,6 +147,7 @@ impl ServiceBuilder {
             cluster: std::sync::OnceLock::new(),
             directory: Mutex::new(Default::default()),
             appending: Mutex::new(Default::default()),
+            relay_reports: Mutex::new(None),
         });
         runtime.spawn(run_timers(Arc::downgrade(&inner), timers));
         Ok(Service { inner })
@@ -225,6 +227,9 @@ struct Inner {
     /// Messages being stored and announced by this node (see
     /// `cluster::Service::appending`).
     appending: Mutex<std::collections::HashSet<crate::protocol::MessageId>>,
+    /// Where the other nodes' relay reports go (see
+    /// `cluster::Service::relay_usage_reports`).
+    relay_reports: Mutex<Option<tokio::sync::mpsc::Sender<cluster::RelayReport>>>,
 }
 
 /// Locks a mutex even if a panicking thread poisoned it: the engine's state

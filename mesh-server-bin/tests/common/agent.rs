@@ -37,6 +37,9 @@ pub struct Tweaks {
     pub identity: Option<AgentIdentity>,
     /// Its clock runs this many milliseconds ahead.
     pub clock_ahead_ms: i64,
+    /// The addresses it announces instead of the one it is bound to (one
+    /// nothing answers at: no direct path).
+    pub announce: Option<Vec<String>>,
 }
 
 impl Agent {
@@ -69,7 +72,10 @@ impl Agent {
             .connect_timeout(Duration::from_secs(5))
             .bind("127.0.0.1:0".parse().expect("addr"))
             .expect("bind");
-        let info = endpoint.p2p_info(Vec::new());
+        let mut info = endpoint.p2p_info(Vec::new());
+        if let Some(addrs) = tweaks.announce {
+            info.addrs = addrs;
+        }
         let client = guard(
             "connect",
             Client::builder()

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod process;
+pub mod relay;
 pub mod services;
 pub mod tls;
 

@@ -5,14 +5,16 @@ use std::time::Duration;
 use serde_json::{Map, Value, json};
 
 use super::harness::{Harness, user};
-use crate::engine::PeerInfo;
+use crate::engine::{EngineConfig, PeerInfo};
 use crate::error::Error;
+use crate::protocol::RelayParty;
 use crate::protocol::RtcKind;
 use crate::protocol::UserId;
 use crate::protocol::{
     DeviceId, P2pInfo, P2pSession, PeerId, RoomId, RtcSignal, ServerEvent, SessionId, SessionKind,
     SessionState,
 };
+use crate::relay::grant::RelaySecret;
 
 fn offer(target: PeerId, room: RoomId) -> RtcSignal {
     let mut body = Map::new();
@@ -311,7 +313,16 @@ fn rtc_kinds_read_and_print_as_the_event_types_name_them() {
 
 /// Two nodes' engines: alice's agent on `a`, bob's on `b`, both in `room`.
 fn two_nodes() -> (Harness, Harness, RoomId, PeerId, (PeerId, UserId)) {
-    let (mut a, mut b) = (Harness::new(), Harness::new());
+    // Both nodes relay; node a's relay has a public address.
+    let relaying = |addr: Option<&str>| EngineConfig {
+        relay_secret: Some(RelaySecret::generate().expect("random")),
+        relay_addr: addr.map(str::to_owned),
+        ..EngineConfig::default()
+    };
+    let (mut a, mut b) = (
+        Harness::with_config(relaying(Some("192.0.2.1:3478"))),
+        Harness::with_config(relaying(None)),
+    );
     let (room, alice, _) = pair(&mut a);
     let bob_user = user("bob");
     let bob = b.connect(&bob_user, &[room]);
@@ -356,12 +367,23 @@ fn a_session_across_nodes_is_announced_on_each_and_ends_on_both() {
     let to_alice = a.take(alice);
     assert_eq!(to_alice.len(), 1);
     assert_eq!(to_alice[0].id.as_deref(), Some("q1"));
-    let ServerEvent::P2pSessionCreated { target, .. } = &to_alice[0].event else {
+    let ServerEvent::P2pSessionCreated { target, relay, .. } = &to_alice[0].event else {
         panic!("not created: {to_alice:?}")
     };
     assert_eq!(
         target, &bob_info,
         "the target's details as its node told them"
+    );
+    // Node a relays the session: both grants name its relay.
+    let relay = relay.as_ref().expect("alice's grant");
+    assert_eq!(relay.addr.as_deref(), Some("192.0.2.1:3478"));
+    let for_bob = a
+        .engine
+        .relay_grant_elsewhere(session.id)
+        .expect("bob's grant");
+    assert_eq!(
+        (for_bob.party, for_bob.addr.as_deref()),
+        (RelayParty::Target, Some("192.0.2.1:3478"))
     );
     assert!(a.ended.is_empty(), "the target elsewhere does not end it");
 
@@ -371,7 +393,8 @@ fn a_session_across_nodes_is_announced_on_each_and_ends_on_both() {
         c.now,
         session.clone(),
         "tok".into(),
-        P2pInfo::default()
+        P2pInfo::default(),
+        None,
     ));
     let alice_info = a
         .engine
@@ -382,7 +405,8 @@ fn a_session_across_nodes_is_announced_on_each_and_ends_on_both() {
         b.now,
         session.clone(),
         "tok".into(),
-        alice_info.clone()
+        alice_info.clone(),
+        Some(for_bob.clone()),
     ));
     b.drain();
     let to_bob = b.events(bob);
@@ -390,6 +414,7 @@ fn a_session_across_nodes_is_announced_on_each_and_ends_on_both() {
         ServerEvent::P2pSessionCreated {
             session: s,
             initiator,
+            relay,
             ..
         },
     ] = &to_bob[..]
@@ -397,6 +422,13 @@ fn a_session_across_nodes_is_announced_on_each_and_ends_on_both() {
         panic!("not created: {to_bob:?}")
     };
     assert_eq!((s, initiator), (&session, &alice_info));
+    assert_eq!(
+        relay,
+        &Some(for_bob),
+        "node a's grant, not one of node b's relay"
+    );
+    // Without a public address, a node gives no grant for a party elsewhere.
+    assert_eq!(b.engine.relay_grant_elsewhere(session.id), None);
     assert_eq!(b.engine.sessions_of(bob_user), vec![session.clone()]);
 
     // Bob leaves: his node ends it and says so for alice's node, which
@@ -452,7 +484,8 @@ fn a_session_across_nodes_expires_on_both_and_alice_closing_tells_bobs_node() {
             b.now,
             session.clone(),
             "tok".into(),
-            P2pInfo::default()
+            P2pInfo::default(),
+            None,
         ));
         a.drain();
         b.drain();

@@ -229,6 +229,25 @@ pub(crate) fn start(
     grant: Option<&RelayGrant>,
     punch: Vec<SocketAddr>,
 ) -> Option<Traversal> {
+    // A grant may name the relay to bind at (in a cluster, the node that
+    // granted the session): then over UDP there only, as the relay
+    // WebSocket leads to the agent's own server.
+    let mut paths = paths.clone();
+    let mut elsewhere = None;
+    if let Some(addr) = grant.and_then(|g| g.addr.as_deref()) {
+        match addr.parse::<SocketAddr>() {
+            Ok(relay) if Some(relay) != paths.udp => {
+                elsewhere = Some(relay);
+                paths.udp = Some(relay);
+                paths.stream = None;
+            }
+            Ok(_) => {}
+            Err(_) => {
+                tracing::debug!(%session, addr, "the grant names a relay that is no IP:port; not relaying");
+                paths.relay = false;
+            }
+        }
+    }
     let binding = grant
         .filter(|_| paths.relay && (paths.udp.is_some() || paths.stream.is_some()))
         .and_then(|g| Some((g.party, parse_key(&g.key)?)))
@@ -237,7 +256,7 @@ pub(crate) fn start(
         return None;
     }
     let (ctl_tx, ctl_rx) = mpsc::channel(8);
-    let relay_addr = mux.add_session(session, ctl_tx);
+    let relay_addr = mux.add_session(session, ctl_tx, elsewhere);
     let (bound_tx, bound_rx) = watch::channel(BindState::Binding);
     let now = Instant::now().into_std();
     let binding = binding.map(|frame| Binding::new(&frame, paths.udp.is_some(), now));

@@ -88,6 +88,9 @@ pub enum Control {
 struct State {
     /// The server's UDP port (STUN and the relay).
     server: Option<SocketAddr>,
+    /// Other relays some sessions bind at (a cluster's node that granted
+    /// them), with how many routes use each.
+    relays: HashMap<SocketAddr, usize>,
     /// Relayed sessions: synthetic address -> session and carrier.
     routes: HashMap<SocketAddr, Route>,
     by_session: HashMap<SessionId, SocketAddr>,
@@ -107,6 +110,8 @@ struct State {
 struct Route {
     session: SessionId,
     carrier: Option<Carrier>,
+    /// The relay's UDP address when it is not the server's.
+    relay: Option<SocketAddr>,
     /// A connection runs over it: only its end removes the route.
     claimed: bool,
 }
@@ -223,15 +228,27 @@ impl Mux {
 
     /// Starts a relayed path for `session`: its synthetic address, which
     /// carries nothing until [`Self::set_carrier`]. Relay control frames
-    /// for it go to `control`.
-    pub fn add_session(&self, session: SessionId, control: mpsc::Sender<Control>) -> SocketAddr {
+    /// for it go to `control`. `relay`: the relay's UDP address when it is
+    /// not the server's (the session's grant named another).
+    pub fn add_session(
+        &self,
+        session: SessionId,
+        control: mpsc::Sender<Control>,
+        relay: Option<SocketAddr>,
+    ) -> SocketAddr {
         let addr = relay_addr(session, self.v6);
+        let relay = relay.map(|r| self.match_family(r));
         let mut st = self.lock();
+        forget_route(&mut st, session);
+        if let Some(r) = relay {
+            *st.relays.entry(r).or_insert(0) += 1;
+        }
         st.routes.insert(
             addr,
             Route {
                 session,
                 carrier: None,
+                relay,
                 claimed: false,
             },
         );
@@ -287,9 +304,7 @@ impl Mux {
     /// Forgets `session`'s relayed path.
     pub fn remove_session(&self, session: SessionId) {
         let mut st = self.lock();
-        if let Some(addr) = st.by_session.remove(&session) {
-            st.routes.remove(&addr);
-        }
+        forget_route(&mut st, session);
         st.control.remove(&session);
     }
 
@@ -315,7 +330,7 @@ impl Mux {
     /// A binary message from the relay WebSocket.
     pub fn handle_stream_frame(&self, bytes: &[u8]) {
         let mut st = self.lock();
-        self.handle_relay_frame(&mut st, bytes, Carrier::Stream);
+        self.handle_relay_frame(&mut st, bytes, Carrier::Stream, None);
     }
 
     /// Side-traffic counters.
@@ -335,8 +350,8 @@ impl Mux {
             }
             return;
         }
-        if from_server {
-            self.handle_relay_frame(st, bytes, Carrier::Udp);
+        if from_server || st.relays.contains_key(&from) {
+            self.handle_relay_frame(st, bytes, Carrier::Udp, Some(from));
         } else if matches!(RelayFrame::decode(bytes), Ok(RelayFrame::Punch { .. })) {
             st.stats.punches_in += 1;
         } else {
@@ -344,14 +359,34 @@ impl Mux {
         }
     }
 
-    /// A relay frame from the server, by `carrier`.
-    fn handle_relay_frame(&self, st: &mut State, bytes: &[u8], carrier: Carrier) {
+    /// A relay frame from the server or another relay, by `carrier` (over
+    /// UDP: `from`, which must be the session's relay).
+    fn handle_relay_frame(
+        &self,
+        st: &mut State,
+        bytes: &[u8],
+        carrier: Carrier,
+        from: Option<SocketAddr>,
+    ) {
+        let session_relay = |st: &State, session: SessionId| {
+            st.by_session
+                .get(&session)
+                .and_then(|a| st.routes.get(a))
+                .and_then(|r| r.relay)
+                .or(st.server)
+        };
+        let wrong_relay =
+            |st: &State, session| from.is_some_and(|f| session_relay(st, session) != Some(f));
         match RelayFrame::decode(bytes) {
             Ok(RelayFrame::Data { session, payload }) => {
                 let Some(addr) = st.by_session.get(&session).copied() else {
                     st.stats.relay_dropped += 1;
                     return;
                 };
+                if wrong_relay(st, session) {
+                    st.stats.junk_in += 1;
+                    return;
+                }
                 if st.queued.len() >= MAX_QUEUED {
                     st.stats.relay_dropped += 1;
                     return;
@@ -363,6 +398,10 @@ impl Mux {
                 }
             }
             Ok(RelayFrame::Bound { session }) => {
+                if wrong_relay(st, session) {
+                    st.stats.junk_in += 1;
+                    return;
+                }
                 if let Some(to) = st.control.get(&session) {
                     let _ = to.try_send(Control::Bound { session, carrier });
                 }
@@ -372,6 +411,10 @@ impl Mux {
                 code,
                 reason,
             }) => {
+                if wrong_relay(st, session) {
+                    st.stats.junk_in += 1;
+                    return;
+                }
                 if let Some(to) = st.control.get(&session) {
                     let _ = to.try_send(Control::Refused {
                         session,
@@ -499,7 +542,8 @@ impl AsyncUdpSocket for MeshSocket {
         if is_relay_addr(transmit.destination) {
             let (route, server) = {
                 let st = self.0.lock();
-                (st.routes.get(&transmit.destination).copied(), st.server)
+                let route = st.routes.get(&transmit.destination).copied();
+                (route, route.and_then(|r| r.relay).or(st.server))
             };
             // A path that is gone: the datagram is lost, as on a network.
             return match route {
@@ -609,7 +653,7 @@ fn unwrap_relayed(
     buf: &mut [u8],
     stride: usize,
 ) -> Option<(SocketAddr, usize)> {
-    if st.server != Some(from) || stride <= DATA_HEADER {
+    if stride <= DATA_HEADER || (st.server != Some(from) && !st.relays.contains_key(&from)) {
         return None;
     }
     let header: [u8; DATA_HEADER] = buf.get(..DATA_HEADER)?.try_into().ok()?;
@@ -625,6 +669,9 @@ fn unwrap_relayed(
     }
     let session = SessionId::from_bytes(header[1..].try_into().ok()?);
     let addr = *st.by_session.get(&session)?;
+    if st.routes.get(&addr)?.relay.or(st.server) != Some(from) {
+        return None;
+    }
     let mut at = 0;
     let mut segments = 0u64;
     let mut start = 0;
@@ -667,6 +714,21 @@ fn fill_queued(
     n
 }
 
+/// Removes `session`'s route, and its use of another relay.
+fn forget_route(st: &mut State, session: SessionId) {
+    let Some(addr) = st.by_session.remove(&session) else {
+        return;
+    };
+    if let Some(relay) = st.routes.remove(&addr).and_then(|r| r.relay)
+        && let Some(n) = st.relays.get_mut(&relay)
+    {
+        *n -= 1;
+        if *n == 0 {
+            st.relays.remove(&relay);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -698,7 +760,14 @@ mod tests {
             ..State::default()
         };
         let addr = relay_addr(one, false);
+        let route = |relay| Route {
+            session: one,
+            carrier: Some(Carrier::Udp),
+            relay,
+            claimed: false,
+        };
         st.by_session.insert(one, addr);
+        st.routes.insert(addr, route(None));
         let frame = |s: SessionId, fill: u8, n: usize| {
             let mut f = data_header(s).to_vec();
             f.extend(std::iter::repeat_n(fill, n));
@@ -745,6 +814,73 @@ mod tests {
         }
         let len = punch.len();
         assert_eq!(unwrap_relayed(&mut st, server, &mut punch, len), None);
+
+        // A session whose grant named another relay: from that one only.
+        let other: SocketAddr = "198.51.100.7:3478".parse().expect("addr");
+        st.routes.insert(addr, route(Some(other)));
+        st.relays.insert(other, 1);
+        let mut from_server = frame(one, 5, 10);
+        assert_eq!(
+            unwrap_relayed(&mut st, server, &mut from_server, stride),
+            None
+        );
+        let mut from_other = frame(one, 5, 10);
+        assert_eq!(
+            unwrap_relayed(&mut st, other, &mut from_other, stride),
+            Some((addr, 10))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_session_bound_at_another_relay_is_served_from_there_only() {
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let mux = Mux::new(sock).expect("mux");
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let other = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let other_addr = other.local_addr().expect("addr");
+        mux.set_server(Some(server.local_addr().expect("addr")), None);
+        let (tx, mut rx) = mpsc::channel(4);
+        let session = SessionId::new();
+        mux.add_session(session, tx, Some(other_addr));
+        let to_agent = mux.inner.local_addr().expect("addr");
+        let bound = RelayFrame::Bound { session }.to_vec();
+        let socket = mux.socket();
+        // Runs the socket's receive path until `done` holds.
+        async fn pump(socket: &Arc<dyn AsyncUdpSocket>, done: &mut dyn FnMut() -> bool) {
+            let mut storage = [0u8; 2048];
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !done() {
+                assert!(std::time::Instant::now() < deadline, "timed out");
+                std::future::poll_fn(|cx| {
+                    let mut bufs = [IoSliceMut::new(&mut storage)];
+                    let mut meta = [RecvMeta::default()];
+                    let _ = socket.poll_recv(cx, &mut bufs, &mut meta);
+                    Poll::Ready(())
+                })
+                .await;
+                // Lets the runtime poll its IO driver.
+                tokio::task::yield_now().await;
+            }
+        }
+        // BOUND from the agent's own server is not this session's: dropped.
+        server.send_to(&bound, to_agent).expect("send");
+        pump(&socket, &mut || mux.stats().junk_in == 1).await;
+        assert!(rx.try_recv().is_err());
+        other.send_to(&bound, to_agent).expect("send");
+        let mut got = None;
+        pump(&socket, &mut || {
+            if got.is_none() {
+                got = rx.try_recv().ok();
+            }
+            got.is_some()
+        })
+        .await;
+        let got = got.expect("BOUND arrives");
+        assert!(matches!(got, Control::Bound { session: s, .. } if s == session));
+        assert_eq!(mux.stats().junk_in, 1, "the server's BOUND was dropped");
+        // Sessions gone, the other relay is forgotten.
+        mux.remove_session(session);
+        assert!(mux.lock().relays.is_empty());
     }
 
     #[tokio::test]
@@ -756,7 +892,7 @@ mod tests {
         mux.set_server(Some(server_addr), None);
         let (tx, mut rx) = mpsc::channel(4);
         let session = SessionId::new();
-        let addr = mux.add_session(session, tx);
+        let addr = mux.add_session(session, tx, None);
 
         // From the server over UDP: BOUND goes to the session's task, DATA
         // to quinn.
