@@ -479,7 +479,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     config.p2p.udp_port = Some(udp.local_addr()?.port());
     // The data folder first: a server that refuses its data never listens.
     let service = mesh_server_bin::open_service(&config).await?;
-    let challenges = tls_setup(&args, &mut config)?;
+    let challenges = tls_setup(&args, &mut config, &service)?;
     let listener = tcp
         .listen(1024)
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -529,6 +529,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
 fn tls_setup(
     args: &Args,
     config: &mut mesh_server_bin::Config,
+    service: &mesh_core::service::Service,
 ) -> anyhow::Result<Option<Arc<Challenges>>> {
     use mesh_server_bin::tls::{CertStore, ServerTls, acme, files};
     let store = CertStore::new();
@@ -565,7 +566,9 @@ fn tls_setup(
             directory_ca: args.acme_directory_ca.clone(),
         };
         let c = acme::Challenges::new();
-        tokio::spawn(acme::run(acme, store.clone(), c.clone()));
+        // In a cluster the nodes share the order (see `acme`).
+        let cluster = service.cluster_nodes().map(|_| service.clone());
+        tokio::spawn(acme::run(acme, store.clone(), c.clone(), cluster));
         challenges = Some(c);
     } else {
         anyhow::ensure!(

@@ -134,6 +134,11 @@ impl Directory {
         self.nodes.len()
     }
 
+    /// Their names.
+    pub(crate) fn node_ids(&self) -> Vec<NodeId> {
+        self.nodes.keys().cloned().collect()
+    }
+
     /// The user's presence across the other nodes: the first non-offline
     /// one (by node id, so every node agrees), and the rooms of all.
     fn aggregate(&self, user: UserId) -> (Option<(Presence, Option<String>)>, BTreeSet<RoomId>) {

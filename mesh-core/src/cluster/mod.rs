@@ -199,6 +199,14 @@ pub enum ClusterEvent {
     RelayUsage {
         users: Vec<RelayUsage>,
     },
+    /// An ACME HTTP-01 challenge answer of the node ordering a certificate
+    /// for the names the nodes share (`None`: the order is over, the
+    /// certificate is in the shared cache): every node answers it, whichever
+    /// one the certificate authority's check reaches.
+    AcmeChallenge {
+        token: String,
+        key_authorization: Option<String>,
+    },
     /// A device was revoked: its connections close on every node.
     DeviceRevoked {
         device_id: DeviceId,
@@ -231,6 +239,7 @@ impl ClusterEvent {
             ClusterEvent::DeviceRevoked { .. }
             | ClusterEvent::SessionClosed { .. }
             | ClusterEvent::RelayUsage { .. }
+            | ClusterEvent::AcmeChallenge { .. }
             | ClusterEvent::Presence { .. }
             | ClusterEvent::Heartbeat { .. }
             | ClusterEvent::NodeLeft => None,

@@ -32,9 +32,17 @@ pub type RelayReport = (String, Vec<RelayUsage>);
 /// second brings new ones).
 const RELAY_REPORTS: usize = 256;
 
+/// An ACME HTTP-01 challenge token and its answer (`None`: withdrawn).
+pub type AcmeAnswer = (String, Option<String>);
+
+/// ACME answers waiting for the HTTP side.
+const ACME_ANSWERS: usize = 64;
+
 #[derive(Debug)]
 pub(super) struct ClusterLink {
     config: ClusterConfig,
+    /// When this node joined (see [`Service::cluster_leader`]).
+    joined: std::time::Instant,
     bus: Arc<dyn Bus>,
     outbox: mpsc::Sender<(String, Bytes)>,
 }
@@ -53,6 +61,7 @@ impl Service {
         let node = config.node_id.clone();
         let link = ClusterLink {
             config,
+            joined: std::time::Instant::now(),
             bus: bus.clone(),
             outbox,
         };
@@ -118,6 +127,40 @@ impl Service {
         let (tx, rx) = mpsc::channel(RELAY_REPORTS);
         *lock(&self.inner.relay_reports) = Some(tx);
         Some(rx)
+    }
+
+    /// Tells the other nodes an ACME HTTP-01 answer to serve (`None`: the
+    /// order is over and its certificate is in the shared cache). Nothing
+    /// outside a cluster.
+    pub fn publish_acme_challenge(&self, token: String, key_authorization: Option<String>) {
+        self.publish(ClusterEvent::AcmeChallenge {
+            token,
+            key_authorization,
+        });
+    }
+
+    /// The other nodes' ACME HTTP-01 answers, for this node to serve too.
+    /// One receiver: a second call replaces the first. `None` outside a
+    /// cluster.
+    pub fn acme_challenges(&self) -> Option<mpsc::Receiver<AcmeAnswer>> {
+        self.inner.cluster.get()?;
+        let (tx, rx) = mpsc::channel(ACME_ANSWERS);
+        *lock(&self.inner.acme_challenges) = Some(tx);
+        Some(rx)
+    }
+
+    /// Whether this node is the one that does the deployment's single
+    /// jobs (ordering a shared certificate): the node with the smallest id
+    /// among those it hears from. `None` outside a cluster, and during the
+    /// first two heartbeat intervals after joining, while the others are
+    /// not all heard from yet.
+    pub fn cluster_leader(&self) -> Option<bool> {
+        let link = self.inner.cluster.get()?;
+        if link.joined.elapsed() < 2 * link.config.heartbeat {
+            return None;
+        }
+        let others = lock(&self.inner.directory).node_ids();
+        Some(others.iter().all(|other| link.config.node_id < *other))
     }
 
     /// Hands `event` to the bus, if the service is in a cluster.
@@ -210,6 +253,17 @@ impl Service {
                     && tx.try_send((node.to_string(), users)).is_err()
                 {
                     tracing::debug!(%node, "a relay report was dropped (the relay is behind)");
+                }
+            }
+            ClusterEvent::AcmeChallenge {
+                token,
+                key_authorization,
+            } => {
+                let to = lock(&self.inner.acme_challenges);
+                if let Some(tx) = to.as_ref()
+                    && tx.try_send((token, key_authorization)).is_err()
+                {
+                    tracing::warn!(%node, "an ACME challenge answer from another node was dropped");
                 }
             }
             ClusterEvent::DeviceRevoked { device_id } => {

@@ -51,7 +51,7 @@ use crate::storage::{
 use crate::validate;
 
 mod cluster;
-pub use cluster::RelayReport;
+pub use cluster::{AcmeAnswer, RelayReport};
 mod connection;
 mod hashing;
 mod hub;
@@ -148,6 +148,7 @@ impl ServiceBuilder {
             directory: Mutex::new(Default::default()),
             appending: Mutex::new(Default::default()),
             relay_reports: Mutex::new(None),
+            acme_challenges: Mutex::new(None),
         });
         runtime.spawn(run_timers(Arc::downgrade(&inner), timers));
         Ok(Service { inner })
@@ -230,6 +231,9 @@ struct Inner {
     /// Where the other nodes' relay reports go (see
     /// `cluster::Service::relay_usage_reports`).
     relay_reports: Mutex<Option<tokio::sync::mpsc::Sender<cluster::RelayReport>>>,
+    /// Where the other nodes' ACME challenge answers go (see
+    /// `cluster::Service::acme_challenges`).
+    acme_challenges: Mutex<Option<tokio::sync::mpsc::Sender<cluster::AcmeAnswer>>>,
 }
 
 /// Locks a mutex even if a panicking thread poisoned it: the engine's state

@@ -10,6 +10,14 @@
 //! lifetime is left (30 days of Let's Encrypt's 90). A failed order is
 //! retried after 1 minute, doubling up to 6 hours; the certificate being
 //! served stays until it is replaced.
+//!
+//! **Several nodes behind one name** (a cluster, `--bus`) share the cache
+//! folder: only the node with the smallest id orders
+//! ([`Service::cluster_leader`]); its HTTP-01 answers go to every node over
+//! the bus, so the certificate authority's check may reach any of them; once
+//! the certificate is in the cache, the others load it (told over the bus,
+//! and in any case every minute while theirs is due). When that node is gone,
+//! the next one takes over.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +29,8 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
 };
+
+use mesh_core::service::Service;
 
 use super::CertStore;
 
@@ -72,9 +82,23 @@ const CERT_FILE: &str = "cert.pem";
 const KEY_FILE: &str = "key.pem";
 const ACCOUNT_FILE: &str = "account.json";
 
+/// How often a node that does not order checks the shared cache while its
+/// certificate is due.
+const FOLLOWER_CHECK: Duration = Duration::from_secs(60);
+
 /// Serves the cached certificate if there is one, then keeps a valid one
-/// in `store` for as long as the server runs.
-pub async fn run(config: Config, store: Arc<CertStore>, challenges: Arc<Challenges>) {
+/// in `store` for as long as the server runs. In a cluster (`cluster`),
+/// only the leader orders; see the module docs.
+pub async fn run(
+    config: Config,
+    store: Arc<CertStore>,
+    challenges: Arc<Challenges>,
+    cluster: Option<Service>,
+) {
+    let ordered = Arc::new(tokio::sync::Notify::new());
+    if let Some(answers) = cluster.as_ref().and_then(Service::acme_challenges) {
+        tokio::spawn(serve_others(answers, challenges.clone(), ordered.clone()));
+    }
     let mut retry = Duration::from_secs(60);
     loop {
         let due = match cached(&config) {
@@ -102,7 +126,23 @@ pub async fn run(config: Config, store: Arc<CertStore>, challenges: Arc<Challeng
             tokio::time::sleep(wait.min(Duration::from_secs(12 * 3600))).await;
             continue;
         }
-        match order(&config, &challenges).await {
+        match cluster.as_ref().map(Service::cluster_leader) {
+            // Not yet known who orders: soon.
+            Some(None) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            // Another node orders: its certificate comes to the cache.
+            Some(Some(false)) => {
+                tokio::select! {
+                    _ = ordered.notified() => {}
+                    _ = tokio::time::sleep(FOLLOWER_CHECK) => {}
+                }
+                continue;
+            }
+            None | Some(Some(true)) => {}
+        }
+        match order(&config, &challenges, cluster.as_ref()).await {
             Ok(()) => {
                 tracing::info!(domains = ?config.domains, "ACME certificate issued");
                 retry = Duration::from_secs(60);
@@ -206,9 +246,55 @@ async fn account(config: &Config) -> anyhow::Result<Account> {
     Ok(account)
 }
 
+/// Serves the other nodes' HTTP-01 answers; a withdrawn one means their
+/// order is over: `ordered` wakes this node's loop to load the cache.
+async fn serve_others(
+    mut answers: tokio::sync::mpsc::Receiver<mesh_core::service::AcmeAnswer>,
+    challenges: Arc<Challenges>,
+    ordered: Arc<tokio::sync::Notify>,
+) {
+    while let Some((token, answer)) = answers.recv().await {
+        match answer {
+            Some(answer) => challenges.insert(token, answer),
+            None => {
+                challenges.lock().remove(&token);
+                ordered.notify_one();
+            }
+        }
+    }
+}
+
 /// One order, start to finish: the certificate ends in the cache (the
-/// caller's loop then serves it).
-async fn order(config: &Config, challenges: &Challenges) -> anyhow::Result<()> {
+/// caller's loop then serves it). In a cluster, the challenge answers are
+/// shared with the other nodes and withdrawn once the certificate is in
+/// the cache (or the order failed).
+async fn order(
+    config: &Config,
+    challenges: &Challenges,
+    cluster: Option<&Service>,
+) -> anyhow::Result<()> {
+    let mut tokens = Vec::new();
+    let result = order_with(config, challenges, cluster, &mut tokens).await;
+    {
+        let mut answers = challenges.lock();
+        for t in &tokens {
+            answers.remove(t);
+        }
+    }
+    if let Some(service) = cluster {
+        for t in tokens {
+            service.publish_acme_challenge(t, None);
+        }
+    }
+    result
+}
+
+async fn order_with(
+    config: &Config,
+    challenges: &Challenges,
+    cluster: Option<&Service>,
+    tokens: &mut Vec<String>,
+) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.cache)
         .with_context(|| format!("creating {}", config.cache.display()))?;
     let account = account(config).await?;
@@ -221,7 +307,6 @@ async fn order(config: &Config, challenges: &Challenges) -> anyhow::Result<()> {
         .new_order(&NewOrder::new(&identifiers))
         .await
         .context("placing the order")?;
-    let mut tokens = Vec::new();
     let result = async {
         let mut authorizations = order.authorizations();
         while let Some(authz) = authorizations.next().await {
@@ -234,10 +319,11 @@ async fn order(config: &Config, challenges: &Challenges) -> anyhow::Result<()> {
             let mut challenge = authz
                 .challenge(ChallengeType::Http01)
                 .context("the ACME server offers no http-01 challenge")?;
-            challenges.insert(
-                challenge.token.clone(),
-                challenge.key_authorization().as_str().to_owned(),
-            );
+            let answer = challenge.key_authorization().as_str().to_owned();
+            challenges.insert(challenge.token.clone(), answer.clone());
+            if let Some(service) = cluster {
+                service.publish_acme_challenge(challenge.token.clone(), Some(answer));
+            }
             tokens.push(challenge.token.clone());
             challenge
                 .set_ready()
@@ -260,12 +346,6 @@ async fn order(config: &Config, challenges: &Challenges) -> anyhow::Result<()> {
         Ok((cert_pem, key_pem))
     }
     .await;
-    {
-        let mut answers = challenges.lock();
-        for t in &tokens {
-            answers.remove(t);
-        }
-    }
     let (cert_pem, key_pem) = result?;
     // Checked before it replaces anything.
     super::files::certified_key(cert_pem.as_bytes(), key_pem.as_bytes())?;
