@@ -236,24 +236,16 @@ async fn event_where<T>(agent: &mut Agent, what: &str, pick: impl Fn(Event) -> O
     .await
 }
 
-/// Agents on two nodes: a session asked for on one node is announced on
-/// both with each agent's details; the token, signed by the first node,
-/// verifies at the agent on the second (one set of keys); a file crosses
-/// over QUIC; closing on one side ends the session on both; and a second
-/// session ends at the initiator when the target's node is killed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
-    let Some(cluster) = Cluster::new().await else {
-        return;
-    };
-    let nodes: Vec<ServerProcess> = ["a", "b"].iter().map(|n| cluster.start(n)).collect();
-    let mut alice = Agent::start(
-        &TestServer::attach(nodes[0].addr),
-        "alice",
-        Tweaks::default(),
-    )
-    .await;
-    let mut bob = Agent::start(&TestServer::attach(nodes[1].addr), "bob", Tweaks::default()).await;
+/// Alice's agent on node `a`, bob's on node `b` (with `bob_tweaks`), both
+/// in a room alice made, and alice's node aware of bob's agent: it heard
+/// he joined (node b tells its nodes his presence before the membership).
+async fn two_agents(
+    a: &ServerProcess,
+    b: &ServerProcess,
+    bob_tweaks: Tweaks,
+) -> (Agent, Agent, mesh_core::protocol::RoomId) {
+    let mut alice = Agent::start(&TestServer::attach(a.addr), "alice", Tweaks::default()).await;
+    let bob = Agent::start(&TestServer::attach(b.addr), "bob", bob_tweaks).await;
     let room = guard(
         "create room",
         alice.client.create_room(&CreateRoomRequest {
@@ -267,14 +259,27 @@ async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
     guard("join", bob.client.join_room(room))
         .await
         .expect("join");
-    // Once alice hears bob joined, her node knows his agent and his room
-    // (node b tells its nodes his presence before the membership).
     let bob_user = bob.client.me().expect("welcomed").1.id;
     event_where(&mut alice, "bob joined", |e| match e {
         Event::RoomJoined { user, .. } if user.id == bob_user => Some(()),
         _ => None,
     })
     .await;
+    (alice, bob, room)
+}
+
+/// Agents on two nodes: a session asked for on one node is announced on
+/// both with each agent's details; the token, signed by the first node,
+/// verifies at the agent on the second (one set of keys); a file crosses
+/// over QUIC; closing on one side ends the session on both; and a second
+/// session ends at the initiator when the target's node is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
+    let Some(cluster) = Cluster::new().await else {
+        return;
+    };
+    let nodes: Vec<ServerProcess> = ["a", "b"].iter().map(|n| cluster.start(n)).collect();
+    let (mut alice, mut bob, room) = two_agents(&nodes[0], &nodes[1], Tweaks::default()).await;
 
     let grant = guard(
         "p2p.session.request",
@@ -372,42 +377,17 @@ async fn a_session_across_nodes_is_relayed_by_the_granting_node() {
         .iter()
         .map(|n| cluster.start_with(n, &relaying))
         .collect();
-    let mut alice = Agent::start(
-        &TestServer::attach(nodes[0].addr),
-        "alice",
-        Tweaks::default(),
-    )
-    .await;
     // Bob announces a port nothing answers at: no direct path.
     let unreachable = Tweaks {
         announce: Some(vec!["127.0.0.1:9".into()]),
         ..Tweaks::default()
     };
-    let mut bob = Agent::start(&TestServer::attach(nodes[1].addr), "bob", unreachable).await;
+    let (alice, mut bob, room) = two_agents(&nodes[0], &nodes[1], unreachable).await;
     for agent in [&alice, &bob] {
         agent
             .endpoint
             .use_server(agent.client.p2p_paths(true).await);
     }
-    let room = guard(
-        "create room",
-        alice.client.create_room(&CreateRoomRequest {
-            name: "relay".into(),
-            ..CreateRoomRequest::default()
-        }),
-    )
-    .await
-    .expect("room")
-    .id;
-    guard("join", bob.client.join_room(room))
-        .await
-        .expect("join");
-    let bob_user = bob.client.me().expect("welcomed").1.id;
-    event_where(&mut alice, "bob joined", |e| match e {
-        Event::RoomJoined { user, .. } if user.id == bob_user => Some(()),
-        _ => None,
-    })
-    .await;
 
     let grant = guard(
         "p2p.session.request",
