@@ -1,7 +1,7 @@
 //! What every figure needs: where the server binary is, how to pin, how
 //! long to measure; and the small measuring helpers they share.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,6 +21,11 @@ pub(crate) struct Ctx {
     pub(crate) window: Duration,
     /// Smaller sizes, for a smoke test.
     pub(crate) quick: bool,
+    /// PostgreSQL (a `postgres://` URL of a role that may create
+    /// databases), for figures 13 and 14.
+    pub(crate) postgres: Option<String>,
+    /// NATS (`nats://`), for figure 13.
+    pub(crate) nats: Option<String>,
 }
 
 /// Flags that lift mesh-server's rate and connection limits, which a load
@@ -54,6 +59,28 @@ impl Ctx {
             flags: UNLIMITED.iter().map(|s| (*s).to_owned()).collect(),
         };
         Server::start(&kind, cpus, &self.data_parent)
+    }
+
+    /// mesh-server with lifted rate limits and `extra` flags, pinned to the
+    /// server cores; in `data` when given (the caller keeps it: the nodes
+    /// of one deployment share it), else in a fresh temporary folder.
+    pub(crate) fn mesh_with(
+        &self,
+        extra: &[String],
+        data: Option<&Path>,
+    ) -> anyhow::Result<Server> {
+        let mut flags: Vec<String> = UNLIMITED.iter().map(|s| (*s).to_owned()).collect();
+        flags.extend(extra.iter().cloned());
+        let bin = self.server_bin.clone();
+        let kind = match data {
+            Some(data) => ServerKind::MeshIn {
+                bin,
+                flags,
+                data: data.to_owned(),
+            },
+            None => ServerKind::Mesh { bin, flags },
+        };
+        Server::start(&kind, self.pin.server.as_deref(), &self.data_parent)
     }
 
     /// mesh-server serving HTTPS with `tls`'s certificate (otherwise as

@@ -18,13 +18,13 @@ use crate::report::Figure;
 use crate::stats::Samples;
 
 /// The clock every timestamp in a message counts from.
-fn epoch() -> Instant {
+pub(crate) fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
 }
 
 /// 100 bytes: the send time in ns since [`epoch`], zero-padded, then filler.
-fn stamped_content() -> String {
+pub(crate) fn stamped_content() -> String {
     let ns = epoch().elapsed().as_nanos();
     let mut s = format!("{ns:020}");
     s.extend(std::iter::repeat_n('t', 80));
@@ -32,7 +32,7 @@ fn stamped_content() -> String {
 }
 
 /// The send time carried by a delivered `chat.message.created` frame.
-fn stamp_of(text: &str) -> Option<u64> {
+pub(crate) fn stamp_of(text: &str) -> Option<u64> {
     let key = "\"content\":\"";
     let at = text.find(key)? + key.len();
     text.get(at..at + 20)?.parse().ok()

@@ -6,6 +6,10 @@
 //! `127.0.0.1:0`, in a temporary data folder) or the bare baseline server
 //! (`mesh-load baseline-server`), pinned to the last core while the load
 //! runs on the others. Loopback only; every loop is bounded in time.
+//! Figures 13 and 14 run mesh-server on PostgreSQL (and NATS) given with
+//! `--postgres`/`--nats` or `MESH_TEST_POSTGRES`/`MESH_TEST_NATS`
+//! (`scripts/services.sh`); each run makes databases of its own and drops
+//! them.
 //!
 //! ```text
 //! cargo build --release -p mesh-server-bin -p mesh-benches
@@ -21,6 +25,7 @@ use clap::{Parser, Subcommand};
 mod baseline;
 mod churn;
 mod client;
+mod cluster;
 mod ctx;
 mod durable;
 mod fanout;
@@ -30,6 +35,8 @@ mod login_memory;
 mod logins;
 mod memory;
 mod p2p;
+mod pg;
+mod pg_durable;
 mod proc;
 mod relay;
 mod report;
@@ -65,6 +72,25 @@ struct Args {
     /// Where the servers' data folders go [default: the temp folder].
     #[arg(long, global = true)]
     data_parent: Option<PathBuf>,
+    /// PostgreSQL for figures 13 and 14: a postgres:// URL of a role that
+    /// may create databases (each run makes and drops its own).
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_TEST_POSTGRES",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    postgres: Option<String>,
+    /// NATS for figure 13 (nats://HOST:PORT).
+    #[arg(
+        long,
+        global = true,
+        env = "MESH_TEST_NATS",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    nats: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +121,12 @@ enum Cmd {
     Tls,
     /// 12. P2P file bytes/s through mesh-server's relay vs direct; CPU/GiB; TTFB.
     P2pRelay,
+    /// 13. Fan-out over 3 nodes (PostgreSQL + NATS) vs 1 node; latency, CPU/delivery.
+    ClusterFanout,
+    /// 14. Acknowledged messages/s on PostgreSQL vs raw INSERTs; latency, CPU/message.
+    PgDurable,
+    /// 13 and 14: mesh on PostgreSQL (and NATS).
+    Cluster,
     /// Every figure, in this order.
     All,
     /// The bare tokio-tungstenite broadcast server (started by the tool).
@@ -120,7 +152,7 @@ enum Cmd {
     },
 }
 
-const ALL: [&str; 12] = [
+const ALL: [&str; 14] = [
     "fanout",
     "latency",
     "memory",
@@ -133,7 +165,13 @@ const ALL: [&str; 12] = [
     "tls-churn",
     "tls-fanout",
     "p2p-relay",
+    "cluster-fanout",
+    "pg-durable",
 ];
+
+/// Figures that need PostgreSQL (and NATS): `all` leaves them out, saying
+/// so, when no URL is given.
+const NEED_SERVICES: [&str; 2] = ["cluster-fanout", "pg-durable"];
 
 fn main() -> anyhow::Result<()> {
     // reqwest has rustls without a provider of its own: ring, the
@@ -168,6 +206,9 @@ fn main() -> anyhow::Result<()> {
         Cmd::TlsFanout => vec!["tls-fanout"],
         Cmd::Tls => vec!["tls-churn", "tls-fanout"],
         Cmd::P2pRelay => vec!["p2p-relay"],
+        Cmd::ClusterFanout => vec!["cluster-fanout"],
+        Cmd::PgDurable => vec!["pg-durable"],
+        Cmd::Cluster => vec!["cluster-fanout", "pg-durable"],
         _ => ALL.to_vec(),
     };
 
@@ -200,7 +241,10 @@ fn main() -> anyhow::Result<()> {
             args.secs
         }),
         quick: args.quick,
+        postgres: args.postgres.clone(),
+        nats: args.nats.clone(),
     };
+    let everything = matches!(args.command, Cmd::All);
     eprintln!(
         "servers on cores {}, load on cores {} ({} worker threads){}",
         pin.server.as_deref().unwrap_or("any"),
@@ -222,6 +266,17 @@ fn main() -> anyhow::Result<()> {
     for name in names {
         eprintln!("-- {name} ...");
         let at = Instant::now();
+        let missing = ctx.postgres.is_none() || (name == "cluster-fanout" && ctx.nats.is_none());
+        if everything && NEED_SERVICES.contains(&name) && missing {
+            let figure = Figure::not_measured(
+                name_static(name),
+                name,
+                "not run: needs PostgreSQL and NATS (--postgres/--nats, or MESH_TEST_POSTGRES/MESH_TEST_NATS from scripts/services.sh)",
+            );
+            figure.print();
+            figures.push(figure);
+            continue;
+        }
         let result = runtime.block_on(run_one(name, &ctx));
         let figure = match result {
             Ok(f) => f,
@@ -277,6 +332,8 @@ async fn run_one(name: &str, ctx: &Ctx) -> anyhow::Result<Figure> {
         "tls-churn" => tls::run_churn(ctx).await,
         "tls-fanout" => tls::run_fanout(ctx).await,
         "p2p-relay" => relay::run(ctx).await,
+        "cluster-fanout" => cluster::run(ctx).await,
+        "pg-durable" => pg_durable::run(ctx).await,
         other => anyhow::bail!("no figure named {other:?}"),
     }
 }

@@ -98,6 +98,13 @@ pub(crate) struct Server {
 pub(crate) enum ServerKind {
     /// The release `mesh-server` binary with these extra flags.
     Mesh { bin: PathBuf, flags: Vec<String> },
+    /// The same in a data folder the caller owns and keeps (the nodes of
+    /// one deployment share it, so that they share the signing keys).
+    MeshIn {
+        bin: PathBuf,
+        flags: Vec<String>,
+        data: PathBuf,
+    },
     /// The bare tokio-tungstenite broadcast server (this binary).
     Baseline,
     /// mesh-server's library with a UDP port, serving from this binary
@@ -135,6 +142,23 @@ impl Server {
                 ];
                 args.extend(flags.iter().cloned());
                 (bin.clone(), args, Some(dir))
+            }
+            ServerKind::MeshIn { bin, flags, data } => {
+                if !bin.exists() {
+                    bail!(
+                        "{} not found: build it with `cargo build --release -p mesh-server-bin` \
+                         (or pass --server-bin)",
+                        bin.display()
+                    );
+                }
+                let mut args = vec![
+                    "--listen".to_owned(),
+                    "127.0.0.1:0".to_owned(),
+                    "--data".to_owned(),
+                    data.display().to_string(),
+                ];
+                args.extend(flags.iter().cloned());
+                (bin.clone(), args, None)
             }
             ServerKind::Baseline => (
                 std::env::current_exe().context("finding this binary")?,
