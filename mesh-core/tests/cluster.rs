@@ -244,3 +244,41 @@ async fn a_gap_in_the_live_stream_is_filled_from_the_store_in_order() {
     alice.send(room, "four").await;
     assert_eq!(seqs(&bob.messages_until(room, 4).await), vec![4]);
 }
+
+/// Waits (a hang guard of 10 s) until `done` holds, letting the runtime's
+/// other tasks run in between.
+async fn until(what: &str, done: impl Fn() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: timed out"));
+}
+
+#[tokio::test]
+async fn a_node_listens_to_a_room_only_while_it_has_connections_in_it() {
+    let (bus, a, b, mut alice, bob, room) = two_nodes().await;
+    let subject = format!("mesh.room.{room}");
+    let listening = |bus: &LocalBus| {
+        bus.subscriptions()
+            .iter()
+            .filter(|s| **s == subject)
+            .count()
+    };
+    until("both nodes listen", || listening(&bus) == 2).await;
+    assert!(bus.subscriptions().contains(&"mesh.nodes".to_owned()));
+    // Bob, node b's only connection in the room, leaves: node b stops.
+    drop(bob);
+    until("node b stops", || listening(&bus) == 1).await;
+    // Carol connects to node b, in no room yet, and joins through node a:
+    // node b hears of the new member on the nodes' subject, subscribes her
+    // connection, and listens again; she gets the next message.
+    let (mut carol, carol_id) = Client::new(&a, &b, "carol").await;
+    a.service.join_room(&carol_id, room).await.expect("join");
+    until("node b listens again", || listening(&bus) == 2).await;
+    alice.send(room, "for carol").await;
+    let got = carol.messages_until(room, 1).await;
+    assert_eq!(got.last().map(|m| m.content.as_str()), Some("for carol"));
+}

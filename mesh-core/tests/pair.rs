@@ -360,7 +360,8 @@ impl Server {
                 }
                 Output::SessionEnded { .. }
                 | Output::Presence(_)
-                | Output::RemoteSessionEnded { .. } => {}
+                | Output::RemoteSessionEnded { .. }
+                | Output::RoomInterest { .. } => {}
             }
         }
     }

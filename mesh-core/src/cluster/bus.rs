@@ -106,6 +106,14 @@ impl LocalBus {
         self.lock().drop_rule = rule;
     }
 
+    /// The patterns of the subscriptions still open (their receivers not
+    /// dropped), in the order they were made.
+    pub fn subscriptions(&self) -> Vec<String> {
+        let mut inner = self.lock();
+        inner.subscriptions.retain(|(_, tx)| !tx.is_closed());
+        inner.subscriptions.iter().map(|(p, _)| p.clone()).collect()
+    }
+
     /// How many publications were lost so far (by the rule or to a full
     /// subscription).
     pub fn dropped(&self) -> u64 {

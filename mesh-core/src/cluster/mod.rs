@@ -8,11 +8,15 @@
 //! What travels ([`ClusterEvent`], JSON in an [`Envelope`] naming the
 //! sending node):
 //! - on `PREFIX.room.<room id>`: messages after they are committed, typing,
-//!   membership and room changes, WebRTC signals and P2P sessions opened
-//!   between peers on two nodes;
-//! - on `PREFIX.nodes`: presence deltas and heartbeats (with what agents
-//!   announced for P2P), device revocations, such sessions' ends, what
-//!   each relay did for each user (per-user relay budgets), a node leaving.
+//!   members leaving and room changes, WebRTC signals and P2P sessions
+//!   opened between peers on two nodes. A node listens to a room's subject
+//!   only while it has connections in the room (interest, as Centrifugo's
+//!   NATS broker does), so a message costs nothing on the nodes without;
+//! - on `PREFIX.nodes`, which every node listens to: presence deltas and
+//!   heartbeats (with what agents announced for P2P), new members (their
+//!   connections on another node must be subscribed), device revocations,
+//!   such sessions' ends, what each relay did for each user (per-user relay
+//!   budgets), ACME answers, a node leaving.
 //!
 //! **Nothing is acknowledged on the bus's word.** A message is acknowledged
 //! to its sender once the store has committed it; the bus only makes the
@@ -121,16 +125,32 @@ impl ClusterConfig {
         }
     }
 
-    /// Every subject of this deployment (for the one subscription).
+    /// Every subject of this deployment.
     pub fn all_subjects(&self) -> String {
         format!("{}.>", self.subject_prefix)
     }
 
-    /// The subject `event` is published on.
+    /// What every node listens to: presence, sessions' ends, memberships.
+    pub fn nodes_subject(&self) -> String {
+        format!("{}.nodes", self.subject_prefix)
+    }
+
+    /// `room`'s events, which a node listens to while it has connections
+    /// in the room.
+    pub fn room_subject(&self, room: RoomId) -> String {
+        format!("{}.room.{room}", self.subject_prefix)
+    }
+
+    /// The subject `event` is published on. A new member goes to every
+    /// node: its connections elsewhere are not in the room yet, so their
+    /// node may not listen to it.
     pub fn subject_of(&self, event: &ClusterEvent) -> String {
-        match event.room() {
-            Some(room) => format!("{}.room.{room}", self.subject_prefix),
-            None => format!("{}.nodes", self.subject_prefix),
+        match event {
+            ClusterEvent::MemberJoined { .. } => self.nodes_subject(),
+            _ => match event.room() {
+                Some(room) => self.room_subject(room),
+                None => self.nodes_subject(),
+            },
         }
     }
 }

@@ -64,8 +64,15 @@ impl Bus for NatsBus {
             .await
             .map_err(|e| BusError::Refused(format!("subscribing on NATS: {e}")))?;
         let (tx, rx) = mpsc::channel(SUBSCRIPTION_CAPACITY);
+        // Until the receiver is dropped: then the subscriber goes too,
+        // which unsubscribes at once (not at the next publication).
         tokio::spawn(async move {
-            while let Some(message) = subscriber.next().await {
+            loop {
+                let message = tokio::select! {
+                    message = subscriber.next() => message,
+                    () = tx.closed() => break,
+                };
+                let Some(message) = message else { break };
                 let message = BusMessage {
                     subject: message.subject.to_string(),
                     payload: message.payload,

@@ -123,6 +123,10 @@ pub enum Output {
         session_id: SessionId,
         reason: String,
     },
+    /// A room got its first subscriber here (`live`) or lost its last: a
+    /// node of a cluster listens to a room's events only while it is live
+    /// there. Ignored by a lone node.
+    RoomInterest { room_id: RoomId, live: bool },
 }
 
 /// What the engine knows of a connected peer.

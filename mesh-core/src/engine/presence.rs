@@ -13,7 +13,7 @@ use crate::protocol::{PeerId, Presence, RoomId, ServerEvent, Timestamp};
 use crate::transport::CloseCode;
 
 use super::state::{CatchUp, PeerState, Timer, UserState};
-use super::{Engine, PeerInfo};
+use super::{Engine, Output, PeerInfo};
 
 impl Engine {
     pub(super) fn do_connect(
@@ -50,6 +50,12 @@ impl Engine {
             .collect();
         for room in &rooms {
             let r = self.rooms.entry(*room).or_default();
+            if r.subscribers.is_empty() {
+                self.outputs.push_back(Output::RoomInterest {
+                    room_id: *room,
+                    live: true,
+                });
+            }
             r.subscribers.insert(peer);
             if catching_up.contains_key(room) {
                 r.catching_up.insert(peer);

@@ -193,11 +193,19 @@ impl Engine {
         self.peers.get(&peer).map(|p| p.info.user.id)
     }
 
-    /// Subscribes `peer` to `room` (idempotent).
+    /// Subscribes `peer` to `room` (idempotent). The room's first
+    /// subscriber makes it live here ([`Output::RoomInterest`]).
     pub(super) fn subscribe(&mut self, peer: PeerId, room: RoomId) {
         if let Some(p) = self.peers.get_mut(&peer) {
             p.rooms.insert(room);
-            self.rooms.entry(room).or_default().subscribers.insert(peer);
+            let subscribers = &mut self.rooms.entry(room).or_default().subscribers;
+            let first = subscribers.is_empty();
+            if subscribers.insert(peer) && first {
+                self.outputs.push_back(Output::RoomInterest {
+                    room_id: room,
+                    live: true,
+                });
+            }
         }
     }
 
@@ -210,8 +218,13 @@ impl Engine {
             }
         }
         if let Some(r) = self.rooms.get_mut(&room) {
-            r.subscribers.remove(&peer);
             r.catching_up.remove(&peer);
+            if r.subscribers.remove(&peer) && r.subscribers.is_empty() {
+                self.outputs.push_back(Output::RoomInterest {
+                    room_id: room,
+                    live: false,
+                });
+            }
         }
         self.forget_if_idle(room);
     }

@@ -41,6 +41,11 @@ const ACME_ANSWERS: usize = 64;
 #[derive(Debug)]
 pub(super) struct ClusterLink {
     config: ClusterConfig,
+    /// Every subscription's publications end here, for the receive loop.
+    inbox: mpsc::Sender<BusMessage>,
+    /// The rooms this node listens to (live here), with the task that
+    /// forwards their subscription to `inbox`; aborting it unsubscribes.
+    rooms: std::sync::Mutex<std::collections::HashMap<RoomId, tokio::task::AbortHandle>>,
     /// When this node joined (see [`Service::cluster_leader`]).
     joined: std::time::Instant,
     bus: Arc<dyn Bus>,
@@ -53,13 +58,17 @@ impl Service {
     /// the others' until the service is dropped. Returns once subscribed.
     /// The store must be the one the other nodes use.
     pub async fn join_cluster(&self, bus: Arc<dyn Bus>, config: ClusterConfig) -> Result<()> {
-        let inbox = bus
-            .subscribe(config.all_subjects())
+        let nodes = bus
+            .subscribe(config.nodes_subject())
             .await
             .map_err(bus_error)?;
+        let (inbox_tx, inbox) = mpsc::channel(INBOX);
+        tokio::spawn(forward(nodes, inbox_tx.clone()));
         let (outbox, queue) = mpsc::channel(OUTBOX);
         let node = config.node_id.clone();
         let link = ClusterLink {
+            inbox: inbox_tx,
+            rooms: Default::default(),
             config,
             joined: std::time::Instant::now(),
             bus: bus.clone(),
@@ -73,6 +82,9 @@ impl Service {
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(receive_loop(weak.clone(), inbox));
         tokio::spawn(tick_loop(weak));
+        // Rooms live here already (connections made before joining).
+        let live = self.with_engine(|engine, _| engine.room_heads());
+        self.room_interest(live.into_iter().map(|(room, _)| (room, true)).collect());
         self.publish_heartbeat();
         tracing::info!(%node, "joined the cluster");
         Ok(())
@@ -161,6 +173,35 @@ impl Service {
         }
         let others = lock(&self.inner.directory).node_ids();
         Some(others.iter().all(|other| link.config.node_id < *other))
+    }
+
+    /// Listens to the rooms that became live here, and stops listening to
+    /// those that are not any more (see [`Output::RoomInterest`]). A
+    /// subscription takes effect a moment after the room became live: what
+    /// was published in between is a message the sweep brings from the
+    /// store, or typing lost as a network would lose it.
+    ///
+    /// [`Output::RoomInterest`]: crate::engine::Output::RoomInterest
+    pub(super) fn room_interest(&self, changes: Vec<(RoomId, bool)>) {
+        let Some(link) = self.inner.cluster.get() else {
+            return;
+        };
+        if changes.is_empty() {
+            return;
+        }
+        let mut rooms = lock(&link.rooms);
+        for (room, live) in changes {
+            if live {
+                if rooms.contains_key(&room) {
+                    continue;
+                }
+                let subject = link.config.room_subject(room);
+                let task = tokio::spawn(listen(link.bus.clone(), subject, link.inbox.clone()));
+                rooms.insert(room, task.abort_handle());
+            } else if let Some(task) = rooms.remove(&room) {
+                task.abort();
+            }
+        }
     }
 
     /// Hands `event` to the bus, if the service is in a cluster.
@@ -534,6 +575,34 @@ impl ClusterLink {
 
 fn bus_error(e: BusError) -> Error {
     Error::Internal(crate::Failure::caused_by("joining the cluster", e))
+}
+
+/// Publications of all subscriptions waiting for the receive loop.
+const INBOX: usize = 16_384;
+
+/// Forwards one subscription's publications to the receive loop's inbox.
+async fn forward(mut from: mpsc::Receiver<BusMessage>, to: mpsc::Sender<BusMessage>) {
+    while let Some(message) = from.recv().await {
+        if to.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Subscribes to `subject` (retrying while the bus refuses) and forwards
+/// what comes, until aborted (which drops the subscription).
+async fn listen(bus: Arc<dyn Bus>, subject: String, to: mpsc::Sender<BusMessage>) {
+    let mut wait = std::time::Duration::from_millis(100);
+    loop {
+        match bus.subscribe(subject.clone()).await {
+            Ok(from) => return forward(from, to).await,
+            Err(e) => {
+                tracing::warn!(%subject, "subscribing failed, retrying: {e}");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        }
+    }
 }
 
 async fn publish_loop(bus: Arc<dyn Bus>, mut queue: mpsc::Receiver<(String, Bytes)>) {

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::engine::{Engine, NodePresence, Output};
-use crate::protocol::{DeviceId, OutgoingFrame, PeerId, SessionId, Timestamp, UserId};
+use crate::protocol::{DeviceId, OutgoingFrame, PeerId, RoomId, SessionId, Timestamp, UserId};
 use crate::transport::{CloseCode, DynConnection, EncodedFrame, SendError};
 
 /// What [`Hub::dispatch`] leaves for the caller, to do outside the lock.
@@ -20,6 +20,9 @@ pub(crate) struct Dispatched {
     /// Sessions with a party on another node that ended here, and why:
     /// for that node.
     pub(crate) ended_elsewhere: Vec<(SessionId, String)>,
+    /// Rooms that became live here or stopped being (see
+    /// [`Output::RoomInterest`]), in order.
+    pub(crate) interest: Vec<(RoomId, bool)>,
 }
 
 /// A live connection and whose it is.
@@ -101,6 +104,7 @@ impl Hub {
                     Output::RemoteSessionEnded { session_id, reason } => {
                         out.ended_elsewhere.push((session_id, reason));
                     }
+                    Output::RoomInterest { room_id, live } => out.interest.push((room_id, live)),
                 }
             }
             if overflowed.is_empty() {

@@ -296,6 +296,7 @@ impl Service {
         for (session_id, reason) in dispatched.ended_elsewhere {
             self.publish(ClusterEvent::SessionClosed { session_id, reason });
         }
+        self.room_interest(dispatched.interest);
         self.forget_sessions(dispatched.ended);
         result
     }

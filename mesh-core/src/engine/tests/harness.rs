@@ -50,6 +50,8 @@ pub(super) struct Harness {
     pub(super) ended_elsewhere: Vec<(SessionId, String)>,
     /// `Output::Presence`s: what other nodes would be told.
     pub(super) node_presence: Vec<NodePresence>,
+    /// `Output::RoomInterest`s.
+    pub(super) interest: Vec<(RoomId, bool)>,
     /// Every `Output::Send` as emitted, for counting frames.
     pub(super) sends: Vec<(Vec<PeerId>, OutgoingFrame)>,
 }
@@ -91,6 +93,7 @@ impl Harness {
             ended: Vec::new(),
             ended_elsewhere: Vec::new(),
             node_presence: Vec::new(),
+            interest: Vec::new(),
             sends: Vec::new(),
         }
     }
@@ -149,6 +152,7 @@ impl Harness {
                     self.ended_elsewhere.push((session_id, reason));
                 }
                 Output::Presence(p) => self.node_presence.push(p),
+                Output::RoomInterest { room_id, live } => self.interest.push((room_id, live)),
             }
         }
         self.land();

@@ -310,3 +310,30 @@ fn other_nodes_hear_of_every_connection_and_room_change() {
     h.drain();
     assert_eq!(last(&mut h).status, Presence::Offline);
 }
+
+#[test]
+fn a_room_is_live_from_its_first_subscriber_to_its_last() {
+    let mut h = Harness::new();
+    let (alice, bob) = (user("alice"), user("bob"));
+    let room = RoomId::new();
+    let a = h.connect(&alice, &[room]);
+    assert_eq!(h.interest, vec![(room, true)]);
+    let b = h.connect(&bob, &[room]);
+    h.engine.leave_room(h.now, room, alice.id, None);
+    h.drain();
+    assert_eq!(
+        h.interest.len(),
+        1,
+        "a second subscriber, one leaving: still live"
+    );
+    h.engine.disconnect(h.now, b);
+    h.drain();
+    assert_eq!(h.interest, vec![(room, true), (room, false)]);
+    // Alice joins again: live again; a deleted room is not.
+    h.engine.member_added(h.now, room, &alice);
+    h.drain();
+    h.engine.room_deleted(h.now, room);
+    h.drain();
+    assert_eq!(&h.interest[2..], &[(room, true), (room, false)]);
+    let _ = a;
+}
