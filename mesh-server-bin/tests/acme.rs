@@ -335,8 +335,11 @@ async fn two_nodes_behind_one_name_share_one_order() {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         start_binary(&data, &flags).expect("a node starts")
     };
-    let a = node("a", http_a);
+    // Node b first: node a, the smaller id, orders once it has heard the
+    // others (two heartbeats after it joins), and waits until they serve
+    // its answer before pebble checks.
     let b = node("b", http_b);
+    let a = node("a", http_a);
     let issued = a.wait_for_log("ACME certificate issued", Duration::from_secs(60));
     assert!(issued.is_some(), "node a ordered nothing:\n{}", a.stop());
     let loaded = b.wait_for_log(

@@ -227,6 +227,12 @@ pub enum ClusterEvent {
         token: String,
         key_authorization: Option<String>,
     },
+    /// The sending node serves the answer of an [`ClusterEvent::AcmeChallenge`]
+    /// now: the ordering node waits for every node's before it asks the
+    /// certificate authority to check.
+    AcmeChallengeHeld {
+        token: String,
+    },
     /// A device was revoked: its connections close on every node.
     DeviceRevoked {
         device_id: DeviceId,
@@ -260,6 +266,7 @@ impl ClusterEvent {
             | ClusterEvent::SessionClosed { .. }
             | ClusterEvent::RelayUsage { .. }
             | ClusterEvent::AcmeChallenge { .. }
+            | ClusterEvent::AcmeChallengeHeld { .. }
             | ClusterEvent::Presence { .. }
             | ClusterEvent::Heartbeat { .. }
             | ClusterEvent::NodeLeft => None,

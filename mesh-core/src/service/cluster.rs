@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{Inner, Service, lock};
 use crate::cluster::directory::{Change, RemotePeer};
-use crate::cluster::{Bus, BusError, BusMessage, ClusterConfig, ClusterEvent, Envelope};
+use crate::cluster::{Bus, BusError, BusMessage, ClusterConfig, ClusterEvent, Envelope, NodeId};
 use crate::error::{Error, Result};
 use crate::protocol::{
     MessageId, P2pInfo, P2pSession, PeerId, RoomId, RtcKind, RtcSignal, SessionId, Timestamp,
@@ -32,8 +32,18 @@ pub type RelayReport = (String, Vec<RelayUsage>);
 /// second brings new ones).
 const RELAY_REPORTS: usize = 256;
 
-/// An ACME HTTP-01 challenge token and its answer (`None`: withdrawn).
-pub type AcmeAnswer = (String, Option<String>);
+/// What other nodes say about ACME HTTP-01 challenges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcmeNotice {
+    /// Serve `key_authorization` for `token` (`None`: withdrawn, the order
+    /// is over).
+    Answer {
+        token: String,
+        key_authorization: Option<String>,
+    },
+    /// `node` serves the answer for `token` now.
+    Held { token: String, node: NodeId },
+}
 
 /// ACME answers waiting for the HTTP side.
 const ACME_ANSWERS: usize = 64;
@@ -111,6 +121,12 @@ impl Service {
         Some(link.bus.ping().await)
     }
 
+    /// The other nodes this one hears from: `None` outside a cluster.
+    pub fn cluster_peers(&self) -> Option<Vec<NodeId>> {
+        self.inner.cluster.get()?;
+        Some(lock(&self.inner.directory).node_ids())
+    }
+
     /// How many nodes this one knows of, itself included: `None` outside
     /// a cluster.
     pub fn cluster_nodes(&self) -> Option<usize> {
@@ -151,10 +167,24 @@ impl Service {
         });
     }
 
-    /// The other nodes' ACME HTTP-01 answers, for this node to serve too.
-    /// One receiver: a second call replaces the first. `None` outside a
-    /// cluster.
-    pub fn acme_challenges(&self) -> Option<mpsc::Receiver<AcmeAnswer>> {
+    /// Tells the other nodes this one serves the answer for `token` now.
+    pub fn publish_acme_held(&self, token: String) {
+        self.publish(ClusterEvent::AcmeChallengeHeld { token });
+    }
+
+    fn acme_notice(&self, notice: AcmeNotice) {
+        let to = lock(&self.inner.acme_challenges);
+        if let Some(tx) = to.as_ref()
+            && tx.try_send(notice).is_err()
+        {
+            tracing::warn!("an ACME notice from another node was dropped");
+        }
+    }
+
+    /// The other nodes' ACME HTTP-01 answers (for this node to serve too)
+    /// and their acknowledgements of this node's. One receiver: a second
+    /// call replaces the first. `None` outside a cluster.
+    pub fn acme_challenges(&self) -> Option<mpsc::Receiver<AcmeNotice>> {
         self.inner.cluster.get()?;
         let (tx, rx) = mpsc::channel(ACME_ANSWERS);
         *lock(&self.inner.acme_challenges) = Some(tx);
@@ -299,13 +329,12 @@ impl Service {
             ClusterEvent::AcmeChallenge {
                 token,
                 key_authorization,
-            } => {
-                let to = lock(&self.inner.acme_challenges);
-                if let Some(tx) = to.as_ref()
-                    && tx.try_send((token, key_authorization)).is_err()
-                {
-                    tracing::warn!(%node, "an ACME challenge answer from another node was dropped");
-                }
+            } => self.acme_notice(AcmeNotice::Answer {
+                token,
+                key_authorization,
+            }),
+            ClusterEvent::AcmeChallengeHeld { token } => {
+                self.acme_notice(AcmeNotice::Held { token, node });
             }
             ClusterEvent::DeviceRevoked { device_id } => {
                 self.with_engine(|engine, now| engine.revoke_device(now, device_id));

@@ -51,7 +51,7 @@ use crate::storage::{
 use crate::validate;
 
 mod cluster;
-pub use cluster::{AcmeAnswer, RelayReport};
+pub use cluster::{AcmeNotice, RelayReport};
 mod connection;
 mod hashing;
 mod hub;
@@ -233,7 +233,7 @@ struct Inner {
     relay_reports: Mutex<Option<tokio::sync::mpsc::Sender<cluster::RelayReport>>>,
     /// Where the other nodes' ACME challenge answers go (see
     /// `cluster::Service::acme_challenges`).
-    acme_challenges: Mutex<Option<tokio::sync::mpsc::Sender<cluster::AcmeAnswer>>>,
+    acme_challenges: Mutex<Option<tokio::sync::mpsc::Sender<cluster::AcmeNotice>>>,
 }
 
 /// Locks a mutex even if a panicking thread poisoned it: the engine's state

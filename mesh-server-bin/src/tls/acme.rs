@@ -14,12 +14,14 @@
 //! **Several nodes behind one name** (a cluster, `--bus`) share the cache
 //! folder: only the node with the smallest id orders
 //! ([`Service::cluster_leader`]); its HTTP-01 answers go to every node over
-//! the bus, so the certificate authority's check may reach any of them; once
+//! the bus, and it asks for the check once every node says it serves them
+//! (or after [`ACK_WAIT`]), so the certificate authority's check may reach
+//! any of them; once
 //! the certificate is in the cache, the others load it (told over the bus,
 //! and in any case every minute while theirs is due). When that node is gone,
 //! the next one takes over.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -30,7 +32,8 @@ use instant_acme::{
     NewOrder, OrderStatus, RetryPolicy,
 };
 
-use mesh_core::service::Service;
+use mesh_core::cluster::NodeId;
+use mesh_core::service::{AcmeNotice, Service};
 
 use super::CertStore;
 
@@ -96,8 +99,17 @@ pub async fn run(
     cluster: Option<Service>,
 ) {
     let ordered = Arc::new(tokio::sync::Notify::new());
-    if let Some(answers) = cluster.as_ref().and_then(Service::acme_challenges) {
-        tokio::spawn(serve_others(answers, challenges.clone(), ordered.clone()));
+    let acks = Arc::new(Acks::default());
+    if let Some(service) = &cluster
+        && let Some(notices) = service.acme_challenges()
+    {
+        let others = Others {
+            challenges: challenges.clone(),
+            ordered: ordered.clone(),
+            acks: acks.clone(),
+            service: service.clone(),
+        };
+        tokio::spawn(serve_others(notices, others));
     }
     let mut retry = Duration::from_secs(60);
     loop {
@@ -142,7 +154,8 @@ pub async fn run(
             }
             None | Some(Some(true)) => {}
         }
-        match order(&config, &challenges, cluster.as_ref()).await {
+        let shared = cluster.as_ref().map(|service| (service, &*acks));
+        match order(&config, &challenges, shared).await {
             Ok(()) => {
                 tracing::info!(domains = ?config.domains, "ACME certificate issued");
                 retry = Duration::from_secs(60);
@@ -246,19 +259,77 @@ async fn account(config: &Config) -> anyhow::Result<Account> {
     Ok(account)
 }
 
-/// Serves the other nodes' HTTP-01 answers; a withdrawn one means their
-/// order is over: `ordered` wakes this node's loop to load the cache.
-async fn serve_others(
-    mut answers: tokio::sync::mpsc::Receiver<mesh_core::service::AcmeAnswer>,
+/// How long the ordering node waits for the others to serve an answer
+/// before it asks for the check anyway.
+const ACK_WAIT: Duration = Duration::from_secs(10);
+
+/// Which nodes serve which of this node's answers.
+#[derive(Debug, Default)]
+struct Acks {
+    held: Mutex<HashMap<String, HashSet<NodeId>>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<NodeId>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits (up to [`ACK_WAIT`]) until every node of `nodes` serves the
+    /// answer for `token`; whether they all do.
+    async fn wait_all(&self, token: &str, nodes: &[NodeId]) -> bool {
+        let all = || {
+            let held = self.lock();
+            nodes
+                .iter()
+                .all(|n| held.get(token).is_some_and(|set| set.contains(n)))
+        };
+        tokio::time::timeout(ACK_WAIT, async {
+            loop {
+                let changed = self.changed.notified();
+                if all() {
+                    return;
+                }
+                changed.await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// What [`serve_others`] works with.
+struct Others {
     challenges: Arc<Challenges>,
+    /// Wakes this node's loop when another node's order is over.
     ordered: Arc<tokio::sync::Notify>,
-) {
-    while let Some((token, answer)) = answers.recv().await {
-        match answer {
-            Some(answer) => challenges.insert(token, answer),
-            None => {
-                challenges.lock().remove(&token);
-                ordered.notify_one();
+    acks: Arc<Acks>,
+    service: Service,
+}
+
+/// Serves the other nodes' HTTP-01 answers and says so; a withdrawn one
+/// means their order is over (this node's loop loads the cache). Counts
+/// the others' acknowledgements of this node's answers.
+async fn serve_others(mut notices: tokio::sync::mpsc::Receiver<AcmeNotice>, others: Others) {
+    while let Some(notice) = notices.recv().await {
+        match notice {
+            AcmeNotice::Answer {
+                token,
+                key_authorization: Some(answer),
+            } => {
+                others.challenges.insert(token.clone(), answer);
+                others.service.publish_acme_held(token);
+            }
+            AcmeNotice::Answer {
+                token,
+                key_authorization: None,
+            } => {
+                others.challenges.lock().remove(&token);
+                others.ordered.notify_one();
+            }
+            AcmeNotice::Held { token, node } => {
+                others.acks.lock().entry(token).or_default().insert(node);
+                others.acks.changed.notify_waiters();
             }
         }
     }
@@ -271,7 +342,7 @@ async fn serve_others(
 async fn order(
     config: &Config,
     challenges: &Challenges,
-    cluster: Option<&Service>,
+    cluster: Option<(&Service, &Acks)>,
 ) -> anyhow::Result<()> {
     let mut tokens = Vec::new();
     let result = order_with(config, challenges, cluster, &mut tokens).await;
@@ -281,8 +352,10 @@ async fn order(
             answers.remove(t);
         }
     }
-    if let Some(service) = cluster {
+    if let Some((service, acks)) = cluster {
+        let mut held = acks.lock();
         for t in tokens {
+            held.remove(&t);
             service.publish_acme_challenge(t, None);
         }
     }
@@ -292,7 +365,7 @@ async fn order(
 async fn order_with(
     config: &Config,
     challenges: &Challenges,
-    cluster: Option<&Service>,
+    cluster: Option<(&Service, &Acks)>,
     tokens: &mut Vec<String>,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.cache)
@@ -321,10 +394,18 @@ async fn order_with(
                 .context("the ACME server offers no http-01 challenge")?;
             let answer = challenge.key_authorization().as_str().to_owned();
             challenges.insert(challenge.token.clone(), answer.clone());
-            if let Some(service) = cluster {
-                service.publish_acme_challenge(challenge.token.clone(), Some(answer));
-            }
             tokens.push(challenge.token.clone());
+            if let Some((service, acks)) = cluster {
+                // The check may reach any node: all must serve the answer
+                // before the certificate authority is asked to check.
+                let nodes = service.cluster_peers().unwrap_or_default();
+                service.publish_acme_challenge(challenge.token.clone(), Some(answer));
+                if !acks.wait_all(&challenge.token, &nodes).await {
+                    tracing::warn!(
+                        "not every node said it serves the ACME answer within {ACK_WAIT:?}; asking for the check anyway"
+                    );
+                }
+            }
             challenge
                 .set_ready()
                 .await
