@@ -1,6 +1,8 @@
 //! Three `mesh-server` processes on one PostgreSQL and one NATS: users on
 //! different nodes chat in one room, see each other's presence and typing,
-//! call each other (WebRTC signals);
+//! call each other (WebRTC signals, TURN credentials from one secret) and
+//! open P2P sessions across nodes (announced, relayed, with per-user relay
+//! budgets across nodes);
 //! a node killed with `kill -9` mid-chat loses nothing acknowledged and its
 //! users go offline everywhere within the node time-out.
 //!
@@ -19,6 +21,7 @@ use common::process::{ServerProcess, start_binary};
 use common::relay::{Grant, ask, is_bound, refusal, udp_client};
 use common::services::{pg_database, service_url};
 use common::{TestServer, WsClient};
+use mesh_core::auth::turn::mint;
 use mesh_core::client::Event;
 use mesh_core::cluster::nats::NatsBus;
 use mesh_core::cluster::{Bus, ClusterEvent, Envelope};
@@ -126,7 +129,12 @@ async fn users_on_three_nodes_chat_type_and_see_each_other() {
     let Some(cluster) = Cluster::new().await else {
         return;
     };
-    let nodes: Vec<ServerProcess> = ["a", "b", "c"].iter().map(|n| cluster.start(n)).collect();
+    // Every node hands out TURN credentials for one coturn.
+    let turn = ["--turn-url", "turn:127.0.0.1:3478"];
+    let nodes: Vec<ServerProcess> = ["a", "b", "c"]
+        .iter()
+        .map(|n| cluster.start_with(n, &turn))
+        .collect();
     let on = |i: usize| TestServer::attach(nodes[i].addr);
     let (alice, alice_token) = on(0).register("alice").await;
     let (bob, bob_token) = on(1).register("bob").await;
@@ -191,6 +199,42 @@ async fn users_on_three_nodes_chat_type_and_see_each_other() {
     let nobody = json!({"room_id": room, "target_peer_id": uuid::Uuid::new_v4(), "sdp": "x"});
     let refused = wa.request("rtc.offer", nobody, "lost").await;
     assert_eq!(refused["payload"]["code"], "not_found", "{refused}");
+
+    // The TURN credentials of every node are minted from the one shared
+    // secret: coturn takes those of any node.
+    let secret = std::fs::read_to_string(cluster.data.path().join("turn.secret")).expect("secret");
+    for (i, token) in [(0, &alice_token), (1, &bob_token), (2, &carol_token)] {
+        let (status, ice) = on(i).get("/api/rtc/ice-servers", token).await;
+        assert_eq!(status, 200, "{ice}");
+        let servers = ice["ice_servers"].as_array().expect("servers");
+        let turn = servers
+            .iter()
+            .find(|s| s["credential"].is_string())
+            .expect("TURN");
+        let username = turn["username"].as_str().expect("username");
+        let (expiry, user) = username.split_once(':').expect("expiry:user");
+        let minted = mint(
+            secret.trim().as_bytes(),
+            user,
+            expiry.parse().expect("expiry"),
+        );
+        assert_eq!(turn["credential"], minted.credential.as_str(), "node {i}");
+    }
+
+    // A P2P session from alice on node a to carol on node c: announced to
+    // carol by her node.
+    let request = json!({"room_id": room, "target_peer_id": wc.peer_id, "kind": "file"});
+    let created = wa.request("p2p.session.request", request, "p2p").await;
+    assert_eq!(created["type"], "p2p.session.created", "{created}");
+    let to_carol = wc.expect("p2p.session.created").await;
+    assert_eq!(
+        to_carol["payload"]["session"],
+        created["payload"]["session"]
+    );
+    assert_eq!(
+        to_carol["payload"]["session_token"],
+        created["payload"]["session_token"]
+    );
 
     // Messages from all three nodes, interleaved: everyone sees 1..=N.
     const EACH: u64 = 10;
