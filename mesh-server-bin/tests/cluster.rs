@@ -25,7 +25,7 @@ use mesh_core::auth::turn::mint;
 use mesh_core::client::Event;
 use mesh_core::cluster::nats::NatsBus;
 use mesh_core::cluster::{Bus, ClusterEvent, Envelope};
-use mesh_core::p2p::{PathKind, ReceiveOptions, SendOptions};
+use mesh_core::p2p::{IncomingSession, OutgoingSession, PathKind, ReceiveOptions, SendOptions};
 use mesh_core::protocol::SessionKind;
 use mesh_core::protocol::http::CreateRoomRequest;
 use mesh_core::relay::RefuseCode;
@@ -60,6 +60,11 @@ impl Cluster {
 
     fn start(&self, name: &str) -> ServerProcess {
         self.start_with(name, &[])
+    }
+
+    /// Nodes named `names`, each with the flags `more`, started in order.
+    fn start_all(&self, names: &[&str], more: &[&str]) -> Vec<ServerProcess> {
+        names.iter().map(|n| self.start_with(n, more)).collect()
     }
 
     /// A node with more flags.
@@ -131,10 +136,7 @@ async fn users_on_three_nodes_chat_type_and_see_each_other() {
     };
     // Every node hands out TURN credentials for one coturn.
     let turn = ["--turn-url", "turn:127.0.0.1:3478"];
-    let nodes: Vec<ServerProcess> = ["a", "b", "c"]
-        .iter()
-        .map(|n| cluster.start_with(n, &turn))
-        .collect();
+    let nodes = cluster.start_all(&["a", "b", "c"], &turn);
     let on = |i: usize| TestServer::attach(nodes[i].addr);
     let (alice, alice_token) = on(0).register("alice").await;
     let (bob, bob_token) = on(1).register("bob").await;
@@ -280,6 +282,34 @@ async fn event_where<T>(agent: &mut Agent, what: &str, pick: impl Fn(Event) -> O
     .await
 }
 
+/// Sends `len` bytes named `name` over `out` to `inc`, and checks they
+/// arrive whole.
+async fn a_file_crosses(out: OutgoingSession, inc: IncomingSession, name: &str, len: u32) {
+    let src = tempfile::tempdir().expect("src");
+    let dst = tempfile::tempdir().expect("dst");
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let path = src.path().join(name);
+    std::fs::write(&path, &bytes).expect("write");
+    let dest = dst.path().to_owned();
+    let receiver = tokio::spawn(async move {
+        inc.receive_file(&dest, &ReceiveOptions::default(), |_| {})
+            .await
+    });
+    guard(
+        "send",
+        out.send_file(&path, &SendOptions::default(), |_| {}),
+    )
+    .await
+    .expect("sent");
+    guard("receive", receiver)
+        .await
+        .expect("join")
+        .expect("received");
+    assert_eq!(std::fs::read(dst.path().join(name)).expect("read"), bytes);
+}
+
 /// Alice's agent on node `a`, bob's on node `b` (with `bob_tweaks`), both
 /// in a room alice made, and alice's node aware of bob's agent: it heard
 /// he joined (node b tells its nodes his presence before the membership).
@@ -322,7 +352,7 @@ async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
     let Some(cluster) = Cluster::new().await else {
         return;
     };
-    let nodes: Vec<ServerProcess> = ["a", "b"].iter().map(|n| cluster.start(n)).collect();
+    let nodes = cluster.start_all(&["a", "b"], &[]);
     let (mut alice, mut bob, room) = two_agents(&nodes[0], &nodes[1], Tweaks::default()).await;
 
     let grant = guard(
@@ -339,13 +369,6 @@ async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
     assert_eq!(to_bob.initiator, alice.info);
     bob.expect(&to_bob);
 
-    let src = tempfile::tempdir().expect("src");
-    let dst = tempfile::tempdir().expect("dst");
-    let bytes: Vec<u8> = (0..200_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let path = src.path().join("across.bin");
-    std::fs::write(&path, &bytes).expect("write");
     let (out, inc) = attempt(
         &alice.endpoint,
         &grant.target,
@@ -355,26 +378,7 @@ async fn agents_on_two_nodes_open_a_p2p_session_and_send_a_file() {
     )
     .await;
     let inc = inc.expect("bob's agent verifies node a's token");
-    let dest = dst.path().to_owned();
-    let receiver = tokio::spawn(async move {
-        inc.receive_file(&dest, &ReceiveOptions::default(), |_| {})
-            .await
-    });
-    guard(
-        "send",
-        out.expect("alice connects")
-            .send_file(&path, &SendOptions::default(), |_| {}),
-    )
-    .await
-    .expect("sent");
-    guard("receive", receiver)
-        .await
-        .expect("join")
-        .expect("received");
-    assert_eq!(
-        std::fs::read(dst.path().join("across.bin")).expect("read"),
-        bytes
-    );
+    a_file_crosses(out.expect("alice connects"), inc, "across.bin", 200_000).await;
 
     // Bob closes it on his node: alice hears it from hers.
     bob.client.close_p2p_session(grant.session.id);
@@ -417,10 +421,7 @@ async fn a_session_across_nodes_is_relayed_by_the_granting_node() {
         return;
     };
     let relaying = ["--relay-public-addr", "127.0.0.1"];
-    let nodes: Vec<ServerProcess> = ["a", "b"]
-        .iter()
-        .map(|n| cluster.start_with(n, &relaying))
-        .collect();
+    let nodes = cluster.start_all(&["a", "b"], &relaying);
     // Bob announces a port nothing answers at: no direct path.
     let unreachable = Tweaks {
         announce: Some(vec!["127.0.0.1:9".into()]),
@@ -472,13 +473,6 @@ async fn a_session_across_nodes_is_relayed_by_the_granting_node() {
             .expect("announced")
     );
 
-    let src = tempfile::tempdir().expect("src");
-    let dst = tempfile::tempdir().expect("dst");
-    let bytes: Vec<u8> = (0..300_000u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let path = src.path().join("relayed.bin");
-    std::fs::write(&path, &bytes).expect("write");
     let (out, inc) = guard("connect and accept", async {
         tokio::join!(
             alice.endpoint.connect_to_via(
@@ -494,25 +488,7 @@ async fn a_session_across_nodes_is_relayed_by_the_granting_node() {
     let out = out.expect("alice reaches bob through node a's relay");
     assert_eq!(out.path(), PathKind::Relay);
     let inc = inc.expect("bob accepts");
-    let dest = dst.path().to_owned();
-    let receiver = tokio::spawn(async move {
-        inc.receive_file(&dest, &ReceiveOptions::default(), |_| {})
-            .await
-    });
-    guard(
-        "send",
-        out.send_file(&path, &SendOptions::default(), |_| {}),
-    )
-    .await
-    .expect("sent");
-    guard("receive", receiver)
-        .await
-        .expect("join")
-        .expect("received");
-    assert_eq!(
-        std::fs::read(dst.path().join("relayed.bin")).expect("read"),
-        bytes
-    );
+    a_file_crosses(out, inc, "relayed.bin", 300_000).await;
     for node in nodes {
         node.kill();
     }
@@ -558,10 +534,7 @@ async fn relay_budgets_of_a_user_hold_across_nodes() {
         return;
     };
     let one_each = ["--relay-user-sessions", "1"];
-    let nodes: Vec<ServerProcess> = ["a", "b"]
-        .iter()
-        .map(|n| cluster.start_with(n, &one_each))
-        .collect();
+    let nodes = cluster.start_all(&["a", "b"], &one_each);
     let on = |i: usize| TestServer::attach(nodes[i].addr);
     let (alice, alice_token) = on(0).register("alice").await;
     let (_, bob_token) = on(0).register("bob").await;
