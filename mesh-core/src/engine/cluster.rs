@@ -225,6 +225,13 @@ impl Engine {
             .collect()
     }
 
+    /// This node is part of a cluster from now on: presence changes come
+    /// out as [`Output::Presence`] for the other nodes (a lone node builds
+    /// none).
+    pub fn join_cluster(&mut self) {
+        self.clustered = true;
+    }
+
     /// Every user connected here, with their presence and rooms: what a
     /// node's heartbeat carries.
     pub fn local_presence(&self) -> Vec<NodePresence> {
@@ -300,6 +307,10 @@ impl Engine {
 
     /// Tells the driver the user's presence here changed (for other nodes).
     pub(super) fn presence_changed(&mut self, user: UserId) {
+        if !self.clustered {
+            // A lone node: nobody to tell, nothing to build per connection.
+            return;
+        }
         let presence = self.node_presence(user);
         self.outputs.push_back(Output::Presence(presence));
     }

@@ -113,7 +113,8 @@ pub enum Output {
     /// removes it from the store.
     SessionEnded { session_id: SessionId },
     /// A user's presence on this node changed (connected, gone, or chose a
-    /// status): for the other nodes of a cluster; ignored by a lone node.
+    /// status): for the other nodes of a cluster, once
+    /// [`Engine::join_cluster`] said there are any.
     Presence(NodePresence),
     /// A P2P session whose other party is connected to another node ended
     /// here (closed, expired, or the party here left): for that node, which
@@ -156,6 +157,9 @@ pub struct Engine {
     outputs: VecDeque<Output>,
     /// Presence of users online on other nodes only (see `cluster`).
     remote: HashMap<UserId, (Presence, Option<String>)>,
+    /// Whether other nodes listen ([`Engine::join_cluster`]): only then is
+    /// a presence change worth an [`Output::Presence`].
+    clustered: bool,
 }
 
 impl Engine {
@@ -171,6 +175,7 @@ impl Engine {
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             remote: HashMap::new(),
+            clustered: false,
         }
     }
 

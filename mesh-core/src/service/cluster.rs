@@ -88,6 +88,7 @@ impl Service {
             .cluster
             .set(link)
             .map_err(|_| Error::InvalidRequest("the service is in a cluster already".into()))?;
+        self.with_engine(|engine, _| engine.join_cluster());
         tokio::spawn(publish_loop(bus, queue));
         let weak = Arc::downgrade(&self.inner);
         tokio::spawn(receive_loop(weak.clone(), inbox));

@@ -279,7 +279,12 @@ fn timers_stay_one_per_peer_however_chatty() {
 
 #[test]
 fn other_nodes_hear_of_every_connection_and_room_change() {
+    // A lone node builds nothing for other nodes.
+    let mut lone = Harness::new();
+    lone.connect(&user("solo"), &[RoomId::new()]);
+    assert!(lone.node_presence.is_empty());
     let mut h = Harness::new();
+    h.engine.join_cluster();
     let alice = user("alice");
     let (room, other) = (RoomId::new(), RoomId::new());
     let last = |h: &mut Harness| h.node_presence.pop().expect("told");
